@@ -1,0 +1,3 @@
+from embcli.cli import main
+
+main()

@@ -1,0 +1,312 @@
+"""Build a vocabulary from a corpus, and cache the corpus as word ids for training.
+
+One streaming pass tokenizes the corpus, counts words and writes each token's
+provisional id (order of first appearance) to a temporary file. When the vocabulary is
+fixed, a second pass over that file (not over the text) maps provisional ids to final
+rows, drops words below the threshold, and writes `tokens.npy`. Training then never
+tokenizes again, and a corpus read from standard input can still be trained on.
+
+Word order: by count, highest first; words with equal counts in Unicode code point
+order of the word. `max_size` keeps exactly that many words from the top of this order.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embcli import store
+from embcli.corpus import TextStream, describe_source
+from embcli.errors import EmptyCorpus
+
+_FLUSH_IDS = 1 << 20
+_REMAP_BLOCK = 1 << 24
+
+
+class _ProvisionalIndex(dict):
+    """word -> provisional id, assigning the next id to each new word."""
+
+    def __missing__(self, word):
+        value = self[word] = len(self)
+        return value
+
+
+@dataclass
+class Scan:
+    """The result of one pass over a corpus."""
+
+    words: list  # provisional id -> word
+    counts: np.ndarray  # provisional id -> count, int64
+    ids_path: str  # raw uint32 provisional ids with LINE_END markers
+    tokens: int
+    lines: int
+    bytes_read: int
+    sources: list = field(default_factory=list)
+
+
+def _write_ids(handle, buffer):
+    np.asarray(buffer, dtype=np.uint32).tofile(handle)
+
+
+def scan_corpus(paths, tokenizer, work_dir, encoding="utf-8", errors="strict", progress=None, index=None):
+    """Tokenize `paths`, count words and write token ids to a temporary file in `work_dir`.
+
+    With `index` (a dict word -> id), words missing from it are dropped instead of
+    counted, and the ids written are final.
+    """
+    sources = [describe_source(path) for path in paths]
+    stream = TextStream(paths, encoding=encoding, errors=errors)
+    fixed = index is not None
+    if fixed:
+        lookup = index.get
+    else:
+        index = _ProvisionalIndex()
+        lookup = index.__getitem__
+    line_end = int(store.LINE_END)
+    ids_path = store.temp_path(work_dir, "ids.u32")
+    buffer = []
+    token_total = 0
+    counts = np.zeros(0, dtype=np.int64)
+    line_has_tokens = False
+    with open(ids_path, "wb") as handle:
+        for text, ends_line in stream:
+            tokens = tokenizer.tokenize(text)
+            if tokens:
+                token_total += len(tokens)
+                ids = list(map(lookup, tokens))
+                if fixed:
+                    ids = [i for i in ids if i is not None]
+                buffer.extend(ids)
+                line_has_tokens = line_has_tokens or bool(ids)
+            if ends_line and line_has_tokens:
+                buffer.append(line_end)
+                line_has_tokens = False
+            if len(buffer) >= _FLUSH_IDS:
+                counts = _add_counts(counts, buffer, line_end)
+                _write_ids(handle, buffer)
+                buffer = []
+                if progress is not None:
+                    progress(stream.bytes_read)
+        if line_has_tokens:
+            buffer.append(line_end)
+        counts = _add_counts(counts, buffer, line_end)
+        _write_ids(handle, buffer)
+        handle.flush()
+    if progress is not None:
+        progress(stream.bytes_read)
+    if fixed:
+        words = [None] * len(index)
+        for word, i in index.items():
+            words[i] = word
+    else:
+        words = list(index)
+    if len(counts) < len(words):
+        counts = np.concatenate([counts, np.zeros(len(words) - len(counts), np.int64)])
+    return Scan(words, counts, ids_path, token_total, stream.lines_read, stream.bytes_read, sources)
+
+
+def _add_counts(counts, buffer, line_end):
+    if not buffer:
+        return counts
+    ids = np.asarray(buffer, dtype=np.uint32)
+    ids = ids[ids != line_end]
+    if not len(ids):
+        return counts
+    new = np.bincount(ids, minlength=len(counts)).astype(np.int64)
+    new[: len(counts)] += counts
+    return new
+
+
+def order_words(words, counts, min_count=5, max_size=None):
+    """Return the provisional ids kept, in final vocabulary order."""
+    kept = [i for i in range(len(words)) if counts[i] >= min_count]
+    kept.sort(key=lambda i: (-int(counts[i]), words[i]))
+    if max_size is not None:
+        kept = kept[:max_size]
+    return kept
+
+
+def remap_ids(ids_path, lookup, out_path, length):
+    """Write `out_path` as a uint32 .npy of `lookup[id]` for every id, dropping misses.
+
+    `lookup` maps provisional id -> final id, or -1 for a dropped word. LINE_END markers
+    are kept, but never two in a row and never at the start.
+    """
+    line_end = np.int64(store.LINE_END)
+    source = np.memmap(ids_path, dtype=np.uint32, mode="r") if os.path.getsize(ids_path) else np.zeros(0, np.uint32)
+    chunks = []
+    total = 0
+    # First pass: count what survives, so the .npy header can be written up front.
+    previous_end = True
+    for start in range(0, len(source), _REMAP_BLOCK):
+        block = _remap_block(source[start : start + _REMAP_BLOCK], lookup, line_end, previous_end)
+        if len(block):
+            previous_end = bool(block[-1] == line_end)
+        total += len(block)
+        chunks.append(len(block))
+    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint32, shape=(total,))
+    position = 0
+    previous_end = True
+    for start in range(0, len(source), _REMAP_BLOCK):
+        block = _remap_block(source[start : start + _REMAP_BLOCK], lookup, line_end, previous_end)
+        if len(block):
+            previous_end = bool(block[-1] == line_end)
+        out[position : position + len(block)] = block
+        position += len(block)
+    out.flush()
+    del out
+    store.fsync_file(out_path)
+    return total
+
+
+def _remap_block(block, lookup, line_end, previous_end):
+    ids = block.astype(np.int64)
+    is_end = ids == line_end
+    mapped = np.where(is_end, line_end, lookup[np.where(is_end, 0, ids)])
+    mapped = mapped[mapped >= 0]
+    # Lines whose words were all dropped leave LINE_END markers in a row: keep one.
+    ends = mapped == line_end
+    if len(mapped):
+        repeated = np.zeros(len(mapped), dtype=bool)
+        repeated[1:] = ends[1:] & ends[:-1]
+        repeated[0] = ends[0] and previous_end
+        mapped = mapped[~repeated]
+    return mapped.astype(np.uint32)
+
+
+@dataclass
+class VocabSummary:
+    tokens: int
+    distinct: int
+    kept: int
+    covered: int
+    min_count: int
+    lines: int
+    bytes_read: int
+
+    @property
+    def coverage(self):
+        return self.covered / self.tokens if self.tokens else 0.0
+
+
+def build_vocab(
+    model_dir,
+    paths,
+    tokenizer,
+    min_count=5,
+    max_size=None,
+    encoding="utf-8",
+    errors="strict",
+    progress=None,
+    replace_embeddings=False,
+):
+    """Build `vocab.tsv`, `tokens.npy` and `meta.json` in `model_dir` from `paths`.
+
+    Returns a VocabSummary. Raises EmptyCorpus, leaving the directory as it was, when
+    no token passes `min_count`.
+    """
+    from embcli.errors import EmbcliError
+
+    if min_count < 1:
+        raise EmbcliError(f"min_count must be at least 1, not {min_count}")
+    if max_size is not None and max_size < 1:
+        raise EmbcliError(f"max_size must be at least 1, not {max_size}")
+    existing = os.path.exists(os.path.join(model_dir, store.EMBEDDINGS))
+    if existing and not replace_embeddings:
+        raise EmbcliError(
+            f"{model_dir} already holds trained embeddings, which a new vocabulary "
+            "would orphan; choose another model directory, or replace them on purpose"
+        )
+    store.ensure_directory(model_dir)
+    scan = scan_corpus(paths, tokenizer, model_dir, encoding, errors, progress)
+    temporaries = [scan.ids_path]
+    try:
+        names = ", ".join("<stdin>" if p == "-" else p for p in paths)
+        if scan.tokens == 0:
+            raise EmptyCorpus(f"{names}: contains no tokens (the text is empty or only whitespace)")
+        kept = order_words(scan.words, scan.counts, min_count, max_size)
+        if not kept:
+            raise EmptyCorpus(
+                f"0 of {len(scan.words):,} distinct words occur at least {min_count} "
+                f"times in {names}; lower the minimum count"
+            )
+        lookup = np.full(len(scan.words), -1, dtype=np.int64)
+        lookup[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
+        tokens_tmp = store.temp_path(model_dir, store.TOKENS)
+        temporaries.append(tokens_tmp)
+        cached = remap_ids(scan.ids_path, lookup, tokens_tmp, None)
+        words = [scan.words[i] for i in kept]
+        counts = scan.counts[np.asarray(kept)]
+        vocab_tmp = store.save_vocab_temp(model_dir, words, counts)
+        temporaries.append(vocab_tmp)
+
+        summary = VocabSummary(
+            tokens=scan.tokens,
+            distinct=len(scan.words),
+            kept=len(words),
+            covered=int(counts.sum()),
+            min_count=min_count,
+            lines=scan.lines,
+            bytes_read=scan.bytes_read,
+        )
+        meta = store.new_meta(tokenizer.config())
+        meta["vocab"] = {
+            "size": len(words),
+            "min_count": min_count,
+            "max_size": max_size,
+            "tokens_read": scan.tokens,
+            "distinct_words": len(scan.words),
+            "tokens_covered": summary.covered,
+            "order": "count descending, then word in code point order",
+        }
+        meta["corpus"] = {
+            "sources": [source.to_json() for source in scan.sources],
+            "encoding": encoding,
+            "decode_errors": errors,
+            "lines": scan.lines,
+            "bytes": scan.bytes_read,
+        }
+        meta["token_cache"] = {"tokens": cached, "line_end": int(store.LINE_END)}
+        meta["files"] = {
+            store.VOCAB: store.fingerprint(vocab_tmp),
+            store.TOKENS: store.fingerprint(tokens_tmp),
+        }
+        meta_tmp = store.meta_temp(model_dir, meta)
+        temporaries.append(meta_tmp)
+        remove = [store.EMBEDDINGS] if existing else []
+        store.commit(
+            model_dir,
+            {store.VOCAB: vocab_tmp, store.TOKENS: tokens_tmp, store.META: meta_tmp},
+            remove=remove,
+        )
+        temporaries = [scan.ids_path]
+        return summary
+    finally:
+        for path in temporaries:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        _remove_if_empty_new(model_dir)
+
+
+def _remove_if_empty_new(model_dir):
+    """Remove `model_dir` if a failed build left it empty."""
+    try:
+        if not os.listdir(model_dir):
+            os.rmdir(model_dir)
+    except OSError:
+        pass
+
+
+def encode_corpus(model_dir, paths, tokenizer, words, encoding="utf-8", errors="strict", progress=None):
+    """Tokenize `paths` with an existing vocabulary and return a temp path of tokens.npy."""
+    index = {word: i for i, word in enumerate(words)}
+    scan = scan_corpus(paths, tokenizer, model_dir, encoding, errors, progress, index=index)
+    try:
+        lookup = np.arange(len(words), dtype=np.int64)
+        tokens_tmp = store.temp_path(model_dir, store.TOKENS)
+        cached = remap_ids(scan.ids_path, lookup, tokens_tmp, None)
+    finally:
+        os.remove(scan.ids_path)
+    return tokens_tmp, cached, scan

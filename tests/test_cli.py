@@ -1,0 +1,118 @@
+"""The commands end to end through typer's CliRunner, on a small real text."""
+
+import json
+import os
+
+import numpy as np
+from typer.testing import CliRunner
+
+from embcli.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, list(args), input=input)
+
+
+def test_pipeline_build_train_lookup_neighbors(small_corpus):
+    result = invoke("build-vocab", small_corpus, "--min-count", "3")
+    assert result.exit_code == 0, result.stderr
+    assert "distinct words" in result.stderr
+    assert result.stdout == ""
+    assert os.path.exists("embcli-model/vocab.tsv")
+
+    result = invoke("train", "--dim", "24", "--epochs", "2", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    matrix = np.load("embcli-model/embeddings.npy", allow_pickle=False)
+    words = [line.split("\t")[0] for line in open("embcli-model/vocab.tsv", encoding="utf-8")]
+    assert matrix.shape == (len(words), 24)
+    assert matrix.dtype == np.float32
+    assert np.isfinite(matrix).all()
+
+    result = invoke("lookup", "lord")
+    assert result.exit_code == 0
+    fields = result.stdout.rstrip("\n").split("\t")
+    assert fields[0] == "lord" and len(fields) == 25
+    np.testing.assert_allclose([float(v) for v in fields[1:]], matrix[words.index("lord")], rtol=1e-5)
+
+    result = invoke("neighbors", "lord", "-k", "5")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5
+    assert all(line.split("\t")[0] != "lord" for line in lines)
+    scores = [float(line.split("\t")[1]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_neighbors_batch_from_stdin_prefixes_query(trained_model):
+    result = invoke("neighbors", "-m", trained_model, "-", "-k", "3", input="lord\nunicornword\n\nland\n")
+    assert result.exit_code == 1
+    queries = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert queries == ["lord"] * 3 + ["land"] * 3
+    assert "unicornword: not in vocabulary" in result.stderr
+
+
+def test_neighbors_json(trained_model):
+    result = invoke("neighbors", "-m", trained_model, "lord", "-k", "2", "--json")
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["query"] for r in records] == ["lord", "lord"]
+    assert all(-1 <= r["score"] <= 1 for r in records)
+
+
+def test_unknown_word_is_one_line_error(trained_model):
+    result = invoke("lookup", "-m", trained_model, "unicornword")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("embcli: error: unicornword: not in vocabulary")
+    assert "Traceback" not in result.stderr
+
+
+def test_query_is_normalized_like_corpus(trained_model):
+    upper = invoke("lookup", "-m", trained_model, "LORD")
+    lower = invoke("lookup", "-m", trained_model, "lord")
+    assert upper.exit_code == 0
+    assert upper.stdout.split("\t")[1:] == lower.stdout.split("\t")[1:]
+
+
+def test_query_that_splits_names_tokens(trained_model):
+    result = invoke("lookup", "-m", trained_model, "lord's")
+    assert result.exit_code == 1
+    assert "lord t" not in result.stderr
+    assert "2 tokens" in result.stderr and "lord s" in result.stderr
+
+
+def test_missing_model_says_what_to_run(tmp_path):
+    result = invoke("neighbors", "-m", str(tmp_path / "nothing"), "king")
+    assert result.exit_code == 1
+    assert "embcli build-vocab" in result.stderr
+
+
+def test_model_option_beats_environment(trained_model, monkeypatch, tmp_path):
+    monkeypatch.setenv("EMBCLI_MODEL", str(tmp_path / "elsewhere"))
+    assert invoke("lookup", "lord").exit_code == 1
+    assert invoke("lookup", "-m", trained_model, "lord").exit_code == 0
+
+
+def test_environment_variable_selects_model(trained_model, monkeypatch):
+    monkeypatch.setenv("EMBCLI_MODEL", trained_model)
+    assert invoke("lookup", "lord").exit_code == 0
+
+
+def test_info_and_version(trained_model):
+    result = invoke("info", "-m", trained_model)
+    assert result.exit_code == 0
+    assert "vocabulary\t" in result.stdout and "dim\t32" in result.stdout
+    result = invoke("info", "-m", trained_model, "--json")
+    meta = json.loads(result.stdout)
+    assert meta["training"]["settings"]["dim"] == 32
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("embcli ")
+
+
+def test_every_command_has_help():
+    for command in ("build-vocab", "train", "lookup", "neighbors", "info"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0
+        assert "Usage" in result.stdout
