@@ -223,8 +223,14 @@ class Trainer:
         mask = inside & (offsets.abs()[None, :] <= reduced[:, None])
         mask &= sentence[position] == sentence[:, None]
         has_context = mask.any(1) & core
-        context = ids[position][has_context]
-        return context, mask[has_context], ids[has_context]
+        # Visit the centers in strides of 2 * window + 1, so that the windows within one
+        # update step never overlap. In text order, a context word would sit in up to
+        # 2 * window windows of the same step, and their summed (rather than
+        # sequential) updates made CBOW unstable.
+        stride = 2 * window + 1
+        order = torch.argsort(torch.arange(n, device=self.device) % stride, stable=True)
+        order = order[has_context[order]]
+        return ids[position[order]], mask[order], ids[order]
 
     # -- updates ---------------------------------------------------------------------
 
