@@ -613,7 +613,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
                  stop, progress, words_total):
     import torch.multiprocessing as mp
 
-    context = mp.get_context("spawn")
+    context = mp.get_context("fork")
     input_vectors.share_memory_()
     output_vectors.share_memory_()
     shared_positions = context.Array("d", [float(p) for p in positions], lock=False)
