@@ -1,0 +1,188 @@
+"""The training engine: pair generation, subsampling, learning and reproducibility."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from embcli import store
+from embcli.cli import app
+from embcli.train import Corpus, TrainConfig, Trainer, init_vectors, keep_probabilities
+
+CPU = torch.device("cpu")
+
+
+def tiny_corpus(tmp_path, line_lengths):
+    """A corpus whose every token is a distinct word id, so an id names its position."""
+    tokens, line_of = [], {}
+    next_id = 0
+    for line, length in enumerate(line_lengths):
+        for _ in range(length):
+            line_of[next_id] = line
+            tokens.append(next_id)
+            next_id += 1
+        tokens.append(int(store.LINE_END))
+    path = tmp_path / "tokens.npy"
+    np.save(path, np.asarray(tokens, dtype=np.uint32))
+    return Corpus(str(path), np.ones(next_id, dtype=np.int64)), line_of
+
+
+def chunk_examples(trainer, chunk_index, seed):
+    """Load one chunk, drop the line ends (sample=0) and return its tensors and reduced windows."""
+    raw, sentence, core, is_end, _ = trainer._load_chunk(trainer.chunks[chunk_index])
+    kept = ~is_end
+    ids, sentence, core = raw[kept], sentence[kept], core[kept]
+    replay = torch.Generator().manual_seed(seed)
+    window = trainer.config.window
+    reduced = torch.randint(1, window + 1, (ids.shape[0],), generator=replay)
+    return ids, sentence, core, dict(zip(ids.tolist(), reduced.tolist()))
+
+
+def naive_contexts(center, reduced, line_of):
+    """Positions within `reduced` of `center` on the same line, as word2vec.c visits them."""
+    return [
+        position
+        for position in range(center - reduced, center + reduced + 1)
+        if position != center and line_of.get(position) == line_of[center]
+    ]
+
+
+@pytest.mark.parametrize("chunk_tokens", [7, 64])
+def test_skipgram_pairs_match_naive_reference(tmp_path, chunk_tokens):
+    corpus, line_of = tiny_corpus(tmp_path, [1, 12, 3, 0, 9, 2, 15])
+    config = TrainConfig(window=3, sample=0, chunk_tokens=chunk_tokens)
+    trainer = Trainer(config, corpus, *init_vectors(len(corpus.counts), 4, 1), CPU)
+    found, expected = [], []
+    for chunk_index in range(len(trainer.chunks)):
+        ids, sentence, core, reduced = chunk_examples(trainer, chunk_index, seed=chunk_index)
+        inputs, outputs = trainer.skipgram_pairs(ids, sentence, core, torch.Generator().manual_seed(chunk_index))
+        found += list(zip(inputs.tolist(), outputs.tolist()))
+        for center in ids[core].tolist():
+            # The context word's input vector predicts the center word, as in word2vec.c.
+            expected += [(context, center) for context in naive_contexts(center, reduced[center], line_of)]
+    assert sorted(found) == sorted(expected)
+    assert all(line_of[a] == line_of[b] for a, b in found)
+    assert max(abs(a - b) for a, b in found) <= 3
+    assert len(found) < 2 * 3 * len(line_of)  # the reduced windows dropped some pairs
+
+
+def test_cbow_windows_match_naive_reference(tmp_path):
+    corpus, line_of = tiny_corpus(tmp_path, [1, 12, 3, 0, 9, 2, 15])
+    config = TrainConfig(method="cbow", window=3, sample=0, chunk_tokens=10)
+    trainer = Trainer(config, corpus, *init_vectors(len(corpus.counts), 4, 1), CPU)
+    found, expected, centers_seen = {}, {}, []
+    for chunk_index in range(len(trainer.chunks)):
+        ids, sentence, core, reduced = chunk_examples(trainer, chunk_index, seed=chunk_index)
+        context, mask, centers = trainer.cbow_windows(ids, sentence, core, torch.Generator().manual_seed(chunk_index))
+        for row, center in enumerate(centers.tolist()):
+            found[center] = sorted(context[row][mask[row]].tolist())
+        centers_seen += centers.tolist()
+        for center in ids[core].tolist():
+            contexts = naive_contexts(center, reduced[center], line_of)
+            if contexts:  # a one-word line gives no CBOW example
+                expected[center] = contexts
+    assert found == expected
+    assert len(centers_seen) == len(set(centers_seen))
+
+
+def test_cbow_windows_in_one_step_do_not_overlap(tmp_path):
+    corpus, _ = tiny_corpus(tmp_path, [200])
+    config = TrainConfig(method="cbow", window=5, sample=0)
+    trainer = Trainer(config, corpus, *init_vectors(len(corpus.counts), 4, 1), CPU)
+    ids, sentence, core, _ = chunk_examples(trainer, 0, seed=0)
+    _, _, centers = trainer.cbow_windows(ids, sentence, core, torch.Generator().manual_seed(0))
+    # Centers that follow each other in the returned order are at least 2 * window + 1 apart
+    # unless the order wraps to the next residue.
+    gaps = np.diff(centers.numpy())
+    assert (gaps[gaps > 0] >= 11).all()
+    assert sorted(centers.tolist()) == list(range(200))
+
+
+def test_keep_probability_is_word2vec_formula():
+    counts = np.array([50_000, 5_000, 100, 1], dtype=np.int64)
+    sample = 1e-3
+    threshold = sample * counts.sum()
+    keep = keep_probabilities(counts, sample)
+    for count, probability in zip(counts, keep):
+        expected = min(1.0, (math.sqrt(count / threshold) + 1) * threshold / count)
+        assert probability == pytest.approx(expected, rel=1e-6)
+    assert keep[0] < 0.4
+    assert keep[-1] == 1.0
+    assert (keep_probabilities(counts, 0) == 1).all()
+
+
+def test_subsampling_keeps_frequent_word_at_formula_rate(tmp_path):
+    # Word 0 is 90 % of the corpus; its kept fraction must match the formula.
+    rng = np.random.default_rng(0)
+    tokens = np.where(rng.random(60_000) < 0.9, 0, rng.integers(1, 200, 60_000)).astype(np.uint32)
+    path = tmp_path / "tokens.npy"
+    np.save(path, tokens)
+    counts = np.bincount(tokens, minlength=200)
+    corpus = Corpus(str(path), counts)
+    trainer = Trainer(TrainConfig(sample=1e-3, chunk_tokens=60_000), corpus,
+                      *init_vectors(200, 4, 1), CPU)
+    raw, sentence, core, is_end, _ = trainer._load_chunk(0)
+    ids, _, _ = trainer._subsample(raw, sentence, core, is_end, torch.Generator().manual_seed(1))
+    kept = int((ids == 0).sum()) / int(counts[0])
+    assert kept == pytest.approx(float(keep_probabilities(counts, 1e-3)[0]), abs=0.01)
+
+
+def mean_cosine(matrix, pairs):
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    return float(np.mean([unit[a] @ unit[b] for a, b in pairs]))
+
+
+@pytest.mark.parametrize("method,negatives", [("skipgram", "shared"), ("cbow", "shared"), ("skipgram", "per-pair")])
+def test_training_brings_cooccurring_words_closer(small_corpus, method, negatives):
+    from embcli.tokenize import Tokenizer
+    from embcli.train import train_model
+    from embcli.vocab import build_vocab
+
+    build_vocab("model", [small_corpus], Tokenizer(), min_count=5)
+    config = TrainConfig(method=method, negatives=negatives, dim=32, epochs=3, threads=1, device="cpu")
+    stats = train_model("model", config)
+    matrix = np.load("model/embeddings.npy")
+    tokens = np.load("model/tokens.npy")
+    # Neighbouring tokens of the corpus (below rank 20, to skip the stop words) against
+    # random pairs of the same words.
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, len(tokens) - 1, 20_000)
+    first, second = tokens[starts], tokens[starts + 1]
+    useful = (first < len(matrix)) & (second < len(matrix)) & (first >= 20) & (second >= 20) & (first != second)
+    neighbours = list(zip(first[useful], second[useful]))[:2000]
+    shuffled = rng.permutation([b for _, b in neighbours])
+    random_pairs = [(a, b) for (a, _), b in zip(neighbours, shuffled) if a != b]
+    assert mean_cosine(matrix, neighbours) > mean_cosine(matrix, random_pairs) + 0.1
+    # At the start every score is 0, so the loss per example is (1 + negative) * ln 2.
+    assert 0 < stats.final_loss < 6 * math.log(2)
+
+
+def train_cli(*options):
+    result = CliRunner().invoke(app, ["train", "--dim", "16", "--epochs", "1", "--quiet", *options])
+    assert result.exit_code == 0, result.stderr
+    with open("embcli-model/embeddings.npy", "rb") as handle:
+        return handle.read()
+
+
+@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+def test_one_thread_same_seed_is_byte_identical(small_corpus, method):
+    result = CliRunner().invoke(app, ["build-vocab", small_corpus, "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    options = ["--threads", "1", "--device", "cpu", "--method", method]
+    first = train_cli(*options, "--seed", "7")
+    second = train_cli(*options, "--seed", "7")
+    other_seed = train_cli(*options, "--seed", "8")
+    assert first == second
+    assert first != other_seed
+
+
+def test_two_threads_train_on_cpu(small_corpus):
+    result = CliRunner().invoke(app, ["build-vocab", small_corpus, "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    matrix_bytes = train_cli("--threads", "2", "--device", "cpu")
+    meta = store.read_meta("embcli-model")
+    assert meta["training"]["workers"] == 2
+    assert meta["training"]["reproducible"] is False
+    assert len(matrix_bytes) > 0
