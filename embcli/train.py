@@ -40,6 +40,9 @@ from embcli import store
 from embcli.errors import EmbcliError, TrainingError
 
 LINE_END = int(store.LINE_END)
+# The loss is computed on every LOSS_EVERY-th update step only and scaled to the chunk;
+# computing it on every step cost about 8 % of the training time.
+LOSS_EVERY = 4
 
 
 @dataclass
@@ -238,18 +241,21 @@ class Trainer:
         draw = torch.rand(shape, generator=generator, device=self.device, dtype=torch.float64)
         return torch.searchsorted(self.cdf, draw).clamp_(max=self.vocab_size - 1)
 
-    def _negative_step(self, hidden, targets, lr, generator):
-        """Score `hidden` (B, D) against `targets` (B) and negatives; return (grad_hidden, loss)."""
+    def _negative_step(self, hidden, targets, lr, generator, with_loss):
+        """Update the output vectors for `hidden` (B, D) predicting `targets` (B).
+
+        Return (the gradient for `hidden`, the summed loss or None unless `with_loss`).
+        """
         config = self.config
         out = self.output_vectors
         count = hidden.shape[0]
         target_vectors = out.index_select(0, targets)
         positive = (hidden * target_vectors).sum(1)
         g_positive = (1.0 - torch.sigmoid(positive)) * lr  # (B)
-        loss = torch.nn.functional.softplus(-positive).sum()
+        loss = torch.nn.functional.softplus(-positive).sum() if with_loss else None
 
         if config.negatives == "shared":
-            block = config.block
+            block = min(config.block, count)
             blocks = -(-count // block)
             padded = blocks * block
             if padded != count:
@@ -265,7 +271,8 @@ class Trainer:
             g_negative = torch.sigmoid(scores) * (-lr * weight)
             if padded != count:
                 g_negative.view(padded, -1)[count:] = 0
-            loss = loss + weight * torch.nn.functional.softplus(scores).view(padded, -1)[:count].sum()
+            if with_loss:
+                loss = loss + weight * torch.nn.functional.softplus(scores).view(padded, -1)[:count].sum()
             grad_hidden = torch.addcmul(
                 torch.bmm(g_negative, negative_vectors).view(padded, -1)[:count],
                 g_positive[:, None],
@@ -278,7 +285,8 @@ class Trainer:
             negative_vectors = out.index_select(0, negatives.view(-1)).view(count, config.negative, -1)
             scores = torch.bmm(negative_vectors, hidden[:, :, None]).squeeze(2)  # (B, K)
             g_negative = torch.sigmoid(scores) * -lr
-            loss = loss + torch.nn.functional.softplus(scores).sum()
+            if with_loss:
+                loss = loss + torch.nn.functional.softplus(scores).sum()
             grad_hidden = torch.addcmul(
                 torch.bmm(g_negative[:, None, :], negative_vectors).squeeze(1),
                 g_positive[:, None],
@@ -289,36 +297,61 @@ class Trainer:
         out.index_add_(0, targets, g_positive[:, None] * hidden)
         return grad_hidden, loss
 
+    def _chunk_loss(self, losses, sampled, examples):
+        """Scale the loss of the sampled steps to all `examples` of the chunk (float64)."""
+        if not losses:
+            return torch.zeros((), dtype=torch.float64, device=self.device)
+        return torch.stack(losses).to(torch.float64).sum() * (examples / sampled)
+
     def train_skipgram_chunk(self, ids, sentence, core, lr, generator):
         inputs, outputs = self.skipgram_pairs(ids, sentence, core, generator)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
         batch = self.config.batch
-        for begin in range(0, inputs.shape[0], batch):
+        examples = inputs.shape[0]
+        losses, sampled = [], 0
+        for step, begin in enumerate(range(0, examples, batch)):
             word = inputs[begin : begin + batch]
+            with_loss = step % LOSS_EVERY == 0
             hidden = self.input_vectors.index_select(0, word)
-            grad, step_loss = self._negative_step(hidden, outputs[begin : begin + batch], lr, generator)
+            grad, loss = self._negative_step(hidden, outputs[begin : begin + batch], lr, generator, with_loss)
             self.input_vectors.index_add_(0, word, grad)
-            loss += step_loss
-        return loss, inputs.shape[0]
+            if with_loss:
+                losses.append(loss)
+                sampled += word.shape[0]
+        return self._chunk_loss(losses, sampled, examples), examples
 
     def train_cbow_chunk(self, ids, sentence, core, lr, generator):
         context, mask, centers = self.cbow_windows(ids, sentence, core, generator)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        # About as many context words per step as skip-gram has pairs, so that a frequent
+        # word collects a similar number of summed updates in one step.
         batch = max(1, self.config.batch // (2 * self.config.window) * 2)
         dim = self.input_vectors.shape[1]
-        for begin in range(0, centers.shape[0], batch):
-            words = context[begin : begin + batch]
-            used = mask[begin : begin + batch]
-            flat = words[used]
+        examples = centers.shape[0]
+        # Flatten the used context slots once per chunk. Each step then takes a contiguous
+        # slice, with no host round trip per step (which would stall a GPU).
+        sizes = mask.sum(1)
+        flat_context = context[mask]
+        rows = torch.repeat_interleave(torch.arange(examples, device=self.device), sizes)
+        inverse_sizes = 1.0 / sizes.to(self.input_vectors.dtype)
+        offsets = torch.zeros(examples + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(sizes, 0, out=offsets[1:])
+        bounds = offsets[::batch].tolist() + ([int(offsets[-1])] if examples % batch else [])
+        losses, sampled = [], 0
+        for step, begin in enumerate(range(0, examples, batch)):
+            stop = min(begin + batch, examples)
+            low, high = bounds[step], bounds[step + 1]
+            flat = flat_context[low:high]
+            step_rows = rows[low:high] - begin
+            with_loss = step % LOSS_EVERY == 0
             vectors = self.input_vectors.index_select(0, flat)
-            sizes = used.sum(1)
-            rows = torch.repeat_interleave(torch.arange(words.shape[0], device=self.device), sizes)
-            hidden = torch.zeros(words.shape[0], dim, device=self.device).index_add_(0, rows, vectors)
-            hidden /= sizes[:, None]
-            grad, step_loss = self._negative_step(hidden, centers[begin : begin + batch], lr, generator)
-            self.input_vectors.index_add_(0, flat, grad.index_select(0, rows))
-            loss += step_loss
-        return loss, centers.shape[0]
+            hidden = torch.zeros(stop - begin, dim, device=self.device).index_add_(0, step_rows, vectors)
+            hidden *= inverse_sizes[begin:stop, None]
+            grad, loss = self._negative_step(hidden, centers[begin:stop], lr, generator, with_loss)
+            # word2vec.c adds the whole error to every context word, not error / count.
+            self.input_vectors.index_add_(0, flat, grad.index_select(0, step_rows))
+            if with_loss:
+                losses.append(loss)
+                sampled += stop - begin
+        return self._chunk_loss(losses, sampled, examples), examples
 
     # -- the loop --------------------------------------------------------------------
 
