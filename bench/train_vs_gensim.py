@@ -192,12 +192,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus")
     parser.add_argument("--method", choices=["skipgram", "cbow", "both"], default="both")
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"],
+                        help="Passes over the corpus for both trainers. [default: 5]")
     parser.add_argument("--repeat", type=int, default=1, help="Runs of each trainer, interleaved.")
     parser.add_argument("--embcli-args", default="", help="Extra options for embcli train, e.g. '--negatives per-pair'.")
     parser.add_argument("--eval-dir", default=str(EVAL_DIR[0]),
                         help="Folder with questions-words.txt, wordsim353.tsv and simlex999.txt.")
     args = parser.parse_args()
     EVAL_DIR[0] = Path(args.eval_dir)
+    SETTINGS["epochs"] = args.epochs
 
     methods = ["skipgram", "cbow"] if args.method == "both" else [args.method]
     baseline = torch_baseline_pss()

@@ -663,8 +663,14 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         )
         for w in range(workers)
     ]
+    # Keep the collector from writing to the parent's objects in the children, which would
+    # copy those pages into each child (copy-on-write) and raise the memory use.
+    import gc
+
+    gc.freeze()
     for process in processes:
         process.start()
+    gc.unfreeze()
     window = _LossWindow(size=20)
     previous = (0.0, 0.0)
     try:
