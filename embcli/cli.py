@@ -53,6 +53,26 @@ def error(message):
     _stderr(f"embcli: error: {message}")
 
 
+# The flags that change each setting named in EmbcliError.options.
+OPTION_FLAGS = {
+    "encoding": "--encoding latin-1 (or cp1252)",
+    "decode_errors": "--decode-errors replace",
+    "min_count": "--min-count",
+    "lr": "--lr",
+    "force": "--force",
+    "resume": "--resume",
+}
+
+
+def error_message(failure):
+    """Return the message of an EmbcliError with the flags that fix it appended."""
+    message = str(failure)
+    flags = [OPTION_FLAGS.get(name, "--" + name.replace("_", "-")) for name in failure.options]
+    if flags:
+        message += f" [{', '.join(flags)}]"
+    return message
+
+
 def handle_errors(function):
     """Turn EmbcliError into a one-line message and exit code; hide tracebacks."""
 
@@ -61,7 +81,7 @@ def handle_errors(function):
         try:
             return function(*args, **kwargs)
         except EmbcliError as failure:
-            error(str(failure))
+            error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
         except BrokenPipeError:
             # The reader of stdout went away (for example `| head`): stop quietly.
@@ -76,12 +96,21 @@ def handle_errors(function):
         except Exception as failure:
             if STATE["debug"] or os.environ.get("EMBCLI_DEBUG"):
                 raise
+            if isinstance(failure, OSError) and failure.strerror:
+                # The environment failed (disk full, permission denied), not embcli.
+                where = f"{failure.filename}: " if failure.filename else ""
+                error(f"{where}{failure.strerror}")
+                raise typer.Exit(1) from None
+            if isinstance(failure, MemoryError):
+                error("out of memory; use a smaller corpus, vocabulary (--min-count) or --dim")
+                raise typer.Exit(1) from None
             error(
                 f"internal error: {type(failure).__name__}: {failure}. This is a bug in "
                 "embcli; run again with EMBCLI_DEBUG=1 (or --debug) to see the traceback"
             )
             raise typer.Exit(1) from None
 
+    wrapper.handles_errors = True
     return wrapper
 
 
@@ -105,7 +134,8 @@ def main_options(
 
 def _progress_bar(total_bytes, label):
     """Return (update, finish) callbacks that draw a byte progress bar on stderr."""
-    if STATE["quiet"]:
+    # Off a terminal, rich would still leave a blank line on stderr ahead of any error.
+    if STATE["quiet"] or not sys.stderr.isatty():
         return (lambda done: None), (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -219,13 +249,13 @@ def train(
     finally:
         finish()
     note(
-        f"trained {stats.words:,} words x {config.epochs} epochs in {stats.seconds:.1f} s "
+        f"trained {stats.words:,} words x {stats.epochs_done} epochs in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
 
 def _training_progress():
-    if STATE["quiet"]:
+    if STATE["quiet"] or not sys.stderr.isatty():
         return None, (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -316,7 +346,8 @@ def neighbors(
     out = sys.stdout
     for word in queries:
         try:
-            result = opened.neighbors(word, k, restrict) if k > 0 else []
+            # With -k 0 the word is still looked up, so an unknown word still fails.
+            result = opened.neighbors(word, k, restrict)
         except EmbcliError as failure:
             error(str(failure))
             failed += 1
