@@ -437,11 +437,34 @@ def read_vocab(directory, meta=None):
     return words, np.asarray(counts, dtype=np.int64)
 
 
+def _check_npy_header(path):
+    """Raise ModelCorrupt unless `path` starts with a .npy header of a plain numeric array."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                return  # np.load(allow_pickle=False) still rejects object arrays
+    except FileNotFoundError:
+        raise ModelNotFound(f"{path} is missing; run 'embcli train' first") from None
+    except (ValueError, OSError, EOFError, SyntaxError) as error:
+        raise ModelCorrupt(f"{path}: not a valid .npy file ({error})") from None
+    if dtype.hasobject:
+        raise ModelCorrupt(
+            f"{path} holds an object (pickled) array, which embcli never loads "
+            "because unpickling can run code; expected a 2-D float array"
+        )
+
+
 def load_matrix(path, expected_rows=None, mmap=True):
     """Return a float32 2-D matrix from a .npy file, memory-mapped when possible.
 
     Never unpickles: object arrays raise ModelCorrupt.
     """
+    _check_npy_header(path)
     try:
         matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:

@@ -699,16 +699,14 @@ def _run_in_process(config, corpus, input_vectors, output_vectors, device, posit
     trainer = Trainer(config, corpus, input_vectors, output_vectors, device)
     totals = [0.0, 0.0, float("nan")]
     window = _LossWindow()
-    last = [0.0]
     words_before = _words_before(trainer, positions[0], positions[1])
 
     def report(words, examples, loss, lr):
+        # Called once per chunk, which takes far longer than a progress update.
         totals[0] += words
         totals[1] += examples
         window.add(loss, examples)
-        now = time.time()
-        if progress is not None and now - last[0] > 0.2:
-            last[0] = now
+        if progress is not None:
             progress(words_before + totals[0], words_total, totals[1], window.mean(), lr)
 
     epoch, chunk = trainer.run(int(positions[0]), int(positions[1]), report, stop.is_set)
