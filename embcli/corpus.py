@@ -212,24 +212,35 @@ class TextStream:
         line_number = 1
         offset = 0  # absolute byte offset (decompressed) of carry[0]
         first = True
+        open_line = False  # a piece of the current line was handed on without its end
         last_position = 0
         while True:
             block = handle.read(self.chunk_bytes)
+            while first and block and len(block) < len(_BOM) and _BOM.startswith(block):
+                more = handle.read(self.chunk_bytes)  # a BOM cut by a tiny read
+                if not more:
+                    break
+                block += more
             if raw is not None:
                 position = raw.tell()
                 self.bytes_read += position - last_position
                 last_position = position
             else:
                 self.bytes_read += len(block)
+            at_end = not block
             if first:
                 first = False
                 self._first_bytes = block[:4]
                 if block.startswith(_BOM):
                     block = block[len(_BOM) :]
                     offset = len(_BOM)
-            at_end = not block
+                    if not block:
+                        continue  # the read held only the BOM; the next read says if more follows
             data = carry + block
             if not data:
+                if open_line:
+                    yield "", True
+                    self.lines_read += 1
                 break
             # A CR at the very end may be the first half of a CRLF: wait for more.
             if not at_end and data.endswith(b"\r"):
@@ -243,10 +254,14 @@ class TextStream:
                 complete, carry = data[: last_newline + 1], data[last_newline + 1 :]
             elif len(data) >= self.chunk_bytes:
                 # One long line: hand on a piece that ends at whitespace or a character.
-                split = _safe_split(data, encoding)
+                split = _safe_split(data[:cut], encoding)
+                if split == 0:
+                    carry = data  # only a CR that may start a CRLF: read on
+                    continue
                 piece, carry = data[:split], data[split:]
                 text = self._decode(piece, name, line_number, offset, encoding)
                 offset += len(piece)
+                open_line = True
                 yield text, False
                 continue
             else:
@@ -261,7 +276,9 @@ class TextStream:
                 lines.pop()
             for index, line in enumerate(lines):
                 last = index == len(lines) - 1
-                yield line, (ends_with_newline or not last or at_end)
+                ends = ends_with_newline or not last or at_end
+                open_line = not ends
+                yield line, ends
             newlines = len(lines) if ends_with_newline else len(lines) - 1
             line_number += newlines
             self.lines_read += newlines
@@ -292,19 +309,27 @@ def _count_line_ends(data):
 
 
 def _safe_split(data, encoding):
-    """Return an index near the end of `data` to cut at: after whitespace if possible."""
+    """Return an index near the end of `data` to cut at: after whitespace if possible.
+
+    Returns 0 when `data` is one UTF-8 character still incomplete, so the caller reads on.
+    """
     window = data[-65536:]
     best = max(window.rfind(bytes([c])) for c in _ASCII_SPACE)
     if best >= 0:
         return len(data) - len(window) + best + 1
-    # No ASCII whitespace: cut before a UTF-8 lead byte, never inside a character.
+    # No ASCII whitespace: cut before the lead byte of the last UTF-8 character, which
+    # may be incomplete. More than 3 continuation bytes are invalid anyway: cut anywhere.
+    # NOTE: for other multi-byte encodings (Shift JIS, GBK) such a cut can split a
+    # character, which then fails to decode; it needs a line over CHUNK_BYTES with no
+    # ASCII whitespace.
     cut = len(data)
     if encoding.replace("-", "").replace("_", "").lower() in ("utf8", "utf8sig"):
-        while cut > 0 and (data[cut - 1] & 0xC0) == 0x80:
-            cut -= 1
-        if cut > 0 and data[cut - 1] >= 0xC0:
-            cut -= 1
-    return cut or len(data)
+        back = 0
+        while back < 3 and back < cut and (data[cut - back - 1] & 0xC0) == 0x80:
+            back += 1
+        if back < cut and data[cut - back - 1] >= 0xC0:
+            cut -= back + 1
+    return cut
 
 
 def open_text_lines(path, encoding="utf-8", errors="strict"):

@@ -13,7 +13,8 @@ The `default` rule, applied to each line:
    - every CJK ideograph is a token of its own, as in BERT's basic tokenizer, because
      Chinese text has no spaces between words;
    - a number with inner separators (`5.00`, `1,000`) is one token;
-   - otherwise a token is a maximal run of letters, digits, marks and underscores.
+   - otherwise a token is a maximal run of letters, digits, combining marks and
+     underscores.
    Everything else (whitespace of any kind, punctuation, symbols) separates tokens, so
    `printer,` gives `printer`, `don't` gives `don` and `t`, and `web2.0` gives `web2`
    and `0`.
@@ -39,24 +40,41 @@ _DEFAULT_TOKEN = re.compile(rf"[{_CJK}]|\d+(?:[.,]\d+)+|[^\W{_CJK}]+")
 
 
 def _build_cleanup_table():
-    """Map each format character to nothing and each non-whitespace control to a space."""
+    """Map each format character to nothing and each non-whitespace control to a space.
+
+    Also returns a regex character class of the combining marks (category M), found
+    in the same pass over every code point.
+    """
     table = {}
+    mark_ranges = []
     for code in range(sys.maxunicode + 1):
         category = unicodedata.category(chr(code))
         if category == "Cf":
             table[code] = None
         elif category == "Cc" and not chr(code).isspace():
             table[code] = " "
-    return table
+        elif category[0] == "M":
+            if mark_ranges and mark_ranges[-1][1] == code - 1:
+                mark_ranges[-1][1] = code
+            else:
+                mark_ranges.append([code, code])
+    marks = "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in mark_ranges)
+    return table, marks
 
 
 _CLEANUP = None
+_DEFAULT_TOKEN_UNICODE = None
 
 
 def _cleanup_table():
-    global _CLEANUP
+    global _CLEANUP, _DEFAULT_TOKEN_UNICODE
     if _CLEANUP is None:
-        _CLEANUP = _build_cleanup_table()
+        _CLEANUP, marks = _build_cleanup_table()
+        # Python's \w leaves out combining marks, so vowel signs (Devanagari, Thai) and
+        # the dot of a lowercased "İ" would split words; runs of marks join the token.
+        _DEFAULT_TOKEN_UNICODE = re.compile(
+            rf"[{_CJK}]|\d+(?:[.,]\d+)+|(?:[^\W{_CJK}]+|[{marks}]+)+"
+        )
     return _CLEANUP
 
 
@@ -107,7 +125,10 @@ class Tokenizer:
                 for token in self._jieba.lcut(piece, HMM=True)
                 if not token.isspace() and _has_word_char(token)
             ]
-        return _DEFAULT_TOKEN.findall(text)
+        if text.isascii():
+            return _DEFAULT_TOKEN.findall(text)
+        _cleanup_table()
+        return _DEFAULT_TOKEN_UNICODE.findall(text)
 
     def query_token(self, query):
         """Return the single token that `query` stands for, or raise QueryError."""
