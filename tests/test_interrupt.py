@@ -157,29 +157,53 @@ TRAIN_COMMAND = [sys.executable, "-m", "embcli", "train", "--threads", "1", "--d
                  "--epochs", "2", "--seed", "9", "-q"]
 
 
+def wait_for_lock(model_dir, process, timeout=60):
+    """Return once `process` holds the write lock of `model_dir` (it has started work)."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    fd = os.open(os.path.join(model_dir, store.LOCK), os.O_RDONLY)
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                return
+            time.sleep(0.01)
+    finally:
+        os.close(fd)
+
+
 def test_sigkill_at_random_moments_leaves_whole_model(vocab_dir, tmp_path):
     """Kill `embcli train` with SIGKILL at random moments; the model is always whole.
 
     The directory holds model A (seed 5). Each run trains model B (seed 9) in a
-    subprocess, killed at a random time. Afterwards the directory must open as exactly
-    A or exactly B, never a mix, and the metadata must describe the matrix it holds.
+    subprocess, killed at a random moment between taking the write lock and a little
+    after the time a whole run takes, so kills land in loading, training and saving.
+    Afterwards the directory must open as exactly A or exactly B, never a mix, and the
+    metadata must describe the matrix it holds.
     """
     train_model(vocab_dir, TrainConfig(**SETTINGS))
     model_a = embeddings_bytes(vocab_dir)
     vocab = open(os.path.join(vocab_dir, "vocab.tsv"), "rb").read()
 
-    # B, trained to the end once: it also measures how long a run takes.
+    # B, trained to the end in this process: one thread makes it the subprocess's result.
     expected_b = copy_model(vocab_dir, str(tmp_path / "b"))
     started = time.monotonic()
-    subprocess.run(TRAIN_COMMAND + ["-m", expected_b], check=True, timeout=120)
+    train_model(expected_b, TrainConfig(dim=12, epochs=2, threads=1, seed=9))  # as TRAIN_COMMAND
     duration = time.monotonic() - started
     model_b = embeddings_bytes(expected_b)
     assert model_b != model_a
 
+    saved_a = copy_model(vocab_dir, str(tmp_path / "a"))
     generator = random.Random(1234)
-    for attempt in range(4):
+    for attempt in range(3):
+        shutil.rmtree(vocab_dir)
+        copy_model(saved_a, vocab_dir)
         process = subprocess.Popen(TRAIN_COMMAND + ["-m", vocab_dir])
-        time.sleep(generator.uniform(0.3 * duration, 1.05 * duration))
+        wait_for_lock(vocab_dir, process)
+        time.sleep(generator.uniform(0, 1.5 * duration))
         process.kill()
         process.wait(timeout=30)
 
