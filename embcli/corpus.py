@@ -121,7 +121,7 @@ def is_ascii_compatible(encoding):
 
 
 def check_encoding(encoding):
-    """Raise CorpusError unless `encoding` names a text codec that Python knows."""
+    """Raise CorpusError unless `encoding` names a text codec in Python's registry."""
     try:
         codecs.lookup(encoding)
         b"a".decode(encoding)  # raises LookupError for bytes-to-bytes codecs (zlib, hex)
@@ -235,7 +235,7 @@ class TextStream:
                     block = block[len(_BOM) :]
                     offset = len(_BOM)
                     if not block:
-                        continue  # the read held only the BOM; the next read says if more follows
+                        continue  # the read returned only the BOM, so read on to find the end
             data = carry + block
             if not data:
                 if open_line:
@@ -320,8 +320,8 @@ def _safe_split(data, encoding):
     # No ASCII whitespace: cut before the lead byte of the last UTF-8 character, which
     # may be incomplete. More than 3 continuation bytes are invalid anyway: cut anywhere.
     # NOTE: for other multi-byte encodings (Shift JIS, GBK) such a cut can split a
-    # character, which then fails to decode; it needs a line over CHUNK_BYTES with no
-    # ASCII whitespace.
+    # character, which then fails to decode. It takes a line longer than CHUNK_BYTES
+    # with no ASCII whitespace in its last 64 KiB.
     cut = len(data)
     if encoding.replace("-", "").replace("_", "").lower() in ("utf8", "utf8sig"):
         back = 0

@@ -19,7 +19,7 @@ class EmbcliError(Exception):
 
 
 class CorpusError(EmbcliError):
-    """The corpus cannot be read or holds nothing to learn from."""
+    """The corpus cannot be read or contains nothing to learn from."""
 
 
 class EncodingError(CorpusError):

@@ -11,8 +11,8 @@ Every file is written to a temporary name in the same directory and fsynced. A s
 files becomes visible together through `commit()`: it first writes a journal that lists
 the removals and renames, then applies them, then deletes the journal. A process killed
 before the journal exists leaves the previous model intact (plus temporary files,
-removed by the next write); one killed after it leaves a journal that the next reader or
-writer completes. Readers then check every data file against the fingerprint recorded in
+removed by the next write). One killed after it leaves a journal that the next reader
+or writer completes. Readers then check every data file against the fingerprint recorded in
 `meta.json`, and reject a data file that `meta.json` does not list, so a matrix never
 pairs with the metadata or vocabulary of another save.
 
@@ -156,7 +156,7 @@ def ensure_directory(directory):
 def _try_lock(directory, create):
     """Return a file descriptor holding the exclusive lock of `directory`, or None.
 
-    Returns None when another process holds it. Raises OSError when the lock file
+    Returns None when another process has it. Raises OSError when the lock file
     cannot be opened (for example `create` is False and it does not exist).
     """
     flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
@@ -222,7 +222,7 @@ def commit(directory, renames, remove=()):
     """Atomically make each temporary file in `renames` ({final name: temp path}) visible.
 
     Names in `remove` are deleted in the same commit (for example embeddings that no
-    longer match a rebuilt vocabulary). The caller holds `writer_lock(directory)`.
+    longer match a rebuilt vocabulary). The caller must have `writer_lock(directory)`.
     """
     journal = {
         "renames": {name: os.path.basename(tmp) for name, tmp in renames.items()},
@@ -237,8 +237,8 @@ def commit(directory, renames, remove=()):
 
 def _apply_journal(directory, journal):
     # Each step can be repeated, so a commit killed halfway is completed by running
-    # the whole journal again. Removals go first: a reader that comes while the
-    # journal is applied then sees a file missing, never an old file beside new ones.
+    # the whole journal again. Removals go first, so a reader that opens the model
+    # while the journal is applied finds a file missing, never an old file beside new ones.
     for name in journal.get("remove", ()):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, name))
@@ -273,7 +273,7 @@ def _read_journal(path):
 def recover(directory):
     """Finish a commit that a killed process left half done. Return True if there was one.
 
-    The caller holds the write lock, or knows that no writer is running.
+    The caller must have the write lock, or be sure that no writer is running.
     """
     path = os.path.join(directory, JOURNAL)
     journal = _read_journal(path)

@@ -71,7 +71,7 @@ def _cleanup_table():
     if _CLEANUP is None:
         _CLEANUP, marks = _build_cleanup_table()
         # Python's \w leaves out combining marks, so vowel signs (Devanagari, Thai) and
-        # the dot of a lowercased "İ" would split words; runs of marks join the token.
+        # the dot of a lowercased "İ" would split words. Runs of marks join the token.
         _DEFAULT_TOKEN_UNICODE = re.compile(
             rf"[{_CJK}]|\d+(?:[.,]\d+)+|(?:[^\W{_CJK}]+|[{marks}]+)+"
         )

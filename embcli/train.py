@@ -405,7 +405,7 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
 
     # The parent started this process with SIGINT and SIGTERM ignored and blocked, so a
     # Ctrl-C that reaches the whole process group during start-up is dropped here. The
-    # parent alone handles signals and asks the workers to stop through `stop_event`.
+    # parent alone handles signals and tells the workers to stop through `stop_event`.
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -479,7 +479,7 @@ def _signals_to(handler):
 
 @dataclass
 class _Resume:
-    """Where a run starts: fresh, or from the state of a checkpoint."""
+    """The starting state of a run: fresh vectors, or those of a checkpoint."""
 
     config: TrainConfig
     workers: int
@@ -500,8 +500,9 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
 
     `progress(words_done, words_total, examples, loss, lr)` is called a few times a
     second. Returns TrainStats. On SIGINT or SIGTERM it stops between two chunks of the
-    corpus, saves a checkpoint and raises TrainingInterrupted; `resume=True` continues
-    from that checkpoint with its settings, learning-rate schedule and random streams.
+    corpus, saves a checkpoint and raises TrainingInterrupted. With `resume=True` it
+    continues from that checkpoint with its settings, learning-rate schedule and random
+    streams.
     Raises TrainingError, writing no vectors, if training diverges. The model directory
     is locked against other writers for the whole run.
     """
@@ -541,7 +542,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
         words_in_corpus = _words_in(corpus)
         if words_in_corpus == 0:
             names = ", ".join(corpus_paths) if corpus_paths else "the corpus"
-            raise EmptyCorpus(f"{names} holds no word of the vocabulary; nothing to train on")
+            raise EmptyCorpus(f"{names} contains no word of the vocabulary; nothing to train on")
 
         if device.type != "cpu":
             workers = 1
@@ -748,7 +749,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
 
     Returns (positions, [words, examples, recent mean loss], failure). `failure` is None,
     or a message when a worker died without reporting an error (for example killed by
-    the kernel); the positions then let a checkpoint resume the lost work.
+    the kernel). The positions then let a checkpoint resume the lost work.
     """
     import torch.multiprocessing as mp
 

@@ -56,7 +56,8 @@ def test_non_utf8_corpus_error_names_place():
     assert_clean_error(result)
     assert "corpus.txt: line 2, byte offset 24: invalid UTF-8" in result.stderr
     assert "0xe9" in result.stderr
-    assert "--encoding" in result.stderr and "--decode-errors replace" in result.stderr
+    assert "--encoding" in result.stderr
+    assert "--decode-errors replace" in result.stderr
     assert not os.path.exists("embcli-model")
 
 
@@ -76,7 +77,9 @@ def test_non_utf8_corpus_decoded_on_request(options, word):
         assert "\ufffd" not in "".join(counts)
     else:
         assert counts[word] == 1
-    assert counts["the"] == 3 and counts["sleeps"] == 1 and counts["runs"] == 1
+    assert counts["the"] == 3
+    assert counts["sleeps"] == 1
+    assert counts["runs"] == 1
 
 
 def test_non_utf8_corpus_whitespace_tokenizer_keeps_replacement():
@@ -146,7 +149,8 @@ def test_unicode_whitespace_query_uses_same_rule():
 def test_empty_corpus_writes_nothing(name):
     result = invoke("build-vocab", CASES / "15-empty-corpus" / name)
     assert_clean_error(result)
-    assert name in result.stderr and "contains no tokens" in result.stderr
+    assert name in result.stderr
+    assert "contains no tokens" in result.stderr
     assert not os.path.exists("embcli-model")
 
 
@@ -164,7 +168,7 @@ def test_train_on_empty_corpus_is_clean_error(small_corpus):
     assert invoke("build-vocab", small_corpus, "--min-count", "3").exit_code == 0
     result = invoke("train", CASES / "15-empty-corpus" / "blank_lines.txt", "--threads", "1")
     assert_clean_error(result)
-    assert "blank_lines.txt holds no word of the vocabulary" in result.stderr
+    assert "blank_lines.txt contains no word of the vocabulary" in result.stderr
     assert not os.path.exists("embcli-model/embeddings.npy")
 
 
@@ -194,7 +198,8 @@ def test_one_word_vocabulary_is_rejected(tmp_path):
     corpus.write_text("echo echo echo\necho\n", encoding="utf-8")
     result = invoke("build-vocab", corpus, "--min-count", "1")
     assert_clean_error(result)
-    assert "1 of 1 distinct words" in result.stderr and "at least 2 words" in result.stderr
+    assert "1 of 1 distinct words" in result.stderr
+    assert "at least 2 words" in result.stderr
     assert not os.path.exists("embcli-model")
 
 
@@ -228,7 +233,8 @@ def test_mixed_case_lowercased_by_default():
     assert invoke("build-vocab", corpus, "--min-count", "1").exit_code == 0
     counts = vocab_of()
     assert counts["apple"] == 4
-    assert "Apple" not in counts and "APPLE" not in counts
+    assert "Apple" not in counts
+    assert "APPLE" not in counts
     assert store.read_meta("embcli-model")["tokenizer"]["lowercase"] is True
     assert invoke("train", "--dim", "8", "--epochs", "1", "--threads", "1", "-q").exit_code == 0
     upper = invoke("lookup", "APPLE")
@@ -241,8 +247,12 @@ def test_digits_and_punctuation_default_tokenizer():
     corpus = CASES / "26-digits-and-punctuation" / "corpus.txt"
     assert invoke("build-vocab", corpus, "--min-count", "1").exit_code == 0
     counts = vocab_of()
-    assert counts["printer"] == 2 and counts["html5"] == 2 and counts["3d"] == 2
-    assert counts["web2"] == 1 and counts["0"] == 1 and counts["5.00"] == 1
+    assert counts["printer"] == 2
+    assert counts["html5"] == 2
+    assert counts["3d"] == 2
+    assert counts["web2"] == 1
+    assert counts["0"] == 1
+    assert counts["5.00"] == 1
     assert not any(ch in word for word in counts for ch in ",.!$" if word != "5.00")
 
 
@@ -253,8 +263,10 @@ def test_digits_and_punctuation_whitespace_tokenizer():
     counts = vocab_of()
     assert sum(counts.values()) == 15
     assert len(counts) == 13
-    assert counts["printer,"] == 1 and counts["printer"] == 1
-    assert "$5.00!" in counts and "web2.0" in counts
+    assert counts["printer,"] == 1
+    assert counts["printer"] == 1
+    assert "$5.00!" in counts
+    assert "web2.0" in counts
 
 
 @pytest.mark.parametrize("tokenizer", ["default", "whitespace"])
@@ -265,7 +277,8 @@ def test_extra_whitespace_gives_no_empty_tokens(tokenizer):
     assert counts == {"leading": 1, "spaces": 2, "trailing": 1, "double": 1, "space": 1,
                       "tabs": 1, "inside": 1}
     lines = open("embcli-model/vocab.tsv", encoding="utf-8").read().split("\n")
-    assert lines[-1] == "" and all(lines[:-1])
+    assert lines[-1] == ""
+    assert all(lines[:-1])
     assert len(lines) - 1 == 7
     # Blank lines leave no line-end markers of their own in the token cache.
     assert store.read_meta("embcli-model")["token_cache"]["tokens"] == 8 + 4
@@ -277,7 +290,8 @@ def test_diverging_training_writes_no_vectors():
     meta_before = open("embcli-model/meta.json", "rb").read()
     result = invoke("train", "--lr", "1e6", "--epochs", "50", "--threads", "1", "-q")
     assert_clean_error(result)
-    assert "training diverged" in result.stderr and "--lr" in result.stderr
+    assert "training diverged" in result.stderr
+    assert "--lr" in result.stderr
     assert not os.path.exists("embcli-model/embeddings.npy")
     assert open("embcli-model/meta.json", "rb").read() == meta_before
     assert not [name for name in os.listdir("embcli-model") if name.startswith(".tmp-")]
@@ -344,7 +358,8 @@ def test_interrupted_training_saves_checkpoint(tmp_path, signum, code):
     from embcli.train import TrainConfig, _load_checkpoint
 
     start = _load_checkpoint(model_dir, store.read_meta(model_dir), TrainConfig(threads=1), 300)
-    assert start.config.epochs == 50 and start.config.dim == 16
+    assert start.config.epochs == 50
+    assert start.config.dim == 16
     assert start.positions[0] < 50
     assert start.input_vectors.shape == (300, 16)
     assert np.isfinite(start.input_vectors.numpy()).all()

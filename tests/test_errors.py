@@ -46,7 +46,8 @@ def test_internal_error_is_one_line(monkeypatch, command):
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert result.stderr.startswith("embcli: error: internal error: ZeroDivisionError: deliberate fault")
-    assert "EMBCLI_DEBUG=1" in result.stderr and "--debug" in result.stderr
+    assert "EMBCLI_DEBUG=1" in result.stderr
+    assert "--debug" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

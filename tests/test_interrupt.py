@@ -58,7 +58,8 @@ def test_one_thread_runs_are_byte_identical(vocab_dir, tmp_path):
     assert embeddings_bytes(vocab_dir) == embeddings_bytes(other)
     training = store.read_meta(vocab_dir)["training"]
     assert training["reproducible"] is True
-    assert training["settings"]["seed"] == 5 and training["settings"]["threads"] == 1
+    assert training["settings"]["seed"] == 5
+    assert training["settings"]["threads"] == 1
     for key in ("torch_version", "numpy_version", "python_version", "device", "corpus"):
         assert training[key]
 

@@ -40,7 +40,8 @@ def test_random_bytes_strict_raise_only_encoding_error(tmp_path, data, chunk):
     try:
         lines = read_lines(path, chunk_bytes=chunk)
     except EncodingError as error:
-        assert 1 <= error.line and 0 <= error.offset < len(data)
+        assert 1 <= error.line
+        assert 0 <= error.offset < len(data)
     except CorpusError as error:
         # Bytes that start like a gzip, bzip2 or xz stream are read as one.
         assert data.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")), str(error)
@@ -57,7 +58,8 @@ def test_random_bytes_replace_never_raise(tmp_path, data, chunk):
     path.write_bytes(b"x" + data)  # never a compression magic number
     lines = read_lines(path, errors="replace", chunk_bytes=chunk)
     for line in lines:
-        assert "\r" not in line and "\n" not in line
+        assert "\r" not in line
+        assert "\n" not in line
 
 
 @PROPERTY_SETTINGS
@@ -131,7 +133,8 @@ def test_tokens_have_no_separators_and_are_stable(text, which):
     for token in tokens:
         assert token
         assert not any(forbidden_in_token(ch) for ch in token), repr(token)
-        assert "\t" not in token and "\n" not in token
+        assert "\t" not in token
+        assert "\n" not in token
     # Tokenizing the tokens again, space-separated, gives them back unchanged.
     assert tokenizer.tokenize(" ".join(tokens)) == tokens
 
