@@ -134,7 +134,6 @@ def main_options(
 
 def _progress_bar(total_bytes, label):
     """Return (update, finish) callbacks that draw a byte progress bar on stderr."""
-    # Off a terminal, rich would still leave a blank line on stderr ahead of any error.
     if STATE["quiet"] or not sys.stderr.isatty():
         return (lambda done: None), (lambda: None)
     from rich.console import Console
@@ -249,7 +248,7 @@ def train(
     finally:
         finish()
     note(
-        f"trained {stats.words:,} words x {stats.epochs_done} epochs in {stats.seconds:.1f} s "
+        f"trained {stats.epochs_done} epochs over {stats.words // stats.epochs_done:,} words in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
