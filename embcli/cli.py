@@ -91,6 +91,9 @@ def handle_errors(function):
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
+        except Terminated:
+            error("stopped by SIGTERM")
+            raise typer.Exit(143) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as failure:
@@ -224,6 +227,8 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
+    force: bool = typer.Option(False, "--force",
+                               help="Start from scratch even if an interrupted run left a checkpoint (it is discarded)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,
@@ -244,7 +249,7 @@ def train(
     progress, finish = _training_progress()
     try:
         stats = train_model(model_dir, config, corpus or None, encoding, decode_errors, resume=resume,
-                            progress=progress)
+                            progress=progress, discard_checkpoint=force)
     finally:
         finish()
     note(
@@ -397,15 +402,33 @@ def info(
                              f"final loss {stats['final_loss']:.4f}, device {training['device']}"))
     else:
         lines.append(("training", "not trained yet"))
+    if os.path.exists(os.path.join(model_dir, store.CHECKPOINT)):
+        checkpoint = os.path.join(model_dir, store.CHECKPOINT)
+        lines.append(("checkpoint", f"{checkpoint} (continue with: embcli train --resume -m {model_dir})"))
     lines.append(("embcli", meta.get("embcli_version", "?")))
     for key, value in lines:
         sys.stdout.write(f"{key}\t{value}\n")
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup code runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main():
     """Console entry point."""
+    import signal
+
+    # Training routes SIGTERM to its own handler while it runs, and restores this one.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app(prog_name="embcli")
     except KeyboardInterrupt:
         error("interrupted")
         sys.exit(130)
+    except Terminated:
+        error("stopped by SIGTERM")
+        sys.exit(143)

@@ -495,7 +495,7 @@ class _Resume:
 
 
 def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="strict",
-                resume=False, progress=None, encode_progress=None):
+                resume=False, progress=None, encode_progress=None, discard_checkpoint=False):
     """Train embeddings for the vocabulary in `model_dir` and save them there.
 
     `progress(words_done, words_total, examples, loss, lr)` is called a few times a
@@ -504,13 +504,22 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
     continues from that checkpoint with its settings, learning-rate schedule and random
     streams.
     Raises TrainingError, writing no vectors, if training diverges. The model directory
-    is locked against other writers for the whole run.
+    is locked against other writers for the whole run. A fresh run in a directory with a
+    checkpoint raises EmbcliError, so the interrupted work is not lost, unless
+    `discard_checkpoint` is set.
     """
     config.validate()
     if resume and corpus_paths:
         raise EmbcliError(
             "a resumed run trains on the corpus that its checkpoint recorded; drop the "
             "corpus arguments, or start again without resuming"
+        )
+    checkpoint = os.path.join(model_dir, CHECKPOINT)
+    if not resume and not discard_checkpoint and os.path.exists(checkpoint):
+        raise EmbcliError(
+            f"{checkpoint} contains the state of an interrupted run; continue it, or start "
+            "from scratch and discard it",
+            options=("resume", "force"),
         )
     with store.writer_lock(model_dir):
         return _train_locked(model_dir, config, corpus_paths, encoding, errors, resume,
@@ -950,7 +959,8 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
         "settings": _config_json(config),
         "workers": workers,
         "device": str(device),
-        "reproducible": workers == 1,
+        # NOTE: CUDA runs are not known to repeat: index_add_ on CUDA sums with atomics.
+        "reproducible": workers == 1 and device.type == "cpu",
         "resumed": start.resumed,
         "corpus": start.corpus_record,
         "torch_version": torch.__version__,

@@ -218,3 +218,16 @@ def test_sigkill_at_random_moments_leaves_whole_model(vocab_dir, tmp_path):
     # The next writer removes the temporary files that killed runs left.
     train_model(vocab_dir, TrainConfig(**SETTINGS))
     assert not [name for name in os.listdir(vocab_dir) if name.startswith(store.TMP_PREFIX)]
+
+
+def test_fresh_run_keeps_checkpoint_unless_forced(vocab_dir):
+    from embcli.errors import EmbcliError
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
+    with pytest.raises(EmbcliError, match="contains the state of an interrupted run") as refused:
+        train_model(vocab_dir, TrainConfig(**SETTINGS))
+    assert refused.value.options == ("resume", "force")
+    assert os.path.exists(os.path.join(vocab_dir, "checkpoint.json"))
+    train_model(vocab_dir, TrainConfig(**SETTINGS), discard_checkpoint=True)
+    assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)
