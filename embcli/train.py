@@ -553,6 +553,11 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             names = ", ".join(corpus_paths) if corpus_paths else "the corpus"
             raise EmptyCorpus(f"{names} contains no word of the vocabulary; nothing to train on")
 
+        if resume and start.workers > 1 and device.type != "cpu":
+            raise EmbcliError(
+                f"the checkpoint in {model_dir} was saved by {start.workers} worker processes "
+                "on the CPU, and each resumes its own slice of the corpus; resume it on the CPU"
+            )
         if device.type != "cpu":
             workers = 1
         elif resume:
@@ -844,10 +849,9 @@ def _config_json(config):
 
 
 def _config_from_json(data, current):
-    """Return the TrainConfig saved in a checkpoint; `threads` and `device` stay current."""
+    """Return the TrainConfig saved in a checkpoint, with the device of `current`."""
     known = {field.name for field in fields(TrainConfig)}
     saved = {key: value for key, value in data.items() if key in known}
-    saved["threads"] = current.threads
     saved["device"] = current.device
     return TrainConfig(**saved)
 
