@@ -863,8 +863,16 @@ def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors,
     A corpus encoded for this run only (`new_cache`) becomes checkpoint-tokens.npy, so a
     resumed run trains on the same token ids.
     """
-    input_tmp = store.save_npy_temp(model_dir, CHECKPOINT_INPUT, input_vectors.detach().cpu().numpy())
-    output_tmp = store.save_npy_temp(model_dir, CHECKPOINT_OUTPUT, output_vectors.detach().cpu().numpy())
+    inputs = input_vectors.detach().cpu().numpy()
+    outputs = output_vectors.detach().cpu().numpy()
+    if not (np.isfinite(inputs).all() and np.isfinite(outputs).all()):
+        raise TrainingDiverged(
+            f"training diverged before it was stopped (the vectors contain NaN or infinite "
+            f"values), so no checkpoint was saved; lower the learning rate (it was "
+            f"{config.resolved_lr():g})"
+        )
+    input_tmp = store.save_npy_temp(model_dir, CHECKPOINT_INPUT, inputs)
+    output_tmp = store.save_npy_temp(model_dir, CHECKPOINT_OUTPUT, outputs)
     renames = {CHECKPOINT_INPUT: input_tmp, CHECKPOINT_OUTPUT: output_tmp}
     tokens_name = start.tokens_name
     if new_cache is not None:
