@@ -220,7 +220,7 @@ def build_vocab(
     if trained and not replace_embeddings:
         what = "trained embeddings" if store.EMBEDDINGS in trained else "a training checkpoint"
         raise EmbcliError(
-            f"{model_dir} already holds {what}, which a new vocabulary would orphan; "
+            f"{model_dir} already contains {what}, which a new vocabulary would orphan; "
             "choose another model directory, or replace them on purpose",
             options=("force",),
         )

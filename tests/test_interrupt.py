@@ -140,7 +140,7 @@ def test_build_vocab_refuses_to_orphan_checkpoint(vocab_dir, small_corpus):
 
     with pytest.raises(TrainingInterrupted):
         train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
-    with pytest.raises(EmbcliError, match="already holds a training checkpoint"):
+    with pytest.raises(EmbcliError, match="already contains a training checkpoint"):
         build_vocab(vocab_dir, [small_corpus], Tokenizer(), min_count=3)
     build_vocab(vocab_dir, [small_corpus], Tokenizer(), min_count=4, replace_embeddings=True)
     assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)

@@ -316,3 +316,20 @@ def test_unknown_words_reported_others_answered(trained_model):
     assert result.exit_code == 1
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["lord", "god"]
     assert result.stderr.count("not in vocabulary") == 1
+
+
+def test_build_vocab_over_trained_model(model_copy, small_corpus):
+    before = open(os.path.join(model_copy, "embeddings.npy"), "rb").read()
+    result = invoke("build-vocab", small_corpus, "-m", model_copy, "--min-count", "4")
+    assert result.exit_code == 1
+    assert "already contains trained embeddings" in result.stderr
+    assert "[--force]" in result.stderr
+    assert open(os.path.join(model_copy, "embeddings.npy"), "rb").read() == before
+
+    result = invoke("build-vocab", small_corpus, "-m", model_copy, "--min-count", "4", "--force")
+    assert result.exit_code == 0, result.stderr
+    assert not os.path.exists(os.path.join(model_copy, "embeddings.npy"))
+    assert "embeddings.npy" not in store.read_meta(model_copy)["files"]
+    missing = invoke("lookup", "-m", model_copy, "lord")
+    assert missing.exit_code == 1
+    assert "no embeddings; run 'embcli train' first" in missing.stderr
