@@ -167,7 +167,6 @@ class Tokenizer:
             )
         self.name = name
         self.lowercase = lowercase
-        self._segmenter = None
         if name == "jieba" and check_available and importlib.util.find_spec("jieba") is None:
             raise _jieba_missing()
 
@@ -253,9 +252,15 @@ class Tokenizer:
         )
 
     def _jieba(self):
-        if self._segmenter is None:
-            self._segmenter = _load_jieba()
-        return self._segmenter
+        global _JIEBA
+        if _JIEBA is None:
+            _JIEBA = _load_jieba()
+        return _JIEBA
+
+
+# One jieba.Tokenizer per process, shared by every Tokenizer("jieba"): loading its
+# dictionary takes about a second and 70 MB.
+_JIEBA = None
 
 
 def _jieba_missing():
