@@ -64,8 +64,8 @@ _HAN = (
     "\U00030000-\U000323af"
 )
 # Hiragana, with the iteration marks ゝゞ and the ligature ゟ, the hentaigana and
-# archaic letters of the Kana Supplement and Kana Extended-A blocks, and small letters
-# (U+1B132 and U+1B155 are new in Unicode 15 and join their class when Python has them).
+# archaic letters of the Kana Supplement and Kana Extended-A blocks, and small letters.
+# U+1B132 and U+1B155 are new in Unicode 15; older Pythons treat them as unassigned.
 _HIRAGANA = "\u3041-\u3096\u309d-\u309f\U0001b001-\U0001b11f\U0001b132\U0001b150-\U0001b152"
 # Katakana, the prolonged sound mark and iteration marks (U+30FB, the middle dot, is
 # punctuation), the phonetic extensions, and archaic and small letters.
@@ -158,8 +158,8 @@ class Tokenizer:
         """Raise EmbcliError for an unknown name, or for jieba when it is not installed.
 
         `check_available=False` defers the jieba check to the first line that needs
-        segmenting, so that a model built with jieba still answers the queries that are
-        found in its vocabulary after normalization.
+        segmenting. A model built with jieba then still returns the vectors of queries
+        that are in its vocabulary after normalization, without jieba installed.
         """
         if name not in TOKENIZER_NAMES:
             raise EmbcliError(
@@ -271,11 +271,11 @@ def _jieba_missing():
 
 
 def _jieba_version():
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("jieba")
-    except Exception:
+    except PackageNotFoundError:
         return None
 
 
@@ -327,9 +327,9 @@ def _load_jieba():
     return segmenter
 
 
-# build-vocab's checks on the tokens it read. A Chinese word is one to four characters
-# in nearly every case (the token-weighted median in segmented People's Daily text is
-# 2), so CJK tokens whose median length reaches 5 are phrases or whole lines.
+# build-vocab's checks on the tokens it read. In the gold segmentation of People's
+# Daily (January 1998), 99.3% of Chinese word tokens are one to four characters long
+# and the median is 2, so CJK tokens whose median length reaches 5 are phrases or lines.
 CJK_MEDIAN_LIMIT = 5
 # Fewer CJK tokens than this share are left alone (names or quotes in other text).
 CJK_MIN_SHARE = 0.05
@@ -371,8 +371,8 @@ def _weighted_median(lengths, weights):
 def review_tokens(words, counts, tokenizer_name):
     """Return a TokenReport on the distinct `words` and their `counts` from one corpus.
 
-    A warning names what looks wrong and the tokenizer that fits; a note says what the
-    tokenizer did with CJK text when that is worth knowing.
+    A warning names what looks wrong and the tokenizer that fits. A note describes what
+    the tokenizer did with CJK text, where a user might not expect it.
     """
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
@@ -408,8 +408,9 @@ def review_tokens(words, counts, tokenizer_name):
     if tokenizer_name == "default" and report.single_han_share >= CJK_MIN_SHARE:
         report.notes.append(
             f"{report.single_han_share:.0%} of tokens are single Chinese characters, because "
-            "the default tokenizer makes each CJK ideograph a token; for vectors of Chinese "
-            "words, use the jieba tokenizer, or a segmented corpus with the whitespace tokenizer"
+            "the default tokenizer makes each CJK ideograph a token. That suits classical "
+            "Chinese; for words of modern Chinese, use the jieba tokenizer, or a segmented "
+            "corpus with the whitespace tokenizer"
         )
     if tokenizer_name == "jieba" and total and not _any_han(words):
         report.notes.append(

@@ -35,7 +35,8 @@ def test_unsegmented_with_whitespace_warns():
     assert vocabulary("embcli-model") == {"我喜欢吃苹果": 1, "他喜欢吃香蕉": 1, "我们都喜欢水果": 1}
     assert "warning:" in result.stderr
     assert "unsegmented" in result.stderr
-    assert "jieba tokenizer" in result.stderr and "default tokenizer" in result.stderr
+    assert "jieba tokenizer" in result.stderr
+    assert "default tokenizer" in result.stderr
     meta = json.loads(Path("embcli-model/meta.json").read_text(encoding="utf-8"))
     assert meta["vocab"]["token_review"]["warnings"]
 
@@ -64,7 +65,8 @@ def test_unsegmented_with_default_is_characters():
     assert all(len(word) == 1 for word in words)
     assert words["喜"] == 3
     assert "warning:" not in result.stderr
-    assert "note:" in result.stderr and "single Chinese characters" in result.stderr
+    assert "note:" in result.stderr
+    assert "single Chinese characters" in result.stderr
 
 
 def test_unsegmented_with_jieba_matches_gold():
@@ -149,7 +151,8 @@ def test_query_in_other_normal_form_finds_word(trained):
         assert "café" in vocabulary(model_dir)  # the corpus spelled it decomposed
         composed = lookup(model_dir, "caf\u00e9")
         decomposed = lookup(model_dir, "cafe\u0301")
-        assert composed.exit_code == 0 and decomposed.exit_code == 0
+        assert composed.exit_code == 0
+        assert decomposed.exit_code == 0
         assert composed.stdout.split("\t")[1:] == decomposed.stdout.split("\t")[1:]
 
 
@@ -160,7 +163,8 @@ def test_full_width_number_query(trained):
 
 def test_jieba_model_answers_chinese_words(trained):
     words = vocabulary(trained["jieba"])
-    assert "北京" in words and "上海" in words
+    assert "北京" in words
+    assert "上海" in words
     result = invoke("neighbors", "-m", trained["jieba"], "北京", "-k", "3")
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
@@ -169,7 +173,8 @@ def test_jieba_model_answers_chinese_words(trained):
 def test_query_that_splits_names_its_tokens(trained):
     result = lookup(trained["default"], "北京")
     assert result.exit_code == 1
-    assert "2 tokens" in result.stderr and "北 京" in result.stderr
+    assert "2 tokens" in result.stderr
+    assert "北 京" in result.stderr
     result = lookup(trained["jieba"], "北京上海")
     assert result.exit_code == 1
     assert "北京 上海" in result.stderr

@@ -136,7 +136,7 @@ def test_jieba_segments_chinese_words():
     assert "北京" in JIEBA.tokenize("我们在北京工作")
 
 
-def test_every_token_is_nfc():
+def test_every_token_is_nfkc():
     text = nfd("Crème brûlée à Noël ") + "ＡＢＣ ｶﾀｶﾅ 한국어"
     for tokenizer in (DEFAULT, WHITESPACE, JIEBA):
         for token in tokenizer.tokenize(text):
@@ -171,7 +171,8 @@ def test_config_records_the_rule():
     assert config["unicode_version"] == unicodedata.unidata_version
     assert config["jieba_version"]
     rebuilt = Tokenizer.from_config(Tokenizer("whitespace", lowercase=False).config())
-    assert rebuilt.name == "whitespace" and rebuilt.lowercase is False
+    assert rebuilt.name == "whitespace"
+    assert rebuilt.lowercase is False
 
 
 def test_unknown_tokenizer_names_the_choices():
@@ -192,7 +193,7 @@ def test_query_in_nfd_finds_nfc_word():
 
 
 def test_query_found_whole_before_splitting():
-    # jieba alone splits this name, but the corpus had it as one token.
+    # jieba splits this query when it is typed alone; the corpus had it as one token.
     assert JIEBA.query_token("北京大学生", {"北京大学生": 0}) == "北京大学生"
 
 
@@ -278,20 +279,23 @@ def test_review_notes_single_characters():
     report = review(read_case("corpus.txt"), DEFAULT)
     assert report.warnings == []
     assert report.single_han_share == 1.0
-    assert len(report.notes) == 1 and "jieba" in report.notes[0]
+    assert len(report.notes) == 1
+    assert "jieba" in report.notes[0]
 
 
 def test_review_warns_on_long_tokens():
     lines = ["the_quick_brown_fox_jumps_over_the_lazy_dog_" + str(i) for i in range(20)]
     report = review(lines, WHITESPACE)
     assert report.median_length > 20
-    assert len(report.warnings) == 1 and "not split into words" in report.warnings[0]
+    assert len(report.warnings) == 1
+    assert "not split into words" in report.warnings[0]
     thai = review(["ภาษาไทยเป็นภาษาที่ไม่มีการเว้นวรรคระหว่างคำ"] * 3, DEFAULT)
     assert "Thai" in thai.warnings[0]
 
 
 def test_review_is_quiet_on_english():
     report = review(["In the beginning God created the heaven and the earth."] * 5, DEFAULT)
-    assert report.warnings == [] and report.notes == []
+    assert report.warnings == []
+    assert report.notes == []
     assert report.cjk_share == 0.0
     assert review(["plain english text"], JIEBA).notes
