@@ -6,6 +6,8 @@ import sys
 import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from embcli import tokenize
 from embcli.errors import EmbcliError, QueryError
@@ -299,3 +301,20 @@ def test_review_is_quiet_on_english():
     assert report.notes == []
     assert report.cjk_share == 0.0
     assert review(["plain english text"], JIEBA).notes
+
+
+# Letters, marks and joiners that interact with NFKC and the token rule, mixed into
+# arbitrary Unicode text.
+TRICKY = st.sampled_from(list("漢字かなカナー한국ÅéŉǅΩﬁ①\u0301\u0308\u3099\u200d\ufe0f١٢ـ "))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.one_of(st.characters(), TRICKY), max_size=20))
+def test_tokens_survive_retokenizing(text):
+    # A word copied from vocab.tsv must be found as a query, so normalization is
+    # idempotent and every token splits back into itself.
+    for tokenizer in (DEFAULT, WHITESPACE):
+        normalized = tokenizer.normalize(text)
+        assert tokenizer.normalize(normalized) == normalized
+        for token in tokenizer.tokenize(text):
+            assert tokenizer.tokenize(token) == [token]
