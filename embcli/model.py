@@ -59,9 +59,10 @@ class Model:
     def row(self, word):
         """Return the matrix row of `word`, normalized and split as the corpus was.
 
-        A query in another Unicode normal form, width or case finds the word. Raises
-        QueryError when the query splits into several tokens, and UnknownWord when its
-        token is not in the vocabulary.
+        A query in another Unicode normal form or width finds the word, and so does
+        one in another case unless the model keeps case. Raises QueryError when the
+        query splits into several tokens, and UnknownWord when its token is not in the
+        vocabulary.
         """
         row = self.index.get(word)
         if row is not None:
