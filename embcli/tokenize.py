@@ -79,6 +79,7 @@ _UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1980-\u19df"
 _HAN_RUN = re.compile(f"([{_HAN}]+)")
 _HAS_CJK = re.compile(f"[{_HAN}{_HIRAGANA}{_KATAKANA}]")
 _HAS_HAN = re.compile(f"[{_HAN}]")
+_HAS_KANA = re.compile(f"[{_HIRAGANA}{_KATAKANA}]")
 _HAS_UNSPACED = re.compile(f"[{_UNSPACED}]")
 
 
@@ -336,6 +337,9 @@ CJK_MIN_SHARE = 0.05
 # A median token over this many characters means lines were not split into words, in
 # any script.
 MEDIAN_LIMIT = 20
+# Chinese text has almost no kana, while most Japanese sentences contain hiragana, so
+# CJK tokens with at least this share of kana mark the text as Japanese.
+JAPANESE_KANA_SHARE = 0.3
 
 
 @dataclass
@@ -388,13 +392,14 @@ def review_tokens(words, counts, tokenizer_name):
         single_han_share=int(counts[single_han].sum()) / total if total else 0.0,
     )
 
+    japanese = _kana_share(words, counts, is_cjk) >= JAPANESE_KANA_SHARE
     unsegmented_cjk = report.cjk_share >= CJK_MIN_SHARE and report.cjk_median_length >= CJK_MEDIAN_LIMIT
     if unsegmented_cjk:
         report.warnings.append(
             f"{report.cjk_share:.0%} of tokens contain Chinese or Japanese characters, and "
             f"half of those are {report.cjk_median_length} or more characters long: the text "
             "looks unsegmented, with phrases or whole lines as tokens. "
-            + _suggest_for_cjk(tokenizer_name)
+            + _suggest_for_cjk(tokenizer_name, japanese)
         )
     elif report.median_length > MEDIAN_LIMIT:
         long_tokens = lengths > MEDIAN_LIMIT
@@ -405,7 +410,14 @@ def review_tokens(words, counts, tokenizer_name):
             "were not split into words. " + _suggest_for_long(tokenizer_name, unspaced_share)
         )
 
-    if tokenizer_name == "default" and report.single_han_share >= CJK_MIN_SHARE:
+    if tokenizer_name == "default" and japanese and report.cjk_share >= CJK_MIN_SHARE:
+        report.notes.append(
+            f"{report.cjk_share:.0%} of tokens are Japanese, where the default tokenizer makes "
+            "each kanji and hiragana a token and keeps katakana words whole; for Japanese "
+            "words, segment the text with a Japanese segmenter such as MeCab and read the "
+            "result with the whitespace tokenizer"
+        )
+    elif tokenizer_name == "default" and report.single_han_share >= CJK_MIN_SHARE:
         report.notes.append(
             f"{report.single_han_share:.0%} of tokens are single Chinese characters, because "
             "the default tokenizer makes each CJK ideograph a token. That suits classical "
@@ -424,7 +436,20 @@ def _any_han(words):
     return any(_HAS_HAN.search(word) for word in words)
 
 
-def _suggest_for_cjk(tokenizer_name):
+def _kana_share(words, counts, is_cjk):
+    """Return the share of CJK token occurrences that contain kana (Japanese text)."""
+    has_kana = np.fromiter((_HAS_KANA.search(w) is not None for w in words), dtype=bool, count=len(words))
+    cjk_total = int(counts[is_cjk].sum())
+    return int(counts[has_kana].sum()) / cjk_total if cjk_total else 0.0
+
+
+def _suggest_for_cjk(tokenizer_name, japanese):
+    if japanese:
+        return (
+            "For Japanese, the default tokenizer makes each kanji and hiragana a token and "
+            "keeps katakana words whole; for words, segment the text with a Japanese "
+            "segmenter such as MeCab and read the result with the whitespace tokenizer."
+        )
     if tokenizer_name == "whitespace":
         return (
             "The whitespace tokenizer splits only at spaces. Use the jieba tokenizer for "

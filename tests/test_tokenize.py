@@ -269,6 +269,18 @@ def test_review_warns_on_unsegmented_chinese():
     assert report.cjk_median_length >= 6
 
 
+def test_review_suggests_japanese_segmenter():
+    lines = ["東京でコンピューターを買いました", "今日はいい天気ですね"] * 3
+    report = review(lines, WHITESPACE)
+    assert len(report.warnings) == 1
+    assert "Japanese" in report.warnings[0]
+    assert "jieba" not in report.warnings[0]
+    by_character = review(lines, DEFAULT)
+    assert by_character.warnings == []
+    assert len(by_character.notes) == 1
+    assert "MeCab" in by_character.notes[0]
+
+
 def test_review_accepts_segmented_chinese():
     for lines, tokenizer in [(read_case("corpus_segmented.txt"), WHITESPACE),
                              (read_case("corpus.txt"), JIEBA)]:
