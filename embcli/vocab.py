@@ -18,6 +18,7 @@ import numpy as np
 from embcli import store
 from embcli.corpus import TextStream, describe_source
 from embcli.errors import EmptyCorpus
+from embcli.tokenize import review_tokens
 
 _FLUSH_IDS = 1 << 20
 _REMAP_BLOCK = 1 << 24
@@ -183,6 +184,8 @@ class VocabSummary:
     min_count: int
     lines: int
     bytes_read: int
+    warnings: list = field(default_factory=list)  # the tokens look wrong for the text
+    notes: list = field(default_factory=list)  # what the tokenizer did, where worth saying
 
     @property
     def coverage(self):
@@ -241,15 +244,19 @@ def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encodi
                 f"{names}: contains no tokens (the text is empty, or only whitespace, "
                 "punctuation or control characters); nothing was written"
             )
+        review = review_tokens(scan.words, scan.counts, tokenizer.name)
         kept = order_words(scan.words, scan.counts, min_count, max_size)
         if len(kept) < 2:
-            raise EmptyCorpus(
+            message = (
                 f"{len(kept)} of {len(scan.words):,} distinct words occur at least "
                 f"{min_count} times in {names}, and word vectors need at least 2 words; "
                 + ("lower the minimum count" if len(scan.words) > 1 else "use a larger corpus")
-                + "; nothing was written",
-                options=("min_count",) if len(scan.words) > 1 else (),
+                + "; nothing was written"
             )
+            # When the tokens are whole lines, the tokenizer is the fault, not the count.
+            for warning in review.warnings:
+                message += f". {warning[0].upper()}{warning[1:]}"
+            raise EmptyCorpus(message, options=("min_count",) if len(scan.words) > 1 else ())
         lookup = np.full(len(scan.words), -1, dtype=np.int64)
         lookup[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
         tokens_tmp = store.temp_path(model_dir, store.TOKENS)
@@ -268,6 +275,8 @@ def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encodi
             min_count=min_count,
             lines=scan.lines,
             bytes_read=scan.bytes_read,
+            warnings=review.warnings,
+            notes=review.notes,
         )
         meta = store.new_meta(tokenizer.config())
         meta["vocab"] = {
@@ -278,6 +287,7 @@ def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encodi
             "distinct_words": len(scan.words),
             "tokens_covered": summary.covered,
             "order": "count descending, then word in code point order",
+            "token_review": review.to_json(),
         }
         meta["corpus"] = {
             "sources": [source.to_json() for source in scan.sources],
