@@ -450,8 +450,12 @@ def _check_npy_header(path):
                 return  # np.load(allow_pickle=False) still rejects object arrays
     except FileNotFoundError:
         raise ModelNotFound(f"{path} is missing; run 'embcli train' first") from None
-    except (ValueError, OSError, EOFError, SyntaxError) as error:
-        raise ModelCorrupt(f"{path}: not a valid .npy file ({error})") from None
+    except OSError as error:
+        raise ModelCorrupt(f"{path}: cannot read ({error.strerror})") from None
+    except Exception as error:
+        # numpy parses the header as a Python literal: a damaged one can raise
+        # ValueError, SyntaxError, tokenize.TokenError and more.
+        raise ModelCorrupt(f"{path}: not a valid .npy file ({type(error).__name__}: {error})") from None
     if dtype.hasobject:
         raise ModelCorrupt(
             f"{path} holds an object (pickled) array, which embcli never loads "

@@ -156,3 +156,55 @@ def test_query_token_is_a_token(text):
     tokens = tokenizer.tokenize(text)
     if len(tokens) == 1:
         assert tokenizer.query_token(text) == tokens[0]
+
+
+# -- model directories ---------------------------------------------------------------
+
+MODEL_FILES = ["vocab.tsv", "meta.json", "embeddings.npy"]
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(MODEL_FILES),
+    cut=st.one_of(st.none(), st.integers(0, 2000)),
+    flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=4),
+    record=st.booleans(),
+)
+def test_damaged_model_file_gives_model_error(trained_model, tmp_path_factory, name, cut, flips,
+                                              record):
+    """A truncated or altered model file gives an EmbcliError, or still loads and answers.
+
+    With `record`, meta.json gets the damaged file's fingerprint, so the damage reaches
+    the parsers behind the fingerprint check.
+    """
+    import json
+    import os
+    import shutil
+
+    from embcli import store
+    from embcli.errors import EmbcliError
+    from embcli.model import Model
+
+    model_dir = str(tmp_path_factory.mktemp("damaged") / "model")
+    shutil.copytree(trained_model, model_dir)
+    path = os.path.join(model_dir, name)
+    data = bytearray(open(path, "rb").read())
+    if cut is not None:
+        del data[cut:]
+    for position, value in flips:
+        if position < len(data):
+            data[position] = value
+    open(path, "wb").write(bytes(data))
+    if record and name != "meta.json":
+        meta_path = os.path.join(model_dir, "meta.json")
+        meta = json.load(open(meta_path, encoding="utf-8"))
+        meta["files"][name] = store.fingerprint(path)
+        json.dump(meta, open(meta_path, "w", encoding="utf-8"))
+    try:
+        model = Model.open(model_dir)
+        word = model.words[0]
+        model.neighbors(word, 3)
+        assert model.vector(word).shape == (model.dim,)
+    except EmbcliError:
+        pass
