@@ -17,8 +17,8 @@ or writer completes. Readers then check every data file against the fingerprint 
 pairs with the metadata or vocabulary of another save.
 
 One process writes a directory at a time: writers hold an exclusive `flock` on
-`.lock` (`writer_lock`). Readers take no lock; a reader that finds a journal while a
-writer holds the lock waits for the commit to finish instead of applying it.
+`.lock` (`writer_lock`). Readers take no lock. A reader that finds a journal while a
+writer has the lock waits for the commit to finish instead of applying it.
 """
 
 import contextlib

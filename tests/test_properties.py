@@ -173,7 +173,7 @@ MODEL_FILES = ["vocab.tsv", "meta.json", "embeddings.npy"]
 )
 def test_damaged_model_file_gives_model_error(trained_model, tmp_path_factory, name, cut, flips,
                                               record):
-    """A truncated or altered model file gives an EmbcliError, or still loads and answers.
+    """A truncated or altered model file gives an EmbcliError, or loads and returns results.
 
     With `record`, meta.json gets the damaged file's fingerprint, so the damage reaches
     the parsers behind the fingerprint check.
