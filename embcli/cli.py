@@ -297,7 +297,21 @@ def _training_progress():
 
 
 def _read_stdin_queries():
-    for line in sys.stdin:
+    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stdin, for example in tests
+        lines = (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+    else:
+        lines = iter(stream.readline, b"")
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as failure:
+            error(f"<stdin>: line {number}: invalid UTF-8 (byte 0x{raw[failure.start]:02x} "
+                  f"at byte {failure.start} of the line); queries must be UTF-8")
+            STATE["stdin_failures"] += 1
+            continue
+        line = line.removeprefix("\ufeff") if number == 1 else line
         line = line.rstrip("\r\n")
         if line.strip():
             yield line
@@ -305,6 +319,7 @@ def _read_stdin_queries():
 
 def _queries(words):
     """Return (queries, batch) where batch is True when queries come from stdin."""
+    STATE["stdin_failures"] = 0
     if words == ["-"]:
         return _read_stdin_queries(), True
     return words, len(words) > 1
@@ -336,7 +351,7 @@ def lookup(
         else:
             out.write(word + "\t" + "\t".join(f"{v:.6g}" for v in vector.tolist()) + "\n")
     out.flush()
-    if failed:
+    if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 
@@ -374,7 +389,7 @@ def neighbors(
             else:
                 out.write(f"{neighbor}\t{score:.4f}\n")
     out.flush()
-    if failed:
+    if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 

@@ -333,3 +333,14 @@ def test_build_vocab_over_trained_model(model_copy, small_corpus):
     missing = invoke("lookup", "-m", model_copy, "lord")
     assert missing.exit_code == 1
     assert "no embeddings; run 'embcli train' first" in missing.stderr
+
+
+def test_stdin_invalid_line_reported_others_answered(trained_model):
+    data = "\ufefflord\r\n".encode() + b"caf\xe9\n" + b"god\n"
+    result = runner.invoke(app, ["lookup", "-m", trained_model, "-"], input=data)
+    assert result.exit_code == 1
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["lord", "god"]
+    assert "<stdin>: line 2: invalid UTF-8 (byte 0xe9" in result.stderr
+    assert "Traceback" not in result.stderr
+    # The failure count belongs to one command: the next one starts clean.
+    assert invoke("lookup", "-m", trained_model, "lord").exit_code == 0
