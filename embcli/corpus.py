@@ -55,8 +55,11 @@ def describe_source(path):
         raise CorpusError(f"{path}: no such file") from None
     except OSError as error:
         raise CorpusError(f"{path}: cannot read ({error.strerror})") from None
+    if os.path.isdir(path):
+        raise CorpusError(f"{path}: is a directory, not a text file")
     if not os.path.isfile(path):
-        raise CorpusError(f"{path}: not a regular file")
+        # A pipe or device, such as bash's <(zcat corpus.gz): readable once, no size.
+        return SourceInfo(os.path.abspath(path), None, None)
     return SourceInfo(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
@@ -65,8 +68,8 @@ def check_unchanged(recorded):
     from embcli.errors import CorpusChanged
 
     path = recorded["path"]
-    if path == "-":
-        return
+    if path == "-" or recorded.get("size") is None:
+        return  # standard input or a pipe: nothing left to compare
     try:
         stat = os.stat(path)
     except OSError:

@@ -363,3 +363,32 @@ def test_interrupted_training_saves_checkpoint(tmp_path, signum, code):
     assert start.positions[0] < 50
     assert start.input_vectors.shape == (300, 16)
     assert np.isfinite(start.input_vectors.numpy()).all()
+
+
+def test_corpus_from_named_pipe(tmp_path):
+    import threading
+
+    pipe = tmp_path / "corpus.pipe"
+    os.mkfifo(pipe)
+    data = (CASES / "05-crlf-line-endings" / "corpus.txt").read_bytes()
+
+    def feed():
+        with open(pipe, "wb") as handle:
+            handle.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    result = invoke("build-vocab", pipe, "--min-count", "1")
+    writer.join(timeout=10)
+    assert result.exit_code == 0, result.stderr
+    assert vocab_of() == {"apple": 2, "red": 2, "car": 1, "green": 1}
+    assert store.read_meta("embcli-model")["corpus"]["sources"][0]["size"] is None
+    # The pipe cannot be read again, and training needs only the token cache.
+    result = invoke("train", "--dim", "4", "--epochs", "1", "--threads", "1", "--sample", "0", "-q")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_directory_as_corpus_is_clean_error(tmp_path):
+    result = invoke("build-vocab", tmp_path)
+    assert_clean_error(result)
+    assert "is a directory, not a text file" in result.stderr
