@@ -650,7 +650,17 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
         store.check_fingerprint(model_dir, meta, store.TOKENS)
         corpus_record = meta.get("corpus", {}).get("sources", [])
     torch.manual_seed(config.seed)
-    input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+    try:
+        input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+    except (RuntimeError, MemoryError) as error:
+        if "allocate" not in str(error) and not isinstance(error, MemoryError):
+            raise
+        size = 2 * 4 * len(words) * config.dim
+        raise TrainingError(
+            f"not enough memory for {len(words):,} words x {config.dim:,} dimensions "
+            f"(two float32 matrices, {size / 2**30:,.1f} GiB); use a smaller dim or vocabulary",
+            options=("dim",),
+        ) from None
     start = _Resume(config, 0, [], input_vectors, output_vectors, store.TOKENS, corpus_record)
     return start, new_cache
 
