@@ -547,7 +547,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             start, new_cache = _fresh_start(model_dir, meta, config, words, corpus_paths,
                                             encoding, errors, encode_progress)
         tokens_path = new_cache or os.path.join(model_dir, start.tokens_name)
-        corpus = Corpus(tokens_path, counts)
+        corpus = _open_corpus(tokens_path, counts)
         words_in_corpus = _words_in(corpus)
         if words_in_corpus == 0:
             names = ", ".join(corpus_paths) if corpus_paths else "the corpus"
@@ -687,12 +687,36 @@ def ModelNotFoundError(model_dir):
     return ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
 
 
+def _open_corpus(tokens_path, counts):
+    """Return the Corpus of a token cache, or raise ModelCorrupt if the file is damaged."""
+    from embcli.errors import ModelCorrupt
+
+    try:
+        corpus = Corpus(tokens_path, counts)
+    except (ValueError, OSError, EOFError) as error:
+        raise ModelCorrupt(f"{tokens_path}: not a valid token cache ({error}); "
+                           "run 'embcli build-vocab CORPUS' again") from None
+    if corpus.tokens.dtype != np.uint32 or corpus.tokens.ndim != 1:
+        raise ModelCorrupt(f"{tokens_path}: expected a 1-D uint32 array, found "
+                           f"{corpus.tokens.dtype} {corpus.tokens.shape}; run 'embcli build-vocab CORPUS' again")
+    return corpus
+
+
 def _words_in(corpus):
-    # Every token except the LINE_END markers.
+    """Return the number of tokens except LINE_END markers; check every id is a row."""
+    from embcli.errors import ModelCorrupt
+
     tokens = corpus.tokens
     ends = 0
     for begin in range(0, len(tokens), 1 << 24):
-        ends += int(np.count_nonzero(tokens[begin : begin + (1 << 24)] == store.LINE_END))
+        block = tokens[begin : begin + (1 << 24)]
+        is_end = block == store.LINE_END
+        ends += int(np.count_nonzero(is_end))
+        ids = block[~is_end]
+        if len(ids) and int(ids.max()) >= len(corpus.counts):
+            raise ModelCorrupt(
+                f"{corpus.path}: word id {int(ids.max())} is beyond the vocabulary of "
+                f"{len(corpus.counts):,} words; run 'embcli build-vocab CORPUS' again")
     return len(tokens) - ends
 
 

@@ -344,3 +344,26 @@ def test_stdin_invalid_line_reported_others_answered(trained_model):
     assert "Traceback" not in result.stderr
     # The failure count belongs to one command: the next one starts clean.
     assert invoke("lookup", "-m", trained_model, "lord").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [(np.array([0, 1, 99999, 0xFFFFFFFF], np.uint32), "beyond the vocabulary"),
+     (np.zeros(4, np.float32), "expected a 1-D uint32 array"),
+     (None, "not a valid token cache")],
+    ids=["id-out-of-range", "float-tokens", "truncated"],
+)
+def test_damaged_token_cache(model_copy, tokens, message):
+    path = os.path.join(model_copy, "tokens.npy")
+    if tokens is None:
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    else:
+        np.save(path, tokens)
+    meta = json.load(open(os.path.join(model_copy, "meta.json")))
+    meta["files"]["tokens.npy"] = store.fingerprint(path)
+    json.dump(meta, open(os.path.join(model_copy, "meta.json"), "w"))
+    result = invoke("train", "-m", model_copy, "--threads", "1", "--epochs", "1", "--force")
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
