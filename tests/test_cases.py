@@ -392,3 +392,16 @@ def test_directory_as_corpus_is_clean_error(tmp_path):
     result = invoke("build-vocab", tmp_path)
     assert_clean_error(result)
     assert "is a directory, not a text file" in result.stderr
+
+
+def test_train_corpus_argument_checks_encoding():
+    corpus = CASES / "02-non-utf8-corpus" / "corpus.txt"
+    assert invoke("build-vocab", corpus, "--min-count", "1", "--encoding", "latin-1").exit_code == 0
+    result = invoke("train", corpus, "--threads", "1", "--dim", "4", "--epochs", "1")
+    assert_clean_error(result)
+    assert "line 2, byte offset 24: invalid UTF-8" in result.stderr
+    assert not os.path.exists("embcli-model/embeddings.npy")
+    assert not [name for name in os.listdir("embcli-model") if name.startswith(".tmp-")]
+    result = invoke("train", corpus, "--threads", "1", "--dim", "4", "--epochs", "1", "--sample", "0",
+                    "--encoding", "latin-1", "-q")
+    assert result.exit_code == 0, result.stderr
