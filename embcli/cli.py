@@ -238,6 +238,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
     force: bool = typer.Option(False, "--force",
                                help="Start from scratch even if an interrupted run left a checkpoint (it is discarded)."),
+    checkpoint_every: float = typer.Option(10.0, "--checkpoint-every", min=0.0,
+                                           help="Minutes between checkpoints during training; 0 saves one only on SIGINT or SIGTERM."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,
@@ -258,7 +260,8 @@ def train(
     progress, finish = _training_progress()
     try:
         stats = train_model(model_dir, config, corpus or None, encoding, decode_errors, resume=resume,
-                            progress=progress, discard_checkpoint=force)
+                            progress=progress, discard_checkpoint=force,
+                            checkpoint_seconds=checkpoint_every * 60)
     finally:
         finish()
     note(

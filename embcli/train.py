@@ -388,6 +388,8 @@ CHECKPOINT_FILES = store.CHECKPOINT_FILES
 CHECKPOINT_VERSION = 1
 # After SIGINT or SIGTERM, how long workers get to finish their chunk, in seconds.
 STOP_GRACE_SECONDS = 3.0
+# How often a running training saves a checkpoint, in seconds.
+DEFAULT_CHECKPOINT_SECONDS = 600
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -495,7 +497,8 @@ class _Resume:
 
 
 def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="strict",
-                resume=False, progress=None, encode_progress=None, discard_checkpoint=False):
+                resume=False, progress=None, encode_progress=None, discard_checkpoint=False,
+                checkpoint_seconds=DEFAULT_CHECKPOINT_SECONDS):
     """Train embeddings for the vocabulary in `model_dir` and save them there.
 
     `progress(words_done, words_total, examples, loss, lr)` is called a few times a
@@ -506,7 +509,8 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
     Raises TrainingError, writing no vectors, if training diverges. The model directory
     is locked against other writers for the whole run. A fresh run in a directory with a
     checkpoint raises EmbcliError, so the interrupted work is not lost, unless
-    `discard_checkpoint` is set.
+    `discard_checkpoint` is set. Every `checkpoint_seconds` (0: never) a checkpoint is
+    also saved during training, so a run killed with SIGKILL can resume from it.
     """
     config.validate()
     if resume and corpus_paths:
@@ -523,11 +527,11 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
         )
     with store.writer_lock(model_dir):
         return _train_locked(model_dir, config, corpus_paths, encoding, errors, resume,
-                             progress, encode_progress)
+                             progress, encode_progress, checkpoint_seconds)
 
 
 def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, progress,
-                  encode_progress):
+                  encode_progress, checkpoint_seconds):
     from embcli.errors import EmptyCorpus
 
     meta = store.read_meta(model_dir)
@@ -539,6 +543,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
         )
     device = pick_device(config.device)
     new_cache = None
+    checkpoints = None
     try:
         if resume:
             start = _load_checkpoint(model_dir, meta, config, len(words))
@@ -572,6 +577,14 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
         stop = _Stop()
         failure = None
         started = time.time()
+        checkpoints = _Checkpointer(model_dir, meta, config, workers, start, new_cache,
+                                    words_total, started, checkpoint_seconds)
+        new_cache = None  # `checkpoints` owns it now
+
+        def save_if_due(positions, words, examples):
+            if checkpoints.due():
+                checkpoints.save(positions, input_vectors, output_vectors, words, examples)
+
         # Signals stay routed to `stop` until the embeddings or the checkpoint are
         # committed, so a second Ctrl-C cannot cut a save short.
         with _signals_to(stop):
@@ -579,11 +592,11 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                 if workers == 1:
                     positions, totals = _run_in_process(config, corpus, input_vectors,
                                                         output_vectors, device, positions, stop,
-                                                        progress, words_total)
+                                                        progress, words_total, save_if_due)
                 else:
                     positions, totals, failure = _run_workers(
                         workers, config, tokens_path, counts, input_vectors, output_vectors,
-                        positions, stop, progress, words_total)
+                        positions, stop, progress, words_total, save_if_due)
             except TrainingError as error:
                 # Trainer.run reports a non-finite loss as TrainingError "training diverged".
                 if "diverged" in str(error) and not isinstance(error, TrainingDiverged):
@@ -594,10 +607,8 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             done_examples = start.examples_done + totals[1]
             finished = all(positions[2 * w] >= config.epochs for w in range(workers))
             if not finished:
-                checkpoint = _save_checkpoint(
-                    model_dir, meta, config, workers, positions, input_vectors, output_vectors,
-                    start, new_cache, done_words, done_examples, seconds, words_total)
-                new_cache = None
+                checkpoint = checkpoints.save(positions, input_vectors, output_vectors,
+                                              totals[0], totals[1])
                 command = f"embcli train --resume -m {model_dir}"
                 if failure is not None:
                     raise TrainingError(
@@ -622,12 +633,51 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                 epochs_done=config.epochs,
             )
             _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, start,
-                             new_cache)
-            new_cache = None
+                             checkpoints.new_cache)
+            checkpoints.new_cache = None
         return stats
     finally:
+        if checkpoints is not None:
+            new_cache = checkpoints.new_cache
         if new_cache is not None and os.path.exists(new_cache):
             os.remove(new_cache)
+
+
+class _Checkpointer:
+    """Saves checkpoints of one run: on a signal, and every `interval` seconds."""
+
+    def __init__(self, model_dir, meta, config, workers, start, new_cache, words_total,
+                 started, interval):
+        self.model_dir = model_dir
+        self.meta = meta
+        self.config = config
+        self.workers = workers
+        self.start = start
+        self.new_cache = new_cache  # a corpus encoded for this run, until a save keeps it
+        self.words_total = words_total
+        self.started = started
+        self.interval = interval
+        self.last_save = time.monotonic()
+
+    def due(self):
+        return bool(self.interval) and time.monotonic() - self.last_save >= self.interval
+
+    def save(self, positions, input_vectors, output_vectors, words, examples):
+        """Commit a checkpoint at `positions`; return the path of checkpoint.json.
+
+        `words` and `examples` count this run only; the checkpoint adds earlier runs.
+        """
+        path = _save_checkpoint(
+            self.model_dir, self.meta, self.config, self.workers, positions, input_vectors,
+            output_vectors, self.start, self.new_cache, self.start.words_done + words,
+            self.start.examples_done + examples,
+            self.start.seconds_done + time.time() - self.started, self.words_total)
+        if self.new_cache is not None:
+            # The encoded corpus is checkpoint-tokens.npy from now on.
+            self.start.tokens_name = CHECKPOINT_TOKENS
+            self.new_cache = None
+        self.last_save = time.monotonic()
+        return path
 
 
 def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress):
@@ -738,10 +788,12 @@ class _LossWindow:
 
 
 def _run_in_process(config, corpus, input_vectors, output_vectors, device, positions, stop,
-                    progress, words_total):
+                    progress, words_total, after_chunk=None):
     """Train in this process from `positions` ([epoch, chunk]) until done or stopped.
 
-    Returns ([epoch, chunk] to resume at, [words, examples, recent mean loss]).
+    `after_chunk(positions, words, examples)` is called after every chunk, with the
+    position to resume at. Returns ([epoch, chunk] to resume at, [words, examples,
+    recent mean loss]).
     """
     if device.type == "cpu":
         torch.set_num_threads(1)
@@ -749,14 +801,20 @@ def _run_in_process(config, corpus, input_vectors, output_vectors, device, posit
     totals = [0.0, 0.0, float("nan")]
     window = _LossWindow()
     words_before = _words_before(trainer, positions[0], positions[1])
+    position = [int(positions[0]), int(positions[1])]
 
     def report(words, examples, loss, lr):
         # Called once per chunk, which takes far longer than a progress update.
         totals[0] += words
         totals[1] += examples
         window.add(loss, examples)
+        position[1] += 1
+        if position[1] >= len(trainer.chunks):
+            position[0], position[1] = position[0] + 1, 0
         if progress is not None:
             progress(words_before + totals[0], words_total, totals[1], window.mean(), lr)
+        if after_chunk is not None:
+            after_chunk(list(position), totals[0], totals[1])
 
     epoch, chunk = trainer.run(int(positions[0]), int(positions[1]), report, stop.is_set)
     totals[2] = window.mean()
@@ -792,8 +850,11 @@ def _signals_held():
 
 
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
-                 stop, progress, words_total):
+                 stop, progress, words_total, every_poll=None):
     """Train with `workers` Hogwild processes on shared vectors until done or stopped.
+
+    `every_poll(positions, words, examples)` is called about four times a second. The
+    vectors it sees are being updated, which Hogwild training tolerates anyway.
 
     Returns (positions, [words, examples, recent mean loss], failure). `failure` is None,
     or a message when a worker died without reporting an error (for example killed by
@@ -842,10 +903,12 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
             if examples > previous[1]:
                 window.add(loss - previous[0], examples - previous[1])
                 previous = (loss, examples)
+            words = sum(shared_stats[4 * w] for w in range(workers))
             if progress is not None:
-                words = sum(shared_stats[4 * w] for w in range(workers))
                 lr = max(shared_stats[4 * w + 3] for w in range(workers))
                 progress(words, words_total, examples, window.mean(), lr)
+            if every_poll is not None and stop_deadline is None:
+                every_poll([int(p) for p in shared_positions], words, examples)
     except BaseException:
         stop_event.set()
         for process in processes:

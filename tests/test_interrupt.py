@@ -231,3 +231,26 @@ def test_fresh_run_keeps_checkpoint_unless_forced(vocab_dir):
     assert os.path.exists(os.path.join(vocab_dir, "checkpoint.json"))
     train_model(vocab_dir, TrainConfig(**SETTINGS), discard_checkpoint=True)
     assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)
+
+
+def test_sigkill_after_periodic_checkpoint_resumes(vocab_dir, tmp_path):
+    """A run killed with SIGKILL resumes from its last periodic checkpoint, bytes intact."""
+    settings = dict(dim=12, epochs=20, threads=1, seed=9)
+    reference = copy_model(vocab_dir, str(tmp_path / "reference"))
+    train_model(reference, TrainConfig(**settings))
+
+    command = [sys.executable, "-m", "embcli", "train", "-m", vocab_dir, "--threads", "1",
+               "--dim", "12", "--epochs", "20", "--seed", "9", "-q",
+               "--checkpoint-every", "0.0001"]  # about every chunk
+    process = subprocess.Popen(command)
+    checkpoint = os.path.join(vocab_dir, "checkpoint.json")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(checkpoint) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait(timeout=30)
+    assert not os.path.exists(os.path.join(vocab_dir, "embeddings.npy")), "the run ended first"
+
+    train_model(vocab_dir, TrainConfig(**settings), resume=True)
+    assert embeddings_bytes(vocab_dir) == embeddings_bytes(reference)
