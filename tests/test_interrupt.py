@@ -235,12 +235,12 @@ def test_fresh_run_keeps_checkpoint_unless_forced(vocab_dir):
 
 def test_sigkill_after_periodic_checkpoint_resumes(vocab_dir, tmp_path):
     """A run killed with SIGKILL resumes from its last periodic checkpoint, bytes intact."""
-    settings = dict(dim=12, epochs=20, threads=1, seed=9)
+    settings = dict(dim=12, epochs=6, threads=1, seed=9)
     reference = copy_model(vocab_dir, str(tmp_path / "reference"))
     train_model(reference, TrainConfig(**settings))
 
     command = [sys.executable, "-m", "embcli", "train", "-m", vocab_dir, "--threads", "1",
-               "--dim", "12", "--epochs", "20", "--seed", "9", "-q",
+               "--dim", "12", "--epochs", "6", "--seed", "9", "-q",
                "--checkpoint-every", "0.0001"]  # about every chunk
     process = subprocess.Popen(command)
     checkpoint = os.path.join(vocab_dir, "checkpoint.json")
