@@ -407,7 +407,7 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
 
     # The parent started this process with SIGINT and SIGTERM ignored and blocked, so a
     # Ctrl-C that reaches the whole process group during start-up is dropped here. The
-    # parent alone handles signals and tells the workers to stop through `stop_event`.
+    # parent alone handles signals and stops the workers through `stop_event`.
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -854,7 +854,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
     """Train with `workers` Hogwild processes on shared vectors until done or stopped.
 
     `every_poll(positions, words, examples)` is called about four times a second. The
-    vectors it sees are being updated, which Hogwild training tolerates anyway.
+    workers go on updating the vectors while it reads them, which Hogwild tolerates.
 
     Returns (positions, [words, examples, recent mean loss], failure). `failure` is None,
     or a message when a worker died without reporting an error (for example killed by
