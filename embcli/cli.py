@@ -55,7 +55,7 @@ def error(message):
 
 # The flags that change each setting named in EmbcliError.options.
 OPTION_FLAGS = {
-    "encoding": "--encoding latin-1 (or cp1252)",
+    "encoding": "--encoding",
     "decode_errors": "--decode-errors replace",
     "min_count": "--min-count",
     "lr": "--lr",

@@ -186,7 +186,6 @@ class TextStream:
         self.chunk_bytes = chunk_bytes
         self.bytes_read = 0
         self.lines_read = 0
-        self._first_bytes = b""
 
     def __iter__(self):
         for path in self.paths:
@@ -233,7 +232,7 @@ class TextStream:
             at_end = not block
             if first:
                 first = False
-                self._first_bytes = block[:4]
+                _check_not_utf16(block, name, encoding)
                 if block.startswith(_BOM):
                     block = block[len(_BOM) :]
                     offset = len(_BOM)
@@ -297,9 +296,38 @@ class TextStream:
             before = data[: error.start]
             line = line_number + _count_line_ends(before)
             detail = f"byte 0x{data[error.start]:02x}"
-            if line == 1 and self._first_bytes.startswith((b"\xff\xfe", b"\xfe\xff")):
-                detail += ", and the file starts with a UTF-16 byte-order mark, so it is probably UTF-16"
             raise EncodingError(name, line, offset + error.start, _display_name(encoding), detail) from None
+
+
+def _check_not_utf16(block, name, encoding):
+    """Raise CorpusError if `block`, read as UTF-8, is UTF-16 or UTF-32 text.
+
+    UTF-16 text of Latin letters is valid UTF-8 with a NUL byte after (or before) every
+    letter, so it would silently become one-letter tokens.
+    """
+    if codecs.lookup(encoding).name != "utf-8":
+        return
+    if block.startswith((b"\xff\xfe", b"\xfe\xff")):
+        variant = "utf-32" if block.startswith(b"\xff\xfe\x00\x00") else "utf-16"
+        raise CorpusError(
+            f"{name}: starts with a {variant.upper()} byte-order mark, so it is not UTF-8; "
+            f"read it with encoding {variant}",
+            options=("encoding",),
+        )
+    if len(block) < 16:
+        return
+    sample = block[:4096]
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    half = len(sample) // 2
+    if max(even, odd) < 0.4 * half or min(even, odd) > 0.1 * half:
+        return
+    variant = "utf-16-le" if odd > even else "utf-16-be"
+    raise CorpusError(
+        f"{name}: looks like {variant.upper()} text without a byte-order mark "
+        f"({max(even, odd) * 100 // half}% of the {'odd' if odd > even else 'even'} bytes "
+        f"at the start are NUL); read it with encoding {variant}",
+        options=("encoding",),
+    )
 
 
 def _display_name(encoding):

@@ -405,3 +405,28 @@ def test_train_corpus_argument_checks_encoding():
     result = invoke("train", corpus, "--threads", "1", "--dim", "4", "--epochs", "1", "--sample", "0",
                     "--encoding", "latin-1", "-q")
     assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize(("variant", "nul_at"), [("utf-16-le", "odd"), ("utf-16-be", "even")])
+def test_utf16_without_bom_is_named(tmp_path, variant, nul_at):
+    corpus = tmp_path / "wide.txt"
+    corpus.write_bytes("the cat sat\nthe dog sat\n".encode(variant))
+    result = invoke("build-vocab", corpus, "--min-count", "1")
+    assert_clean_error(result)
+    assert f"looks like {variant.upper()} text without a byte-order mark" in result.stderr
+    assert f"of the {nul_at} bytes" in result.stderr
+    assert not os.path.exists("embcli-model")
+    result = invoke("build-vocab", corpus, "--min-count", "1", "--encoding", variant)
+    assert result.exit_code == 0, result.stderr
+    assert vocab_of() == {"the": 2, "sat": 2, "cat": 1, "dog": 1}
+
+
+def test_utf16_with_bom_is_named(tmp_path):
+    corpus = tmp_path / "wide.txt"
+    corpus.write_bytes("the cat sat\n".encode("utf-16"))
+    result = invoke("build-vocab", corpus, "--min-count", "1")
+    assert_clean_error(result)
+    assert "starts with a UTF-16 byte-order mark, so it is not UTF-8" in result.stderr
+    result = invoke("build-vocab", corpus, "--min-count", "1", "--encoding", "utf-16")
+    assert result.exit_code == 0, result.stderr
+    assert vocab_of() == {"the": 1, "cat": 1, "sat": 1}
