@@ -254,3 +254,26 @@ def test_sigkill_after_periodic_checkpoint_resumes(vocab_dir, tmp_path):
 
     train_model(vocab_dir, TrainConfig(**settings), resume=True)
     assert embeddings_bytes(vocab_dir) == embeddings_bytes(reference)
+
+
+def test_worker_processes_interrupt_and_resume(vocab_dir):
+    """Two Hogwild workers: SIGINT saves both positions, and --resume finishes the run."""
+    import json
+
+    settings = dict(dim=8, epochs=1, threads=2, seed=5, chunk_tokens=4096)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_model(vocab_dir, TrainConfig(**settings), progress=interrupt_after(2, signal.SIGINT))
+    assert stopped.value.exit_code == 130
+    state = json.load(open(os.path.join(vocab_dir, "checkpoint.json")))
+    assert state["workers"] == 2
+    assert len(state["positions"]) == 4
+
+    stats = train_model(vocab_dir, TrainConfig(threads=1), resume=True)
+    assert stats.epochs_done == 1
+    training = store.read_meta(vocab_dir)["training"]
+    assert training["workers"] == 2
+    assert training["reproducible"] is False
+    matrix = np.load(os.path.join(vocab_dir, "embeddings.npy"), allow_pickle=False)
+    assert matrix.shape[1] == 8
+    assert np.isfinite(matrix).all()
+    assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)
