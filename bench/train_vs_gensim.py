@@ -15,7 +15,7 @@ Both vector sets are scored with gensim's own evaluation: questions-words accura
 (restrict_vocab=30000, case-insensitive), and WordSim-353 and SimLex-999 Spearman.
 
 Memory: the peak of the PSS summed over the training process and its children, sampled
-every 0.2 s, minus the PSS of a bare `python -c "import torch"` process. The issue's bound
+every 0.2 s, minus the PSS of a bare `python -c "import torch"` process. The target
 is 1.5 x (two vocabulary x dim float32 matrices + the uint32 token ids).
 
 The machine is shared and noisy: run gensim and embcli in the same invocation, and repeat

@@ -145,7 +145,7 @@ def test_training_brings_cooccurring_words_closer(small_corpus, method, negative
     stats = train_model("model", config)
     matrix = np.load("model/embeddings.npy")
     tokens = np.load("model/tokens.npy")
-    # Neighbouring tokens of the corpus (below rank 20, to skip the stop words) against
+    # Neighbouring tokens of the corpus, skipping the 20 most frequent words, against
     # random pairs of the same words.
     rng = np.random.default_rng(0)
     starts = rng.integers(0, len(tokens) - 1, 20_000)
