@@ -195,6 +195,8 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
+    sync_tokens: int = typer.Option(1 << 20, "--sync-tokens", min=1,
+                                    help="Under torchrun: tokens each rank trains between two synchronizations."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,
@@ -210,8 +212,17 @@ def train(
     config = TrainConfig(method=method, dim=dim, window=window, negative=negative, sample=sample,
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
                          seed=seed, threads=threads, device=device)
-    if threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
+    launch = _distributed_launch()
+    if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
+    if launch is not None:
+        stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens)
+        note(
+            f"trained {stats.words:,} words x {config.epochs} epochs on {launch.world_size} ranks in "
+            f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s, final loss "
+            f"{stats.final_loss:.4f}); saved {model_dir}"
+        )
+        return
     progress, finish = _training_progress()
     try:
         stats = train_model(model_dir, config, corpus or None, encoding, decode_errors, resume=resume,
@@ -222,6 +233,37 @@ def train(
         f"trained {stats.words:,} words x {config.epochs} epochs in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
+
+
+def _distributed_launch():
+    """Return the torchrun launch this process belongs to, or None; imports torch only under torchrun."""
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    from embcli.distributed import launched
+
+    return launched()
+
+
+def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens):
+    from embcli.distributed import train_distributed
+
+    if corpus:
+        raise EmbcliError(
+            "under torchrun, train reads the token cache of the model directory; run "
+            "'embcli build-vocab " + " ".join(corpus) + "' first, then train without files"
+        )
+    if launch.rank != 0:
+        STATE["quiet"] = True
+
+    def started(backend, syncs):
+        note(f"training on {launch.world_size} ranks ({backend}), {syncs} synchronizations")
+
+    progress, finish = _training_progress()
+    try:
+        return train_distributed(model_dir, config, launch, resume=resume, progress=progress,
+                                 started=started, sync_tokens=sync_tokens)
+    finally:
+        finish()
 
 
 def _training_progress():
@@ -306,17 +348,29 @@ def neighbors(
                                            help="Search only the N most frequent words. [default: all]"),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
+    approx: bool = typer.Option(False, "--approx", help="Search the approximate index that 'embcli index' built."),
+    ef: int = typer.Option(64, "--ef", min=1, help="With --approx: candidates kept during the search (more is slower and more exact)."),
 ):
     """Print the k nearest words by cosine similarity, leaving the query word out."""
     from embcli.model import Model
 
+    if approx and restrict is not None:
+        error("--restrict searches exactly, so it cannot be combined with --approx")
+        raise typer.Exit(2)
     opened = Model.open(model)
+    if approx:
+        from embcli.ann import open_index
+
+        approximate = open_index(opened)
+        search = lambda word: approximate.neighbors_batch([word], k, ef)[0]
+    else:
+        search = lambda word: opened.neighbors(word, k, restrict)
     queries, batch = _queries(words)
     failed = 0
     out = sys.stdout
     for word in queries:
         try:
-            result = opened.neighbors(word, k, restrict) if k > 0 else []
+            result = search(word) if k > 0 else []
         except EmbcliError as failure:
             error(str(failure))
             failed += 1
@@ -370,6 +424,29 @@ def info(
     lines.append(("embcli", meta.get("embcli_version", "?")))
     for key, value in lines:
         sys.stdout.write(f"{key}\t{value}\n")
+
+
+@app.command()
+@handle_errors
+def index(
+    model: Optional[str] = ModelOption,
+    m: int = typer.Option(16, "--m", min=2, help="Links per word in the HNSW graph (more: better recall, larger index)."),
+    ef_construction: int = typer.Option(100, "--ef-construction", min=1,
+                                        help="Candidates kept while building (more: better recall, slower build)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="Build threads. [default: 0, one per core]"),
+    quiet: bool = QuietOption,
+):
+    """Build an approximate nearest-neighbour index (HNSW) for 'neighbors --approx'."""
+    from embcli.ann import build_index
+    from embcli.model import Model
+
+    STATE["quiet"] = STATE["quiet"] or quiet
+    opened = Model.open(model)
+    description = build_index(opened, m=m, ef_construction=ef_construction, threads=threads)
+    note(
+        f"indexed {description['rows']:,} words (M {m}, ef_construction {ef_construction}) in "
+        f"{description['build_seconds']:.1f} s; saved in {opened.path}"
+    )
 
 
 def main():

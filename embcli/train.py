@@ -38,6 +38,7 @@ import torch
 
 from embcli import store
 from embcli.errors import EmbcliError, TrainingError
+from embcli.tokencache import TokenCache
 
 LINE_END = int(store.LINE_END)
 
@@ -106,7 +107,7 @@ class Corpus:
 
     def __init__(self, path, counts):
         self.path = path
-        self.tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.tokens = TokenCache(path)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.total_words = int(self.counts.sum())
 
@@ -719,7 +720,8 @@ def _load_checkpoint(model_dir, meta, config, vocab_size):
     return input_vectors, output_vectors, state["positions"], resumed, workers
 
 
-def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, corpus_record, new_cache):
+def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, corpus_record, new_cache,
+                     distributed=None):
     import platform
 
     embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.astype(np.float32, copy=False))
@@ -737,6 +739,8 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, c
         "python_version": platform.python_version(),
         "stats": stats.to_json(),
     }
+    if distributed is not None:
+        meta["training"]["distributed"] = distributed
     renames = {store.EMBEDDINGS: embeddings_tmp}
     if new_cache is not None:
         meta["files"][store.TOKENS] = store.fingerprint(new_cache)
