@@ -64,6 +64,7 @@ def main():
                            "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
                            "--master-port", str(free_port()), "-m", "embcli", "train", "-m", model,
                            "--sync-tokens", str(sync)] + common
+                print(f"running {ranks} rank(s), sync every {sync} tokens", flush=True)
                 wall, _ = run(command, env=env)
                 rows.append((f"torchrun, {ranks} rank(s), sync every {sync:,} tokens", model, wall))
                 report(*rows[-1])

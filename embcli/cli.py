@@ -218,7 +218,7 @@ def train(
     if launch is not None:
         stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens)
         note(
-            f"trained {stats.words:,} words x {config.epochs} epochs on {launch.world_size} ranks in "
+            f"trained {stats.words:,} words ({stats.epochs_done} epochs) on {launch.world_size} ranks in "
             f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s, final loss "
             f"{stats.final_loss:.4f}); saved {model_dir}"
         )

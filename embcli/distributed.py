@@ -222,8 +222,8 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
 
     positions = [0] * (2 * launch.world_size)
     if resume:
-        input_vectors, output_vectors, positions, config = load_checkpoint(
-            model_dir, meta, config, len(words), launch.world_size)
+        input_vectors, output_vectors, positions, config, sync_tokens = load_checkpoint(
+            model_dir, meta, config, len(words), launch.world_size, sync_tokens)
     else:
         input_vectors, output_vectors = train.init_vectors(len(words), config.dim, config.seed)
     input_vectors = input_vectors.to(device)
@@ -301,7 +301,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
 
     if stopped:
         if launch.rank == 0:
-            save_checkpoint(model_dir, meta, config, launch.world_size, gathered,
+            save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, gathered,
                             input_vectors, output_vectors)
         dist.barrier()
         name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
@@ -361,7 +361,7 @@ def _gather_positions(position, launch, device):
 # with one position per rank and a "distributed" entry, so the final save removes them.
 
 
-def save_checkpoint(model_dir, meta, config, world_size, positions, input_vectors, output_vectors):
+def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions, input_vectors, output_vectors):
     """Write the replicated matrices and every rank's (epoch, chunk) as one commit."""
     input_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_INPUT, input_vectors.detach().cpu().numpy())
     output_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_OUTPUT, output_vectors.detach().cpu().numpy())
@@ -371,7 +371,7 @@ def save_checkpoint(model_dir, meta, config, world_size, positions, input_vector
         "config": train._config_json(config),
         "workers": world_size,
         "positions": [int(p) for p in positions],
-        "distributed": {"world_size": world_size},
+        "distributed": {"world_size": world_size, "sync_tokens": sync_tokens},
         "files": {
             train.CHECKPOINT_INPUT: store.fingerprint(input_tmp),
             train.CHECKPOINT_OUTPUT: store.fingerprint(output_tmp),
@@ -383,11 +383,13 @@ def save_checkpoint(model_dir, meta, config, world_size, positions, input_vector
                              train.CHECKPOINT: state_tmp})
 
 
-def load_checkpoint(model_dir, meta, config, vocab_size, world_size):
-    """Return (input, output, positions, config) from the checkpoint in `model_dir`.
+def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens):
+    """Return (input, output, positions, config, sync_tokens) from the checkpoint in `model_dir`.
 
-    Raises ModelCorrupt when the checkpoint was saved for another vocabulary or another
-    number of ranks (each rank's position belongs to its slice, which depends on it).
+    The checkpoint's settings win over `config` and `sync_tokens`, except the device. A
+    checkpoint that Hogwild workers saved keeps `sync_tokens`. Raises ModelCorrupt when the
+    checkpoint was saved for another vocabulary or another number of ranks (each rank's
+    position belongs to its slice, which depends on the number of ranks).
     """
     path = os.path.join(model_dir, train.CHECKPOINT)
     try:
@@ -402,7 +404,7 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size):
     if state.get("workers") != world_size:
         raise ModelCorrupt(
             f"{path} was saved by {state.get('workers')} workers but this run has {world_size} "
-            f"ranks; resume with --nnodes x --nproc-per-node = {state.get('workers')}"
+            f"rank(s); resume with {state.get('workers')} ranks in all (nodes x processes per node)"
         )
     for name in (train.CHECKPOINT_INPUT, train.CHECKPOINT_OUTPUT):
         if store.fingerprint(os.path.join(model_dir, name)) != state["files"][name]:
@@ -415,4 +417,5 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size):
         torch.from_numpy(store.load_matrix(os.path.join(model_dir, name), vocab_size, mmap=False).copy())
         for name in (train.CHECKPOINT_INPUT, train.CHECKPOINT_OUTPUT)
     ]
-    return matrices[0], matrices[1], state["positions"], resumed
+    sync_tokens = state.get("distributed", {}).get("sync_tokens", sync_tokens)
+    return matrices[0], matrices[1], state["positions"], resumed, sync_tokens
