@@ -20,7 +20,7 @@ from embcli.corpus import TextStream, describe_source
 from embcli.errors import EmptyCorpus
 
 _FLUSH_IDS = 1 << 20
-_REMAP_BLOCK = 1 << 24
+_REMAP_BLOCK = 1 << 20
 
 
 class _ProvisionalIndex(dict):

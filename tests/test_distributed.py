@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 import embcli
 from embcli.distributed import load_checkpoint
 from embcli.errors import ModelCorrupt
@@ -19,8 +20,8 @@ from embcli.train import TrainConfig, train_model
 from embcli.vocab import build_vocab
 
 SETTINGS = dict(dim=32, epochs=3, seed=3)
-# kjv_small has about 115 k tokens, so each of 2 ranks trains 57 k per epoch: synchronize
-# a few times per epoch, with chunks of the same size in the one-process reference.
+# kjv_small has about 115 k tokens, so each of 2 ranks trains 57 k per epoch. The ranks
+# synchronize a few times per epoch, and the one-process reference uses chunks of the same size.
 SYNC_TOKENS = 16384
 
 
@@ -76,7 +77,7 @@ def neighbour_overlap(first, second, words):
     return sum(shared) / (10 * len(words))
 
 
-def test_two_ranks_train_a_model_close_to_one_process(vocab_dir, tmp_path):
+def test_two_ranks_match_one_process(vocab_dir, tmp_path):
     model_dir = copy_model(vocab_dir, tmp_path / "two")
     result = torchrun(model_dir, 2, "--dim", "32", "--epochs", "3", "--seed", "3",
                       "--sync-tokens", str(SYNC_TOKENS))
@@ -102,7 +103,7 @@ def test_two_ranks_train_a_model_close_to_one_process(vocab_dir, tmp_path):
     assert distributed >= 0.6 * baseline, (distributed, baseline)
 
 
-def test_interrupted_ranks_resume_from_checkpoint(vocab_dir, tmp_path):
+def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     model_dir = copy_model(vocab_dir, tmp_path / "resume")
     process = subprocess.Popen(
         torchrun_command(model_dir, 2, "--dim", "16", "--epochs", "12", "--sync-tokens", str(SYNC_TOKENS)),
