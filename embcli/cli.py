@@ -195,7 +195,7 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
-    sync_tokens: int = typer.Option(1 << 20, "--sync-tokens", min=1,
+    sync_tokens: int = typer.Option(65536, "--sync-tokens", min=1,
                                     help="Under torchrun: tokens each rank trains between two synchronizations."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),

@@ -54,7 +54,7 @@ from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, TrainingErro
 
 # Tokens of its own slice that a rank trains between two synchronizations. bench/distributed.py
 # measured quality against this interval; see docs/benchmarks.md, section Scale.
-DEFAULT_SYNC_TOKENS = 1 << 20
+DEFAULT_SYNC_TOKENS = 1 << 16
 
 ENVIRONMENT = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 SYNC_BLOCK_ROWS = 1 << 16
@@ -106,8 +106,10 @@ class Replicas:
 
     def __init__(self, matrices):
         self.matrices = matrices
-        # The values at the last synchronization; a rank's change is `matrix - base`.
-        self.base = [matrix.clone() for matrix in matrices]
+        # The values at the last synchronization; a rank's change is `matrix - base`. One
+        # rank alone needs no copy.
+        alone = dist.get_world_size() == 1
+        self.base = [] if alone else [matrix.clone() for matrix in matrices]
         self.rows_sent = 0
         self.seconds = 0.0
         self.count = 0
@@ -121,6 +123,9 @@ class Replicas:
 
     def synchronize(self):
         """All-reduce the changes since the last call; every rank ends with the same values."""
+        self.count += 1
+        if dist.get_world_size() == 1:
+            return  # the only copy is already the model
         started = time.perf_counter()
         vocab_size = self.matrices[0].shape[0]
         changed = torch.cat([self._changed_rows(m, b) for m, b in zip(self.matrices, self.base)])
@@ -142,7 +147,6 @@ class Replicas:
                 base.index_add_(0, picked, summed)
                 matrix.index_copy_(0, picked, base.index_select(0, picked))
             self.rows_sent += int(rows.numel())
-        self.count += 1
         self.seconds += time.perf_counter() - started
 
 
@@ -250,14 +254,16 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     points = sync_points(total_chunks, syncs)
     epoch, chunk = positions[2 * launch.rank], positions[2 * launch.rank + 1]
     done = min(epoch * chunks_per_epoch + chunk, total_chunks)
+    # Every rank catches SIGINT and SIGTERM before this all-reduce, so once rank 0 reports
+    # the start, a signal to any rank leads to a checkpoint.
+    stop = train._Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     # A rank stopped by a signal may be short of the synchronization point that the others
     # reached, so the ranks resume from the earliest one; ranks already past it wait there.
     syncs_done, = _sum_across([sum(1 for point in points if point <= done)], device, dist.ReduceOp.MIN)
     syncs_done = min(int(syncs_done), syncs - 1)
 
     replicas = Replicas([input_vectors, output_vectors])
-    stop = train._Stop()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     words_total = corpus.total_words * config.epochs
     local = {"words": 0.0, "examples": 0.0, "loss": 0.0, "done": done}
     window = train._LossWindow()

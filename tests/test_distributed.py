@@ -103,10 +103,21 @@ def test_two_ranks_match_one_process(vocab_dir, tmp_path):
     assert distributed >= 0.6 * baseline, (distributed, baseline)
 
 
+def test_one_rank_equals_one_process(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "rank")
+    result = torchrun(model_dir, 1, "--dim", "16", "--epochs", "1", "--seed", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = copy_model(vocab_dir, tmp_path / "process")
+    train_model(reference, TrainConfig(dim=16, epochs=1, seed=5, threads=1))
+    with open(os.path.join(model_dir, "embeddings.npy"), "rb") as first:
+        with open(os.path.join(reference, "embeddings.npy"), "rb") as second:
+            assert first.read() == second.read()
+
+
 def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     model_dir = copy_model(vocab_dir, tmp_path / "resume")
     process = subprocess.Popen(
-        torchrun_command(model_dir, 2, "--dim", "16", "--epochs", "12", "--sync-tokens", str(SYNC_TOKENS)),
+        torchrun_command(model_dir, 2, "--dim", "16", "--epochs", "8", "--sync-tokens", str(SYNC_TOKENS)),
         env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -140,7 +151,7 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     assert "checkpoint.json" not in os.listdir(model_dir)
     model = embcli.load(model_dir)
     assert model.dim == 16
-    assert model.meta["training"]["settings"]["epochs"] == 12
+    assert model.meta["training"]["settings"]["epochs"] == 8
 
 
 SYNC_CHECK = """
