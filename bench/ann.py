@@ -3,14 +3,15 @@
     .venv/bin/python bench/ann.py                  # synthetic 1,000,000 x 300 model
     .venv/bin/python bench/ann.py --rows 100000    # a quicker run
 
-The synthetic model is a low-rank matrix plus noise: each row is a random mix of 64
+The synthetic model is a low-rank matrix plus noise. Each row is a random mix of 64
 random directions in 300 dimensions (each coordinate has variance 1), plus Gaussian
-noise with standard deviation 0.3, so the neighbour structure has fewer dimensions than the
-matrix, as trained embeddings have (an assumption about real data, not a measurement).
+noise with standard deviation 0.3. Its neighbour structure thus has fewer dimensions
+than the matrix, as we assume trained embeddings have; this is not measured on real data.
 The queries are 1,000 random rows, answered in one batch, leaving the query row out.
 Recall@10 is the share of the exact top 10 (embcli's numpy search) that the index
-returns. Times are wall-clock seconds per query for the whole batch, one thread for
-the search, measured in this process after a warm-up query.
+returns. Times are wall-clock seconds per query for the whole batch, measured in this
+process after a warm-up query. hnswlib searches with one thread; the exact search uses
+as many threads as numpy's BLAS library starts (2 on the benchmark machine).
 """
 
 import argparse
@@ -96,7 +97,7 @@ def measure(model_dir, args):
     model = embcli.load(model_dir)
     rows = np.random.default_rng(7).choice(len(model.words), size=args.queries, replace=False)
     words = [model.words[row] for row in rows]
-    _ = model.inverse_norms  # computed once per process; not part of a query
+    _ = model.inverse_norms  # computed once per opened model, so not part of a query's time
 
     model.neighbors_batch(words[:1], 10)
     started = time.perf_counter()
