@@ -71,6 +71,7 @@ def main():
     parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--threads", type=int, default=2, help="threads for building the index")
     parser.add_argument("--keep", help="keep the model here instead of a temporary directory")
+    parser.add_argument("--reuse-index", action="store_true", help="with --keep: search the index already there")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="embcli-bench-ann-")
@@ -80,11 +81,14 @@ def main():
             started = time.time()
             write_model(model_dir, args.rows, args.dim)
             print(f"wrote a synthetic {args.rows:,} x {args.dim} model in {time.time() - started:.1f} s", flush=True)
-        seconds, _ = run(EMBCLI + ["index", "-q", "-m", model_dir, "--m", str(args.m),
-                                   "--ef-construction", str(args.ef_construction), "--threads", str(args.threads)])
+        if not (args.reuse_index and os.path.exists(os.path.join(model_dir, "ann.json"))):
+            seconds, _ = run(EMBCLI + ["index", "-q", "-m", model_dir, "--m", str(args.m),
+                                       "--ef-construction", str(args.ef_construction),
+                                       "--threads", str(args.threads)])
+            print(f"embcli index (M {args.m}, ef_construction {args.ef_construction}, {args.threads} "
+                  f"threads): {seconds:.1f} s", flush=True)
         size = os.path.getsize(os.path.join(model_dir, "ann-hnsw.bin"))
-        print(f"embcli index (M {args.m}, ef_construction {args.ef_construction}, {args.threads} threads): "
-              f"{seconds:.1f} s, index file {size / 2**20:,.0f} MiB", flush=True)
+        print(f"index file {size / 2**20:,.0f} MiB", flush=True)
         measure(model_dir, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -265,14 +265,13 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
 
     replicas = Replicas([input_vectors, output_vectors])
     words_total = corpus.total_words * config.epochs
-    local = {"words": 0.0, "examples": 0.0, "loss": 0.0, "done": done}
+    local = {"words": 0.0, "examples": 0.0, "done": done}
     window = train._LossWindow()
     last_progress = [0.0]
 
     def report(chunk_words, examples, loss, lr):
         local["words"] += chunk_words
         local["examples"] += examples
-        local["loss"] += loss
         local["done"] += 1
         window.add(loss, examples)
         now = time.time()
@@ -304,7 +303,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
             signal.signal(sig, handler)
     seconds = time.time() - began
 
-    words_sum, examples_sum, loss_sum = _sum_across([local["words"], local["examples"], local["loss"]], device)
+    words_sum, examples_sum = _sum_across([local["words"], local["examples"]], device)
     if local["done"] >= total_chunks:
         finished_position = (config.epochs, 0)
     else:
@@ -316,13 +315,15 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
             save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, gathered,
                             input_vectors, output_vectors)
         dist.barrier()
-        name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
+        # A rank on another node may have stopped only because a signal reached other ranks.
+        number = stop.signal or signal.SIGTERM
+        name = "SIGINT" if number == signal.SIGINT else "SIGTERM"
         epochs_reached = min(gathered[::2]) + 1
         raise TrainingInterrupted(
             f"training stopped by {name} ({min(epochs_reached, config.epochs)} of {config.epochs} epochs) "
             f"on {launch.world_size} ranks; checkpoint saved in {model_dir}/{train.CHECKPOINT}; continue "
             f"with the same torchrun command and: embcli train --resume -m {model_dir}",
-            exit_code=128 + stop.signal,
+            exit_code=128 + number,
         )
 
     # The last window of each rank, weighted by examples, as the one-process loss is.
