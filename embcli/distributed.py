@@ -277,7 +277,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         now = time.time()
         if progress is not None and launch.rank == 0 and now - last_progress[0] > 0.2:
             last_progress[0] = now
-            # Between synchronizations rank 0 sees only its own slice: scale it up.
+            # Between synchronizations rank 0 counts only its own slice, so scale it up.
             estimate = words_before + local["words"] * launch.world_size
             progress(estimate, words_total, local["examples"] * launch.world_size, window.mean(), lr)
 

@@ -2,7 +2,7 @@
 
 Training reads the cache once per epoch, front to back, a chunk at a time. A plain
 `np.load(mmap_mode="r")` keeps every page it touched mapped into the process, so the
-resident set size (RSS, and also PSS and USS, because nobody else maps those pages)
+resident set size (RSS, and also PSS and USS, because no other process maps those pages)
 grows to the size of the file: 472 MB for 118 M tokens. `TokenCache` copies each slice
 out of the map and then tells the kernel with madvise(MADV_DONTNEED) that the process is
 done with those pages. They stay in the page cache, which the kernel may reclaim, and a
@@ -79,7 +79,7 @@ class TokenCache:
         return values
 
     def release(self, start, stop):
-        """Unmap every page that holds a token in [start, stop); the file is unchanged.
+        """Unmap every page that contains a token in [start, stop); the file is unchanged.
 
         Pages shared with neighbouring tokens are unmapped too: the next read of those
         faults them in again from the page cache, which is cheaper than keeping one page
