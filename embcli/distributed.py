@@ -224,18 +224,21 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     if device.type == "cpu":
         torch.set_num_threads(1)
 
-    corpus = train.Corpus(tokens_path, counts)
+    corpus = train._open_corpus(tokens_path, counts)
     if corpus.total_words == 0 or len(corpus) == 0:
         from embcli.errors import EmptyCorpus
 
         raise EmptyCorpus("the corpus has no words from the vocabulary to train on")
 
     positions = [0] * (2 * launch.world_size)
+    corpus_record = meta.get("corpus", {}).get("sources", [])
     if resume:
         input_vectors, output_vectors, positions, config, sync_tokens = load_checkpoint(
             model_dir, meta, config, len(words), launch.world_size, sync_tokens)
     else:
         input_vectors, output_vectors = train.init_vectors(len(words), config.dim, config.seed)
+    start = train._Resume(config, launch.world_size, positions, input_vectors, output_vectors,
+                          store.TOKENS, corpus_record, resumed=resume)
     input_vectors = input_vectors.to(device)
     output_vectors = output_vectors.to(device)
     # Rank 0's values win, so the replicas start equal even if initialisation differed.
@@ -313,7 +316,8 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     if stopped:
         if launch.rank == 0:
             save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, gathered,
-                            input_vectors, output_vectors)
+                            input_vectors, output_vectors, corpus_record,
+                            (words_sum, examples_sum, seconds, words_total))
         dist.barrier()
         # A rank on another node may have stopped only because a signal reached other ranks.
         number = stop.signal or signal.SIGTERM
@@ -356,7 +360,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         if progress is not None:
             progress(words_total, words_total, stats.examples, final_loss, 0.0)
         train._save_embeddings(model_dir, meta, config, stats, vectors, launch.world_size, device,
-                               meta.get("corpus", {}).get("sources", []), None, distributed=record)
+                               start, None, distributed=record)
     dist.barrier()
     return stats
 
@@ -374,20 +378,33 @@ def _gather_positions(position, launch, device):
 # with one position per rank and a "distributed" entry, so the final save removes them.
 
 
-def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions, input_vectors, output_vectors):
-    """Write the replicated matrices and every rank's (epoch, chunk) as one commit."""
+def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions, input_vectors,
+                    output_vectors, corpus_record, totals):
+    """Write the replicated matrices and every rank's (epoch, chunk) as one commit.
+
+    `totals` is (words, examples, seconds, words_total) of the run so far.
+    """
+    words_done, examples_done, seconds, words_total = totals
     input_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_INPUT, input_vectors.detach().cpu().numpy())
     output_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_OUTPUT, output_vectors.detach().cpu().numpy())
     state = {
+        "checkpoint_version": train.CHECKPOINT_VERSION,
         "model_id": meta["model_id"],
         "vocab": meta["files"].get(store.VOCAB),
+        "tokens_file": store.TOKENS,
         "config": train._config_json(config),
         "workers": world_size,
         "positions": [int(p) for p in positions],
+        "corpus": corpus_record,
+        "words_done": words_done,
+        "examples_done": examples_done,
+        "words_total": words_total,
+        "seconds": seconds,
         "distributed": {"world_size": world_size, "sync_tokens": sync_tokens},
         "files": {
             train.CHECKPOINT_INPUT: store.fingerprint(input_tmp),
             train.CHECKPOINT_OUTPUT: store.fingerprint(output_tmp),
+            store.TOKENS: meta["files"].get(store.TOKENS) or store.fingerprint(os.path.join(model_dir, store.TOKENS)),
         },
     }
     state_tmp = store.temp_path(model_dir, train.CHECKPOINT)
@@ -410,25 +427,19 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
             state = json.loads(handle.read())
     except FileNotFoundError:
         raise ModelNotFound(f"{model_dir} has no checkpoint to resume from; train without resuming") from None
-    except ValueError as error:
-        raise ModelCorrupt(f"{path}: not valid JSON ({error})") from None
-    if state.get("vocab") != meta["files"].get(store.VOCAB):
-        raise ModelCorrupt(f"{path} was saved for another vocabulary; train without resuming")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelCorrupt(f"{path}: not valid JSON ({error}); train without resuming") from None
     if state.get("workers") != world_size:
         raise ModelCorrupt(
             f"{path} was saved by {state.get('workers')} workers but this run has {world_size} "
             f"rank(s); resume with {state.get('workers')} ranks in all (nodes x processes per node)"
         )
-    for name in (train.CHECKPOINT_INPUT, train.CHECKPOINT_OUTPUT):
-        if store.fingerprint(os.path.join(model_dir, name)) != state["files"][name]:
-            raise ModelCorrupt(f"{model_dir}/{name} does not match {train.CHECKPOINT}; train without resuming")
-    saved = dict(state["config"])
-    saved["device"] = config.device
-    saved["threads"] = config.threads
-    resumed = train.TrainConfig(**saved)
-    matrices = [
-        torch.from_numpy(store.load_matrix(os.path.join(model_dir, name), vocab_size, mmap=False).copy())
-        for name in (train.CHECKPOINT_INPUT, train.CHECKPOINT_OUTPUT)
-    ]
-    sync_tokens = state.get("distributed", {}).get("sync_tokens", sync_tokens)
-    return matrices[0], matrices[1], state["positions"], resumed, sync_tokens
+    if state.get("tokens_file", store.TOKENS) != store.TOKENS:
+        raise ModelCorrupt(
+            f"{path} was saved while training on other files than the token cache, which "
+            "torchrun runs do not support; resume it without torchrun"
+        )
+    start = train._load_checkpoint(model_dir, meta, config, vocab_size)
+    distributed = state.get("distributed") or {}
+    sync_tokens = distributed.get("sync_tokens", sync_tokens)
+    return start.input_vectors, start.output_vectors, start.positions, start.config, sync_tokens

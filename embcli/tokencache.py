@@ -44,14 +44,17 @@ class TokenCache:
             shape, dtype, offset = read_npy_header(handle, path)
             if len(shape) != 1 or dtype != TOKEN_DTYPE:
                 raise ModelCorrupt(
-                    f"{path}: expected a 1-D uint32 token cache, found {dtype} with shape {shape}; "
-                    "run 'embcli build-vocab' again"
+                    f"{path}: expected a 1-D uint32 array, found {dtype} {shape}; "
+                    "run 'embcli build-vocab CORPUS' again"
                 )
             self.length = shape[0]
             self.offset = offset
             size = os.fstat(handle.fileno()).st_size
             if size < offset + self.length * TOKEN_DTYPE.itemsize:
-                raise ModelCorrupt(f"{path} is shorter than its header says; run 'embcli build-vocab' again")
+                raise ModelCorrupt(
+                    f"{path}: not a valid token cache (the file is shorter than its header says); "
+                    "run 'embcli build-vocab CORPUS' again"
+                )
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         if self.length:
             self.array = np.frombuffer(self._map, dtype=TOKEN_DTYPE, count=self.length, offset=offset)
@@ -68,6 +71,10 @@ class TokenCache:
     @property
     def dtype(self):
         return TOKEN_DTYPE
+
+    @property
+    def ndim(self):
+        return 1
 
     def __getitem__(self, key):
         if not isinstance(key, slice):
