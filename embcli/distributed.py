@@ -33,8 +33,8 @@ Rank 0 alone writes the model directory, through `embcli.store`, with the same f
 a one-process run. On SIGINT or SIGTERM a rank stops after its current chunk and the
 others at the next synchronization point; after that synchronization rank 0 saves a
 checkpoint in the layout that `embcli.train` uses for Hogwild workers (one position per
-worker), so `embcli train --resume` continues it under torchrun with the same number of
-ranks.
+worker, plus a "distributed" entry), and `embcli train --resume` under torchrun with the
+same number of ranks continues it.
 """
 
 import dataclasses
@@ -417,7 +417,7 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
     """Return (input, output, positions, config, sync_tokens) from the checkpoint in `model_dir`.
 
     The checkpoint's settings win over `config` and `sync_tokens`, except the device. A
-    checkpoint that Hogwild workers saved keeps `sync_tokens`. Raises ModelCorrupt when the
+    checkpoint without a "distributed" entry keeps the given `sync_tokens`. Raises ModelCorrupt when the
     checkpoint was saved for another vocabulary or another number of ranks (each rank's
     position belongs to its slice, which depends on the number of ranks).
     """
