@@ -337,9 +337,12 @@ def _read_text(path, format, report, progress):
 
 def _parse_values(values, words, lines, dim, report):
     """Return the (n, dim) float32 matrix of the value texts of n rows."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        flat = np.fromstring(" ".join(values), dtype=np.float32, sep=" ")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # older numpy warns instead of raising
+            flat = np.fromstring(" ".join(values), dtype=np.float32, sep=" ")
+    except ValueError:
+        flat = np.zeros(0, dtype=np.float32)
     if flat.size == len(values) * dim:
         return flat.reshape(len(values), dim)
     # Some value is not a number: parse row by row to name it.
