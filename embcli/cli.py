@@ -71,7 +71,7 @@ def handle_errors(function):
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):
             raise
         except Exception as failure:
             if STATE["debug"] or os.environ.get("EMBCLI_DEBUG"):

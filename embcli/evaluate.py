@@ -11,7 +11,8 @@ The rules follow gensim 4.4's `KeyedVectors.evaluate_word_analogies` and
   vocabulary takes the vector of the first (most frequent) one.
 - An analogy a b c d is answered with 3CosAdd over the known words, leaving out the
   rows of a, b and c. The answer is the first of the top 5 whose upper-cased form is
-  none of the inputs, and it is correct if it equals d.
+  none of the inputs, and it is correct if it equals d. A question with an all-zero
+  input vector counts as answered wrongly (gensim's score for it is NaN).
 - Word pairs are scored by cosine similarity and compared with the human scores by
   Spearman's rank correlation (ties get their average rank) and Pearson's correlation.
 
@@ -152,11 +153,16 @@ def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=Fa
         questions.append((len(sections) - 1, known[a], known[b], known[c], expected, {a, b, c}))
     if not sections:
         raise EvaluationError(f"{path}: no ': section' line; expected the questions-words format")
+    zero_rows = set(np.flatnonzero(model.inverse_norms[:restrict] == 0).tolist())
     for start in range(0, len(questions), _ANALOGY_BLOCK):
         block = questions[start : start + _ANALOGY_BLOCK]
         rows = np.array([q[1:4] for q in block], dtype=np.int64)
         answers = model.analogy_of_rows(rows, _ANALOGY_TOP, method, exclude_inputs=True, restrict=restrict)
-        for (section, _, _, _, expected, inputs), answer in zip(block, answers):
+        for (section, a, b, c, expected, inputs), answer in zip(block, answers):
+            if zero_rows and {a, b, c} & zero_rows:
+                # An all-zero input has no direction; gensim's answer is then NaN, so wrong.
+                sections[section].incorrect += 1
+                continue
             predicted = None
             for word, _ in answer:
                 predicted = word if case_sensitive else word.upper()
