@@ -718,8 +718,9 @@ def import_model(model_dir, vectors, source_path, lenient=False, replace=False):
         "warnings": vectors.warning_count,
     }
     meta["files"] = {store.VOCAB: store.fingerprint(vocab_tmp), store.EMBEDDINGS: store.fingerprint(embeddings_tmp)}
+    norms_tmp = store.save_norms_temp(model_dir, vectors.matrix, meta)
     meta_tmp = store.meta_temp(model_dir, meta)
     stale = [name for name in (store.TOKENS,) if os.path.exists(os.path.join(model_dir, name))]
-    store.commit(model_dir, {store.VOCAB: vocab_tmp, store.EMBEDDINGS: embeddings_tmp, store.META: meta_tmp},
-                 remove=stale)
+    store.commit(model_dir, {store.VOCAB: vocab_tmp, store.EMBEDDINGS: embeddings_tmp, store.NORMS: norms_tmp,
+                             store.META: meta_tmp}, remove=stale)
     return meta

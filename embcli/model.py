@@ -142,7 +142,11 @@ class Model:
                 f"{embeddings} has {matrix.shape[0]:,} rows but {vocabulary.path} has "
                 f"{len(vocabulary):,} words; the files do not belong together"
             )
-        return cls(path, meta, vocabulary, matrix)
+        opened = cls(path, meta, vocabulary, matrix)
+        norms = store.load_norms(path, meta, matrix.shape[0])
+        if norms is not None:
+            opened._inverse_norms = search.safe_inverse(norms)
+        return opened
 
     @property
     def dim(self):
@@ -218,7 +222,8 @@ class Model:
 
     def neighbors_of_rows(self, rows, k=10, restrict=None):
         queries = np.asarray(self.matrix[rows], dtype=np.float32)
-        results = search.top_k(self.matrix, queries, k, exclude=[(row,) for row in rows], limit=restrict)
+        results = search.top_k(self.matrix, queries, k, exclude=[(row,) for row in rows], limit=restrict,
+                               inverse_norms=self._inverse_norms)
         return [self._named(result) for result in results]
 
     def neighbors_of_vector(self, vector, k=10, restrict=None):
@@ -230,7 +235,8 @@ class Model:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise QueryError(f"a query vector has {vectors.shape[1]} values, but the model has {self.dim} dimensions")
-        return [self._named(result) for result in search.top_k(self.matrix, vectors, k, limit=restrict)]
+        results = search.top_k(self.matrix, vectors, k, limit=restrict, inverse_norms=self._inverse_norms)
+        return [self._named(result) for result in results]
 
     def analogy(self, a, b, c, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
         """Return [(word, score)] answering "a is to b as c is to ?".
@@ -254,9 +260,11 @@ class Model:
         a, b, c = (search.unit_rows(self.matrix[rows[:, i]]) for i in range(3))
         exclude = [tuple(int(r) for r in triple) for triple in rows] if exclude_inputs else None
         if method == "3cosadd":
-            results = search.top_k(self.matrix, b - a + c, k, exclude=exclude, limit=restrict)
+            results = search.top_k(self.matrix, b - a + c, k, exclude=exclude, limit=restrict,
+                                   inverse_norms=self._inverse_norms)
         else:
-            results = search.top_k_cosmul(self.matrix, a, b, c, k, exclude=exclude, limit=restrict)
+            results = search.top_k_cosmul(self.matrix, a, b, c, k, exclude=exclude, limit=restrict,
+                                          inverse_norms=self._inverse_norms)
         return [self._named(result) for result in results]
 
     def similarity(self, word1, word2):

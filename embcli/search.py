@@ -46,26 +46,27 @@ def cosine(a, b):
     return float(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
 
 
-def top_k(matrix, queries, k, exclude=None, limit=None):
+def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None):
     """Return [(indices, scores)] for each query: the k rows most cosine-similar to it.
 
     `queries` is (Q, D) and need not be normalized; a zero query gets no results.
     `exclude` is a list of Q collections of row indices to leave out. `limit` searches
     only the first `limit` rows (the most frequent words). Results are sorted by score,
     highest first, ties by row. Fewer than k come back when fewer rows qualify.
+    `inverse_norms` (V,) are 1/norm of each row, computed from the matrix when None.
     """
     units = unit_rows(queries)
 
     def score(part, inverse, rows):
         return (units[rows] @ part.T) * inverse
 
-    results = _search(matrix, len(units), k, score, exclude, limit)
+    results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms)
     zero = ~units.any(axis=1)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     return [empty if zero[q] else result for q, result in enumerate(results)]
 
 
-def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6):
+def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inverse_norms=None):
     """Return [(indices, scores)] ranked by 3CosMul for the analogies a : b :: c : ?.
 
     3CosMul (Levy and Goldberg, 2014) scores row d as cos'(d, b) cos'(d, c) /
@@ -78,10 +79,10 @@ def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6):
         shifted = [((u[rows] @ part.T) * inverse + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
         return shifted[1] * shifted[2] / (shifted[0] + np.float32(epsilon))
 
-    return _search(matrix, len(unit_a), k, score, exclude, limit)
+    return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms)
 
 
-def _search(matrix, n_queries, k, score, exclude, limit):
+def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
     """Run `score(part, inverse_norms, query_slice)` over all blocks; keep the top k."""
     rows_total = matrix.shape[0] if limit is None else min(limit, matrix.shape[0])
     k = max(0, min(k, rows_total))
@@ -93,9 +94,11 @@ def _search(matrix, n_queries, k, score, exclude, limit):
     for start in range(0, rows_total, ROW_BLOCK):
         stop = min(start + ROW_BLOCK, rows_total)
         part = np.asarray(matrix[start:stop], dtype=np.float32)  # (B, D), a view of the mmap
-        norms = np.sqrt(np.einsum("ij,ij->i", part, part))
-        inverse = safe_inverse(norms)
-        zero_rows = np.flatnonzero(norms == 0)
+        if inverse_norms is None:
+            inverse = safe_inverse(np.sqrt(np.einsum("ij,ij->i", part, part)))
+        else:
+            inverse = inverse_norms[start:stop]
+        zero_rows = np.flatnonzero(inverse == 0)
         in_block = (pairs[1] >= start) & (pairs[1] < stop)
         block_pairs = (pairs[0][in_block], pairs[1][in_block] - start)
         new_index = np.empty((n_queries, min(k, stop - start)), dtype=np.int64)
