@@ -57,8 +57,8 @@ def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None):
     """
     units = unit_rows(queries)
 
-    def score(part, inverse, rows):
-        return (units[rows] @ part.T) * inverse
+    def score(part_units, rows):
+        return units[rows] @ part_units.T
 
     results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms)
     zero = ~units.any(axis=1)
@@ -75,15 +75,20 @@ def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inv
     """
     unit_a, unit_b, unit_c = unit_rows(a), unit_rows(b), unit_rows(c)
 
-    def score(part, inverse, rows):
-        shifted = [((u[rows] @ part.T) * inverse + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
+    def score(part_units, rows):
+        shifted = [((u[rows] @ part_units.T) + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
         return shifted[1] * shifted[2] / (shifted[0] + np.float32(epsilon))
 
     return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms)
 
 
 def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
-    """Run `score(part, inverse_norms, query_slice)` over all blocks; keep the top k."""
+    """Run `score(unit_rows_of_block, query_slice)` over all blocks; keep the top k.
+
+    After the first block, only scores above a query's current k-th best can enter its
+    top k, and there are few of them, so later blocks cost a comparison per score
+    instead of a partial sort.
+    """
     rows_total = matrix.shape[0] if limit is None else min(limit, matrix.shape[0])
     k = max(0, min(k, rows_total))
     best_index = np.zeros((n_queries, 0), dtype=np.int64)
@@ -99,27 +104,38 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
         else:
             inverse = inverse_norms[start:stop]
         zero_rows = np.flatnonzero(inverse == 0)
+        part_units = part * inverse[:, None]  # one block, scaled once for all queries
         in_block = (pairs[1] >= start) & (pairs[1] < stop)
         block_pairs = (pairs[0][in_block], pairs[1][in_block] - start)
-        new_index = np.empty((n_queries, min(k, stop - start)), dtype=np.int64)
+        full = best_index.shape[1] == k
+        new_index = np.empty((n_queries, k if full else min(k, stop - start)), dtype=np.int64)
         new_score = np.empty(new_index.shape, dtype=np.float32)
         for q_start in range(0, n_queries, QUERY_BLOCK):
             q_stop = min(q_start + QUERY_BLOCK, n_queries)
-            scores = score(part, inverse, slice(q_start, q_stop))  # (Qb, B)
+            scores = score(part_units, slice(q_start, q_stop))  # (Qb, B)
             scores[:, zero_rows] = _NEVER
             mine = (block_pairs[0] >= q_start) & (block_pairs[0] < q_stop)
             scores[block_pairs[0][mine] - q_start, block_pairs[1][mine]] = _NEVER
-            take = new_index.shape[1]
-            if take < stop - start:
-                picked = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+            if full:
+                merged = _merge_above(best_index[q_start:q_stop], best_score[q_start:q_stop], scores, start)
+                new_index[q_start:q_stop], new_score[q_start:q_stop] = merged
             else:
-                picked = np.broadcast_to(np.arange(stop - start), (q_stop - q_start, stop - start))
-            new_index[q_start:q_stop] = picked + start
-            new_score[q_start:q_stop] = np.take_along_axis(scores, picked, axis=1)
+                # Seed the top k from the first columns, then merge the rest above it.
+                take = new_index.shape[1]
+                seed = min(stop - start, max(4 * take, 1024))
+                picked = _top_columns(scores[:, :seed], take)
+                seed_index = np.ascontiguousarray(picked + start)
+                seed_score = np.take_along_axis(scores, picked, axis=1)
+                if seed < stop - start:
+                    seed_index, seed_score = _merge_above(seed_index, seed_score, scores[:, seed:], start + seed)
+                new_index[q_start:q_stop], new_score[q_start:q_stop] = seed_index, seed_score
+        if full:
+            best_index, best_score = new_index, new_score
+            continue
         best_index = np.concatenate([best_index, new_index], axis=1)
         best_score = np.concatenate([best_score, new_score], axis=1)
         if best_index.shape[1] > k:
-            keep = np.argpartition(-best_score, k - 1, axis=1)[:, :k]
+            keep = _top_columns(best_score, k)
             best_index = np.take_along_axis(best_index, keep, axis=1)
             best_score = np.take_along_axis(best_score, keep, axis=1)
     order = np.lexsort((best_index, -best_score), axis=1)
@@ -130,6 +146,34 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
         valid = np.isfinite(best_score[q])
         results.append((best_index[q][valid], best_score[q][valid]))
     return results
+
+
+def _top_columns(scores, take):
+    """Return the column indices of the `take` largest scores of each row, unordered."""
+    if take >= scores.shape[1]:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(scores, scores.shape[1] - take, axis=1)[:, scores.shape[1] - take :]
+
+
+def _merge_above(best_index, best_score, scores, start):
+    """Return the k best of (best_index, best_score) and the block `scores`, (Qb, k) each.
+
+    A score must exceed the query's current k-th best to enter, so an equal score in a
+    later row never displaces an earlier row: ties go to the more frequent word.
+    """
+    count, k = best_index.shape
+    threshold = best_score.min(axis=1)
+    query, column = np.nonzero(scores > threshold[:, None])
+    if query.size == 0:
+        return best_index, best_score
+    candidate_query = np.concatenate([np.repeat(np.arange(count), k), query])
+    candidate_index = np.concatenate([best_index.ravel(), column + start])
+    candidate_score = np.concatenate([best_score.ravel(), scores[query, column]])
+    order = np.lexsort((candidate_index, -candidate_score, candidate_query))
+    sorted_query = candidate_query[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_query, sorted_query)
+    chosen = order[rank < k]  # each query keeps exactly k: it had k before
+    return candidate_index[chosen].reshape(count, k), candidate_score[chosen].reshape(count, k)
 
 
 def _exclusion_pairs(exclude, n_queries):
