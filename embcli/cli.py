@@ -736,7 +736,7 @@ def import_vectors(
         raise typer.BadParameter(f"use auto or one of {', '.join(READ_FORMATS)}", param_hint="--format")
     model_dir = resolve_model_path(model)
     if os.path.exists(os.path.join(model_dir, "meta.json")) and not force:
-        raise EmbcliError(f"{model_dir} already holds a model; choose another directory with -m, "
+        raise EmbcliError(f"{model_dir} already contains a model; choose another directory with -m, "
                           "or pass --force to replace it")
     started = time.perf_counter()
     size = os.path.getsize(path) if os.path.isfile(path) else None
@@ -799,9 +799,9 @@ def _limit_blas_threads(argv):
     """Run one-off queries on one OpenBLAS thread unless the user chose a thread count.
 
     A few queries are matrix-vector products bound by memory bandwidth, where waking
-    OpenBLAS's worker threads costs more than they save: neighbors on a 100k x 300
-    matrix took 200 ms with the default threads and 30 ms with one on a busy 2-core
-    machine. Batches from stdin (`-`) keep the default, since their matrix-matrix
+    OpenBLAS's worker threads costs more than they save. On a busy 2-core machine,
+    neighbors on a 100k x 300 matrix took 200 ms with the default threads and 30 ms
+    with one. Batches from stdin (`-`) keep the default, since their matrix-matrix
     products use every core. It must run before numpy is imported.
     """
     if argv and argv[0] in ("neighbors", "analogy", "similarity", "lookup") and "-" not in argv:

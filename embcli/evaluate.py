@@ -160,7 +160,7 @@ def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=Fa
         answers = model.analogy_of_rows(rows, _ANALOGY_TOP, method, exclude_inputs=True, restrict=restrict)
         for (section, a, b, c, expected, inputs), answer in zip(block, answers):
             if zero_rows and {a, b, c} & zero_rows:
-                # An all-zero input has no direction; gensim's answer is then NaN, so wrong.
+                # An all-zero input has no direction, so gensim's scores are NaN: count it wrong.
                 sections[section].incorrect += 1
                 continue
             predicted = None

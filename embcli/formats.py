@@ -20,7 +20,7 @@ or entry and byte offset (binary), and the word: a header count that disagrees w
 rows, ragged rows, duplicate words, non-finite values, truncation, invalid UTF-8. With
 `lenient=True` they record a warning instead and go on: a bad row is skipped, a
 duplicate keeps its first vector (as gensim does), a word with invalid UTF-8 gets U+FFFD
-in place of the bad bytes, and the rows present are kept whatever the header says.
+in place of the bad bytes, and the rows present are kept whatever count the header declares.
 
 Writers produce files that gensim's `load_word2vec_format` reads (word2vec text and
 binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector's
@@ -690,13 +690,13 @@ def import_model(model_dir, vectors, source_path, lenient=False, replace=False):
     Imported models are queried with the whitespace tokenizer and case kept, so a query
     matches the file's words as they are. Counts are those of the word list, if it had
     them, else 0 (unknown); row order is the file's. Raises VectorFileError if
-    `model_dir` already holds a model and `replace` is False.
+    `model_dir` already contains a model and `replace` is False.
     """
     from embcli import store
 
     if os.path.exists(os.path.join(model_dir, store.META)) and not replace:
         raise VectorFileError(
-            f"{model_dir} already holds a model; choose another model directory, or replace it on purpose"
+            f"{model_dir} already contains a model; choose another model directory, or replace it"
         )
     store.ensure_directory(model_dir)
     counts = vectors.counts if vectors.counts is not None else np.zeros(len(vectors.words), dtype=np.int64)
