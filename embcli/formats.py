@@ -102,6 +102,14 @@ def detect_format(path):
     fields = line.split(b" ")
     if len(fields) > dim and _all_numbers(fields[len(fields) - dim :]):
         return "word2vec"
+    # A damaged text row is still text: readable UTF-8 without control bytes.
+    sample = rest[:4096]
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError as error:
+        text = sample[: error.start].decode("utf-8") if error.start > len(sample) - 4 else None
+    if text is not None and not any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text):
+        return "word2vec"
     return "word2vec-binary"
 
 

@@ -304,3 +304,22 @@ def test_random_bytes_raise_only_embcli_errors(tmp_path, data, format, prefix):
         assert len(vectors.words) == vectors.matrix.shape[0]
         assert vectors.matrix.dtype == np.float32
         assert np.isfinite(vectors.matrix).all()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=word_vectors(), format=st.sampled_from(["word2vec", "word2vec-binary", "glove"]),
+       cut=st.integers(0, 10_000), position=st.integers(0, 10_000), byte=st.integers(0, 255))
+def test_damaged_files_raise_only_embcli_errors(tmp_path, data, format, cut, position, byte):
+    words, matrix = data
+    path = tmp_path / "vectors"
+    write_vectors(str(path), words, matrix, format)
+    content = bytearray(path.read_bytes())
+    content[position % len(content)] = byte
+    path.write_bytes(bytes(content[: max(1, cut % (len(content) + 1))]))
+    for read_format in (None, format):
+        try:
+            vectors = read_vectors(str(path), format=read_format)
+        except EmbcliError:
+            continue
+        assert len(vectors.words) == vectors.matrix.shape[0]
+        assert np.isfinite(vectors.matrix).all()
