@@ -105,7 +105,7 @@ def main_options(
 
 def _progress_bar(total_bytes, label):
     """Return (update, finish) callbacks that draw a byte progress bar on stderr."""
-    if STATE["quiet"]:
+    if STATE["quiet"] or not sys.stderr.isatty():
         return (lambda done: None), (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -219,13 +219,13 @@ def train(
     finally:
         finish()
     note(
-        f"trained {stats.words:,} words x {config.epochs} epochs in {stats.seconds:.1f} s "
+        f"trained {config.epochs} epochs over {stats.words // config.epochs:,} words in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
 
 def _training_progress():
-    if STATE["quiet"]:
+    if STATE["quiet"] or not sys.stderr.isatty():
         return None, (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
