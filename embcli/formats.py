@@ -28,6 +28,7 @@ binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector'
 enough for every float32 to read back bit for bit.
 """
 
+import mmap
 import os
 import re
 import uuid
@@ -386,113 +387,158 @@ def _read_binary(path, report, progress):
             raise VectorFileError(f"{path}: line 1: the header declares {dim} dimensions")
         start = len(first)
         width = 4 * dim
-        if width + 2 > size - start and declared > 0:
-            raise VectorFileError(
-                f"{path}: the header declares {dim:,} dimensions, so one entry takes "
-                f"{width + 2:,} bytes, but only {size - start:,} bytes follow the header"
+        if width + 2 > size - start:
+            if declared > 0:
+                raise VectorFileError(
+                    f"{path}: the header declares {dim:,} dimensions, so one entry takes "
+                    f"{width + 2:,} bytes, but only {size - start:,} bytes follow the header"
+                )
+            return Vectors([], np.zeros((0, dim), dtype=np.float32), "word2vec-binary")
+        # The map stays open while numpy views of it live; it closes when they are freed.
+        # MAP_POPULATE maps the whole file at once instead of one page fault at a time.
+        if hasattr(mmap, "MAP_POPULATE"):
+            data = mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+        else:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return _parse_binary(path, data, start, declared, dim, report, progress)
+
+
+def _parse_binary(path, data, start, declared, dim, report, progress):
+    """Parse the entries of a word2vec binary file mapped as `data`, after its header.
+
+    An entry's word runs from its start to the next space, since a word cannot contain
+    one. The vector's bytes may contain spaces, so entries are found by following the
+    chain from the first word: the next entry starts after the vector (and after the
+    newline that word2vec.c writes), and its word ends at the first space from there.
+    Every space of the file is located at once with numpy, which keeps the per-entry
+    work in Python to a few list operations.
+    """
+    size = len(data)
+    width = 4 * dim
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    spaces = _positions(buffer, 0x20, start, progress)
+    after = spaces + 1 + width  # where the next entry starts
+    inside = after < size
+    after[inside] += buffer[after[inside]] == 0x0A
+    successor = np.searchsorted(spaces, after).tolist()
+    first = start
+    while first < size and buffer[first] == 0x0A:
+        first += 1
+    chain = []
+    position = int(np.searchsorted(spaces, first))
+    count = len(spaces)
+    while position < count:
+        chain.append(position)
+        position = successor[position]
+    chain = np.asarray(chain, dtype=np.int64)
+    word_ends = spaces[chain] if len(chain) else np.zeros(0, dtype=np.int64)
+    word_starts = np.concatenate([[first], after[chain[:-1]]]).astype(np.int64) if len(chain) else word_ends
+    complete = word_ends + 1 + width <= size
+    long_words = np.flatnonzero(word_ends - word_starts > 4096)
+    # Where the chain stops: the end of the last vector, or the start of a cut entry.
+    entries = int(np.argmin(complete)) if not complete.all() else len(chain)
+    if len(long_words) and long_words[0] < entries:
+        entries = int(long_words[0])
+        report.problem(
+            f"entry {entries + 1}, byte offset {word_starts[entries]}: no space after the word within "
+            "4,096 bytes; the file is not word2vec binary or is damaged"
+        )
+        tail_start = None
+    else:
+        tail_start = int(after[chain[entries - 1]]) if entries else first
+    words = _binary_words(data, word_starts[:entries], word_ends[:entries], declared, report)
+    keep = np.array([word is not None for word in words], dtype=bool)
+    if tail_start is not None and tail_start < size and data[tail_start:].strip(b"\n"):
+        tail = data[tail_start : tail_start + 60].split(b" ")[0]
+        if entries >= declared:
+            report.problem(
+                f"the header declares {_plural(declared, 'vector')} but {size - tail_start:,} "
+                f"more bytes follow at byte offset {tail_start}, too few for an entry"
             )
-        # Every entry takes at least width + 2 bytes, which bounds the rows to allocate.
-        capacity = max(1, min(declared, (size - start) // (width + 2)))
-        matrix = np.empty((capacity, dim), dtype="<f4")
-        words = []
-        index = {}
-        rows = 0
-        entry = 0
-        offset = start  # file offset of buffer[0]
-        buffer = b""
-        position = 0
-        at_eof = False
-        warned_extra = False
-        truncated = False
-        while True:
-            # Skip the newline that word2vec.c writes after each vector.
-            while True:
-                while position < len(buffer) and buffer[position] == 10:
-                    position += 1
-                if position < len(buffer) or at_eof:
-                    break
-                offset += len(buffer)
-                buffer, position = handle.read(_BINARY_CHUNK), 0
-                at_eof = not buffer
-            if position >= len(buffer):
-                break
-            space = buffer.find(b" ", position, position + 4096)
-            while space < 0 or space + 1 + width > len(buffer):
-                if at_eof:
-                    break
-                more = handle.read(_BINARY_CHUNK)
-                if not more:
-                    at_eof = True
-                    break
-                offset += position
-                buffer, position = buffer[position:] + more, 0
-                space = buffer.find(b" ", position, position + 4096)
-                if progress is not None:
-                    progress(offset)
-            entry += 1
-            entry_offset = offset + position
-            if space < 0 or space + 1 + width > len(buffer):
-                truncated = True
-                if entry > declared:
-                    report.problem(
-                        f"the header declares {_plural(declared, 'vector')} but {len(buffer) - position:,} "
-                        f"more bytes follow at byte offset {entry_offset}, too few for an entry"
-                    )
-                elif space < 0 and len(buffer) - position >= 4096:
-                    report.problem(
-                        f"entry {entry}, byte offset {entry_offset}: no space after the "
-                        "word within 4,096 bytes; the file is not word2vec binary or is damaged"
-                    )
-                else:
-                    report.problem(
-                        f"truncated: {entry - 1:,} of {declared:,} entries are complete; the file "
-                        f"ends at byte offset {size} inside entry {entry} "
-                        f"(starting at byte offset {entry_offset}, word "
-                        f"{buffer[position:space if space >= 0 else None][:60].decode('utf-8', 'replace')!r})"
-                    )
-                break
-            raw = buffer[position:space]
-            try:
-                word = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                report.problem(
-                    f"entry {entry} of {declared:,}, byte offset {entry_offset + error.start}: "
-                    f"the word {raw[:60]!r} is not valid UTF-8"
-                )
-                word = raw.decode("utf-8", errors="replace")
-            if entry == declared + 1 and not warned_extra:
-                warned_extra = True
-                report.problem(
-                    f"the header declares {_plural(declared, 'vector')} but more data follows at "
-                    f"byte offset {entry_offset} (entry {entry})"
-                )
-            position = space + 1 + width
-            if not word:
-                report.problem(f"entry {entry}, byte offset {entry_offset}: empty word")
-                continue
-            if word in index:
-                report.problem(
-                    f"entry {entry}, byte offset {entry_offset}: duplicate word {word!r} "
-                    f"(first seen in entry {index[word]})"
-                )
-                continue
-            if rows == len(matrix):
-                matrix = np.concatenate([matrix, np.empty_like(matrix)])
-            matrix[rows] = np.frombuffer(buffer, dtype="<f4", count=dim, offset=space + 1)
-            index[word] = entry
-            words.append(word)
-            rows += 1
-    if not truncated and entry < declared:
-        report.problem(f"the header declares {_plural(declared, 'vector')} but the file contains {entry:,} "
-                       + ("entry" if entry == 1 else "entries"))
-    matrix = matrix[:rows].astype(np.float32, copy=False)
+        else:
+            report.problem(
+                f"truncated: {entries:,} of {declared:,} entries are complete; the file ends at "
+                f"byte offset {size} inside entry {entries + 1} (starting at byte offset {tail_start}, "
+                f"word {tail.decode('utf-8', 'replace')!r})"
+            )
+    elif entries < declared and tail_start is not None:
+        report.problem(f"the header declares {_plural(declared, 'vector')} but the file contains {entries:,} "
+                       + ("entry" if entries == 1 else "entries"))
+    vector_starts = word_ends[:entries][keep] + 1
+    if len(vector_starts):
+        # Row i of `windows` is the `width` bytes from offset i: gathering rows copies each vector once.
+        windows = np.lib.stride_tricks.as_strided(buffer, shape=(size - width + 1, width), strides=(1, 1))
+        matrix = windows[vector_starts].view("<f4").reshape(len(vector_starts), dim)
+    else:
+        matrix = np.zeros((0, dim), dtype="<f4")
+    words = [word for word in words if word is not None]
+    matrix = matrix.astype(np.float32, copy=False)
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
+        entry_numbers = np.flatnonzero(keep) + 1
         for i in np.flatnonzero(~finite)[:MAX_WARNINGS]:
-            report.problem(f"entry {index[words[i]]}: {words[i]!r} has a NaN or infinite value")
+            report.problem(f"entry {entry_numbers[i]}: {words[i]!r} has a NaN or infinite value")
         matrix = matrix[finite]
         words = [w for w, ok in zip(words, finite) if ok]
     return Vectors(words, np.ascontiguousarray(matrix), "word2vec-binary")
+
+
+def _positions(buffer, byte, start, progress, chunk=_BINARY_CHUNK):
+    """Return the offsets of every `byte` in `buffer` from `start` on, as int64."""
+    found = []
+    for begin in range(start, len(buffer), chunk):
+        found.append(np.flatnonzero(buffer[begin : begin + chunk] == byte) + begin)
+        if progress is not None:
+            progress(min(begin + chunk, len(buffer)))
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+
+
+def _binary_words(data, starts, ends, declared, report):
+    """Decode the words of the entries; None marks one skipped in lenient mode."""
+    raw = [data[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+    joined = b"\0".join(raw)
+    words = None
+    if len(raw) <= declared and b"\n" not in joined:
+        try:
+            words = joined.decode("utf-8").split("\0")
+        except UnicodeDecodeError:
+            words = None
+        if words is not None and (len(words) != len(raw) or not all(words)):
+            words = None
+        if words is not None and len(set(words)) == len(words):
+            return words
+    # Something needs a closer look: check entry by entry, in file order.
+    result = []
+    seen = {}
+    for entry, (chunk, offset) in enumerate(zip(raw, starts.tolist()), 1):
+        if entry == declared + 1:
+            report.problem(
+                f"the header declares {_plural(declared, 'vector')} but more data follows at "
+                f"byte offset {offset} (entry {entry})"
+            )
+        stripped = chunk.lstrip(b"\n")
+        offset += len(chunk) - len(stripped)
+        try:
+            word = stripped.decode("utf-8")
+        except UnicodeDecodeError as error:
+            report.problem(
+                f"entry {entry} of {declared:,}, byte offset {offset + error.start}: "
+                f"the word {stripped[:60]!r} is not valid UTF-8"
+            )
+            word = stripped.decode("utf-8", errors="replace")
+        if not word:
+            report.problem(f"entry {entry}, byte offset {offset}: empty word")
+            result.append(None)
+            continue
+        if word in seen:
+            report.problem(
+                f"entry {entry}, byte offset {offset}: duplicate word {word!r} (first seen in entry {seen[word]})"
+            )
+            result.append(None)
+            continue
+        seen[word] = entry
+        result.append(word)
+    return result
 
 
 # .npy matrix with a word list.

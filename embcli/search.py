@@ -57,8 +57,8 @@ def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None):
     """
     units = unit_rows(queries)
 
-    def score(part_units, rows):
-        return units[rows] @ part_units.T
+    def score(cosines, rows):
+        return cosines(units[rows])
 
     results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms)
     zero = ~units.any(axis=1)
@@ -75,15 +75,18 @@ def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inv
     """
     unit_a, unit_b, unit_c = unit_rows(a), unit_rows(b), unit_rows(c)
 
-    def score(part_units, rows):
-        shifted = [((u[rows] @ part_units.T) + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
+    def score(cosines, rows):
+        shifted = [(cosines(u[rows]) + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
         return shifted[1] * shifted[2] / (shifted[0] + np.float32(epsilon))
 
     return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms)
 
 
 def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
-    """Run `score(unit_rows_of_block, query_slice)` over all blocks; keep the top k.
+    """Run `score(cosines, query_slice)` over all blocks; keep the top k.
+
+    `cosines(unit_queries)` returns the (Qb, B) cosines of unit queries with the rows of
+    the current block.
 
     After the first block, only scores above a query's current k-th best can enter its
     top k, and there are few of them, so later blocks cost a comparison per score
@@ -104,7 +107,19 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
         else:
             inverse = inverse_norms[start:stop]
         zero_rows = np.flatnonzero(inverse == 0)
-        part_units = part * inverse[:, None]  # one block, scaled once for all queries
+        if n_queries >= part.shape[1]:
+            # Many queries: scale the (B, D) block once rather than each (Qb, B) product.
+            part_units = part * inverse[:, None]
+
+            def cosines(queries, part_units=part_units):
+                return queries @ part_units.T
+        else:
+
+            def cosines(queries, part=part, inverse=inverse):
+                products = queries @ part.T
+                products *= inverse
+                return products
+
         in_block = (pairs[1] >= start) & (pairs[1] < stop)
         block_pairs = (pairs[0][in_block], pairs[1][in_block] - start)
         full = best_index.shape[1] == k
@@ -112,7 +127,7 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
         new_score = np.empty(new_index.shape, dtype=np.float32)
         for q_start in range(0, n_queries, QUERY_BLOCK):
             q_stop = min(q_start + QUERY_BLOCK, n_queries)
-            scores = score(part_units, slice(q_start, q_stop))  # (Qb, B)
+            scores = score(cosines, slice(q_start, q_stop))  # (Qb, B)
             scores[:, zero_rows] = _NEVER
             mine = (block_pairs[0] >= q_start) & (block_pairs[0] < q_stop)
             scores[block_pairs[0][mine] - q_start, block_pairs[1][mine]] = _NEVER
