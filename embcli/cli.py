@@ -53,6 +53,26 @@ def error(message):
     _stderr(f"embcli: error: {message}")
 
 
+# The flags that change each setting named in EmbcliError.options.
+OPTION_FLAGS = {
+    "encoding": "--encoding",
+    "decode_errors": "--decode-errors replace",
+    "min_count": "--min-count",
+    "lr": "--lr",
+    "force": "--force",
+    "resume": "--resume",
+}
+
+
+def error_message(failure):
+    """Return the message of an EmbcliError with the flags that fix it appended."""
+    message = str(failure)
+    flags = [OPTION_FLAGS.get(name, "--" + name.replace("_", "-")) for name in failure.options]
+    if flags:
+        message += f" [{', '.join(flags)}]"
+    return message
+
+
 def handle_errors(function):
     """Turn EmbcliError into a one-line message and exit code; hide tracebacks."""
 
@@ -61,7 +81,7 @@ def handle_errors(function):
         try:
             return function(*args, **kwargs)
         except EmbcliError as failure:
-            error(str(failure))
+            error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
         except BrokenPipeError:
             # The reader of stdout went away (for example `| head`): stop quietly.
@@ -71,17 +91,30 @@ def handle_errors(function):
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
+        except Terminated:
+            error("stopped by SIGTERM")
+            raise typer.Exit(143) from None
         except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):
+            # typer prints a bad option value as a usage error and exits 2.
             raise
         except Exception as failure:
             if STATE["debug"] or os.environ.get("EMBCLI_DEBUG"):
                 raise
+            if isinstance(failure, OSError) and failure.strerror:
+                # The environment failed (disk full, permission denied), not embcli.
+                where = f"{failure.filename}: " if failure.filename else ""
+                error(f"{where}{failure.strerror}")
+                raise typer.Exit(1) from None
+            if isinstance(failure, MemoryError):
+                error("out of memory; use a smaller corpus, vocabulary (--min-count) or --dim")
+                raise typer.Exit(1) from None
             error(
                 f"internal error: {type(failure).__name__}: {failure}. This is a bug in "
                 "embcli; run again with EMBCLI_DEBUG=1 (or --debug) to see the traceback"
             )
             raise typer.Exit(1) from None
 
+    wrapper.handles_errors = True
     return wrapper
 
 
@@ -139,8 +172,10 @@ def build_vocab(
     min_count: int = typer.Option(5, "--min-count", min=1, help="Keep words that occur at least this many times."),
     max_size: Optional[int] = typer.Option(None, "--max-size", min=1,
                                            help="Keep at most this many words, the most frequent. [default: no limit]"),
-    tokenizer: str = typer.Option("default", "--tokenizer",
-                                  help="How text becomes tokens: default, whitespace or jieba."),
+    tokenizer: str = typer.Option(
+        "default", "--tokenizer",
+        help="How text becomes tokens: default (Unicode words, one token per CJK character), "
+             "whitespace (text already segmented) or jieba (Chinese words; pip install 'embcli[zh]')."),
     keep_case: bool = typer.Option(False, "--keep-case", help="Keep letter case instead of lowercasing."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the corpus, e.g. latin-1 or cp1252."),
     decode_errors: str = typer.Option("strict", "--decode-errors",
@@ -150,13 +185,15 @@ def build_vocab(
     quiet: bool = QuietOption,
 ):
     """Count the words of a corpus and write the model's vocabulary and token cache."""
-    from embcli.tokenize import Tokenizer
+    from embcli.tokenize import TOKENIZER_NAMES, Tokenizer
     from embcli.vocab import build_vocab as run_build_vocab
     from embcli.store import resolve_model_path
 
     STATE["quiet"] = STATE["quiet"] or quiet
     if decode_errors not in ("strict", "replace"):
         raise typer.BadParameter("use strict or replace", param_hint="--decode-errors")
+    if tokenizer not in TOKENIZER_NAMES:
+        raise typer.BadParameter(f"use one of {', '.join(TOKENIZER_NAMES)}", param_hint="--tokenizer")
     model_dir = resolve_model_path(model)
     tok = Tokenizer(tokenizer, lowercase=not keep_case)
     update, finish = _progress_bar(_input_size(corpus), "reading")
@@ -170,6 +207,10 @@ def build_vocab(
         f"words; kept {summary.kept:,} with count >= {summary.min_count} "
         f"({summary.coverage:.1%} of tokens) in {model_dir}"
     )
+    for line in summary.notes:
+        note(f"note: {line}")
+    for line in summary.warnings:
+        note(f"warning: {line}")
     dropped = 1 - summary.kept / summary.distinct
     if dropped > 0.9:
         note(f"warning: --min-count {summary.min_count} dropped {dropped:.0%} of distinct words")
@@ -195,6 +236,10 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
+    force: bool = typer.Option(False, "--force",
+                               help="Start from scratch even if an interrupted run left a checkpoint (it is discarded)."),
+    checkpoint_every: float = typer.Option(10.0, "--checkpoint-every", min=0.0,
+                                           help="Minutes between checkpoints during training; 0 saves one only on SIGINT or SIGTERM."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,
@@ -215,11 +260,12 @@ def train(
     progress, finish = _training_progress()
     try:
         stats = train_model(model_dir, config, corpus or None, encoding, decode_errors, resume=resume,
-                            progress=progress)
+                            progress=progress, discard_checkpoint=force,
+                            checkpoint_seconds=checkpoint_every * 60)
     finally:
         finish()
     note(
-        f"trained {config.epochs} epochs over {stats.words // config.epochs:,} words in {stats.seconds:.1f} s "
+        f"trained {stats.epochs_done} epochs over {stats.words // stats.epochs_done:,} words in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
@@ -254,7 +300,21 @@ def _training_progress():
 
 
 def _read_stdin_queries():
-    for line in sys.stdin:
+    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stdin, for example in tests
+        lines = (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+    else:
+        lines = iter(stream.readline, b"")
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as failure:
+            error(f"<stdin>: line {number}: invalid UTF-8 (byte 0x{raw[failure.start]:02x} "
+                  f"at byte {failure.start} of the line); queries must be UTF-8")
+            STATE["stdin_failures"] += 1
+            continue
+        line = line.removeprefix("\ufeff") if number == 1 else line
         line = line.rstrip("\r\n")
         if line.strip():
             yield line
@@ -262,6 +322,7 @@ def _read_stdin_queries():
 
 def _queries(words):
     """Return (queries, batch) where batch is True when queries come from stdin."""
+    STATE["stdin_failures"] = 0
     if words == ["-"]:
         return _read_stdin_queries(), True
     return words, len(words) > 1
@@ -293,7 +354,7 @@ def lookup(
         else:
             out.write(word + "\t" + "\t".join(f"{v:.6g}" for v in vector.tolist()) + "\n")
     out.flush()
-    if failed:
+    if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 
@@ -348,7 +409,7 @@ def _neighbors(words, k, restrict, vector, model, as_json):
                     sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
 
         failed = _answer_in_blocks(opened, queries, resolve, answer, emit)
-    if failed:
+    if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 
@@ -390,9 +451,20 @@ def info(
                              f"final loss {stats['final_loss']:.4f}, device {training['device']}"))
     else:
         lines.append(("training", "not trained yet"))
+    if os.path.exists(os.path.join(model_dir, store.CHECKPOINT)):
+        checkpoint = os.path.join(model_dir, store.CHECKPOINT)
+        lines.append(("checkpoint", f"{checkpoint} (continue with: embcli train --resume -m {model_dir})"))
     lines.append(("embcli", meta.get("embcli_version", "?")))
     for key, value in lines:
         sys.stdout.write(f"{key}\t{value}\n")
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup code runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 # Queries answered in blocks: analogy, similarity, and the batch paths of neighbors.
@@ -530,6 +602,7 @@ def analogy(
         raise typer.BadParameter(f"use one of {', '.join(ANALOGY_METHODS)}", param_hint="--method")
     if words == ["-"]:
         batch = True
+        STATE["stdin_failures"] = 0
         queries = _stdin_fields(3)
     elif len(words) == 3:
         batch = False
@@ -560,7 +633,7 @@ def analogy(
             else:
                 sys.stdout.write(f"{word}\t{score:.4f}\n")
 
-    if _answer_in_blocks(opened, queries, resolve, answer, emit):
+    if _answer_in_blocks(opened, queries, resolve, answer, emit) or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 
@@ -578,6 +651,7 @@ def similarity(
 
     if words == ["-"]:
         batch = True
+        STATE["stdin_failures"] = 0
         queries = _stdin_fields(2)
     elif len(words) == 2:
         batch = False
@@ -605,7 +679,7 @@ def similarity(
         else:
             sys.stdout.write(f"{score:.4f}\n")
 
-    if _answer_in_blocks(opened, queries, resolve, answer, emit):
+    if _answer_in_blocks(opened, queries, resolve, answer, emit) or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 
@@ -812,6 +886,10 @@ def _limit_blas_threads(argv):
 
 def main():
     """Console entry point."""
+    import signal
+
+    # Training routes SIGTERM to its own handler while it runs, and restores this one.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     _limit_blas_threads(sys.argv[1:])
     fast = _fast_neighbors_arguments(sys.argv[1:])
     if fast is not None:
@@ -822,9 +900,15 @@ def main():
         except KeyboardInterrupt:
             error("interrupted")
             sys.exit(130)
+        except Terminated:
+            error("stopped by SIGTERM")
+            sys.exit(143)
         return
     try:
         app(prog_name="embcli")
     except KeyboardInterrupt:
         error("interrupted")
         sys.exit(130)
+    except Terminated:
+        error("stopped by SIGTERM")
+        sys.exit(143)

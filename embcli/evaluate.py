@@ -157,7 +157,9 @@ def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=Fa
     for start in range(0, len(questions), _ANALOGY_BLOCK):
         block = questions[start : start + _ANALOGY_BLOCK]
         rows = np.array([q[1:4] for q in block], dtype=np.int64)
-        answers = model.analogy_of_rows(rows, _ANALOGY_TOP, method, exclude_inputs=True, restrict=restrict)
+        # gensim scores a zero row NaN, which never ranks, so leave zero rows out too.
+        answers = model.analogy_of_rows(rows, _ANALOGY_TOP, method, exclude_inputs=True, restrict=restrict,
+                                        skip_zero_rows=True)
         for (section, a, b, c, expected, inputs), answer in zip(block, answers):
             if zero_rows and {a, b, c} & zero_rows:
                 # An all-zero input has no direction, so gensim's scores are NaN: count it wrong.

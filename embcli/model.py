@@ -80,10 +80,30 @@ class Vocabulary:
     @property
     def index(self):
         if self._index is None:
-            self._index = {}
-            for i, word in enumerate(self.words):
-                self._index.setdefault(word, i)
+            index = {word: i for i, word in enumerate(self.words)}
+            if len(index) != len(self.words):
+                self._raise_duplicate()
+            self._index = index
         return self._index
+
+    def _raise_duplicate(self):
+        first = {}
+        for row, word in enumerate(self.words):
+            if word in first:
+                raise ModelCorrupt(f"{self.path}: word {word!r} is on line {first[word] + 1} and again on line {row + 1}")
+            first[word] = row
+
+    def __contains__(self, word):
+        return self.find(word) is not None
+
+    def check_unique(self):
+        """Raise ModelCorrupt if a word is on two lines (compared as bytes, without decoding)."""
+        if self._index is not None:
+            return
+        lines = self._data.split(b"\n")
+        lines.pop()
+        if len({line.rpartition(b"\t")[0] for line in lines}) != len(lines):
+            self._raise_duplicate()
 
     def find(self, word):
         """Return the row of `word`, or None if it is not in the vocabulary."""
@@ -129,23 +149,33 @@ class Model:
     def open(cls, path=None):
         """Open the model directory `path` (default: $EMBCLI_MODEL or ./embcli-model)."""
         path = store.resolve_model_path(path)
+        try:
+            return cls._open_files(path)
+        except ModelCorrupt:
+            # A save by another process may have replaced files between two reads
+            # here; its commit is complete by now, so read once more.
+            return cls._open_files(path)
+
+    @classmethod
+    def _open_files(cls, path):
         meta = store.read_meta(path)
         store.check_fingerprint(path, meta, store.VOCAB)
         vocabulary = Vocabulary.read(os.path.join(path, store.VOCAB))
+        vocabulary.check_unique()
         embeddings = os.path.join(path, store.EMBEDDINGS)
         if not os.path.exists(embeddings):
             raise ModelNotFound(f"{path} has a vocabulary but no embeddings; run 'embcli train' first")
         store.check_fingerprint(path, meta, store.EMBEDDINGS)
-        matrix = store.load_matrix(embeddings)
-        if matrix.shape[0] != len(vocabulary):
+        matrix = store.load_matrix(embeddings, expected_rows=len(vocabulary))
+        if "dim" in meta and meta["dim"] != matrix.shape[1]:
             raise ModelCorrupt(
-                f"{embeddings} has {matrix.shape[0]:,} rows but {vocabulary.path} has "
-                f"{len(vocabulary):,} words; the files do not belong together"
+                f"{embeddings} has {matrix.shape[1]} dimensions but {store.META} says "
+                f"{meta['dim']}; the files do not belong together"
             )
         opened = cls(path, meta, vocabulary, matrix)
         norms = store.load_norms(path, meta, matrix.shape[0])
         if norms is not None:
-            opened._inverse_norms = search.safe_inverse(norms)
+            opened._set_norms(norms)
         return opened
 
     @property
@@ -167,9 +197,22 @@ class Model:
 
     @property
     def inverse_norms(self):
+        """1/norm of each row (0 for a zero row), computed once; raises on NaN or infinity."""
         if self._inverse_norms is None:
-            self._inverse_norms = search.safe_inverse(search.row_norms(self.matrix))
+            self._set_norms(search.row_norms(self.matrix))
         return self._inverse_norms
+
+    def _set_norms(self, norms):
+        bad = np.flatnonzero(~np.isfinite(norms))
+        if len(bad):
+            self._raise_not_finite(int(bad[0]), len(bad))
+        self._inverse_norms = search.safe_inverse(norms)
+
+    def _raise_not_finite(self, row, count):
+        raise ModelCorrupt(
+            f"{os.path.join(self.path, store.EMBEDDINGS)}: {count:,} rows hold NaN or "
+            f"infinite values, the first is row {row} ({self.word(row)!r}); retrain the model"
+        )
 
     def __len__(self):
         return self.matrix.shape[0]
@@ -182,14 +225,20 @@ class Model:
         return True
 
     def row(self, word):
-        """Return the matrix row of `word`, normalized and split as the corpus was."""
+        """Return the matrix row of `word`, normalized and split as the corpus was.
+
+        A query in another Unicode normal form or width finds the word, and so does
+        one in another case unless the model keeps case. Raises QueryError when the
+        query splits into several tokens, and UnknownWord when its token is not in the
+        vocabulary.
+        """
         row = self.vocabulary.find(word)
         if row is not None:
             return row
-        token = self.tokenizer.query_token(word)
+        token = self.tokenizer.query_token(word, self.vocabulary)
         row = self.vocabulary.find(token)
         if row is None:
-            raise UnknownWord(word, self.path, len(self))
+            raise UnknownWord(word, self.path, len(self), token=token)
         return row
 
     def rows(self, words):
@@ -203,7 +252,11 @@ class Model:
 
     def vector(self, word):
         """Return the vector of `word` as a float32 array of shape (dim,)."""
-        return np.array(self.matrix[self.row(word)], dtype=np.float32)
+        row = self.row(word)
+        vector = np.array(self.matrix[row], dtype=np.float32)
+        if not np.isfinite(vector).all():
+            self._raise_not_finite(row, 1)
+        return vector
 
     def _check_nonzero(self, word, row):
         if not np.any(self.matrix[row]):
@@ -223,7 +276,7 @@ class Model:
     def neighbors_of_rows(self, rows, k=10, restrict=None):
         queries = np.asarray(self.matrix[rows], dtype=np.float32)
         results = search.top_k(self.matrix, queries, k, exclude=[(row,) for row in rows], limit=restrict,
-                               inverse_norms=self._inverse_norms)
+                               inverse_norms=self.inverse_norms)
         return [self._named(result) for result in results]
 
     def neighbors_of_vector(self, vector, k=10, restrict=None):
@@ -235,7 +288,7 @@ class Model:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise QueryError(f"a query vector has {vectors.shape[1]} values, but the model has {self.dim} dimensions")
-        results = search.top_k(self.matrix, vectors, k, limit=restrict, inverse_norms=self._inverse_norms)
+        results = search.top_k(self.matrix, vectors, k, limit=restrict, inverse_norms=self.inverse_norms)
         return [self._named(result) for result in results]
 
     def analogy(self, a, b, c, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
@@ -254,17 +307,18 @@ class Model:
         rows = np.asarray(rows, dtype=np.int64).reshape(len(triples), 3)
         return self.analogy_of_rows(rows, k, method, exclude_inputs, restrict)
 
-    def analogy_of_rows(self, rows, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
-        """Return answers for an (n, 3) array of rows (a, b, c)."""
+    def analogy_of_rows(self, rows, k=10, method="3cosadd", exclude_inputs=True, restrict=None,
+                        skip_zero_rows=False):
+        """Return answers for an (n, 3) array of rows (a, b, c); zero rows score 0 unless skipped."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
         a, b, c = (search.unit_rows(self.matrix[rows[:, i]]) for i in range(3))
         exclude = [tuple(int(r) for r in triple) for triple in rows] if exclude_inputs else None
         if method == "3cosadd":
             results = search.top_k(self.matrix, b - a + c, k, exclude=exclude, limit=restrict,
-                                   inverse_norms=self._inverse_norms)
+                                   inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
         else:
             results = search.top_k_cosmul(self.matrix, a, b, c, k, exclude=exclude, limit=restrict,
-                                          inverse_norms=self._inverse_norms)
+                                          inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
         return [self._named(result) for result in results]
 
     def similarity(self, word1, word2):

@@ -3,8 +3,7 @@
 Scores are matrix products of a block of queries with a block of rows, so memory stays
 at one (QUERY_BLOCK x ROW_BLOCK) block of scores however large the vocabulary is, and
 each row's norm is computed once per search, from the block already in memory. A row
-with zero norm has cosine 0 with every vector, never NaN, and is never returned as a
-neighbour: it has no direction.
+with zero norm has cosine 0 with every vector, never NaN.
 """
 
 import numpy as np
@@ -46,7 +45,7 @@ def cosine(a, b):
     return float(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
 
 
-def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None):
+def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None, skip_zero_rows=False):
     """Return [(indices, scores)] for each query: the k rows most cosine-similar to it.
 
     `queries` is (Q, D) and need not be normalized; a zero query gets no results.
@@ -54,19 +53,22 @@ def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None):
     only the first `limit` rows (the most frequent words). Results are sorted by score,
     highest first, ties by row. Fewer than k come back when fewer rows qualify.
     `inverse_norms` (V,) are 1/norm of each row, computed from the matrix when None.
+    A zero row scores 0, or is left out with `skip_zero_rows` (gensim's NaN score for
+    it never ranks).
     """
     units = unit_rows(queries)
 
     def score(cosines, rows):
         return cosines(units[rows])
 
-    results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms)
+    results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms, skip_zero_rows)
     zero = ~units.any(axis=1)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     return [empty if zero[q] else result for q, result in enumerate(results)]
 
 
-def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inverse_norms=None):
+def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inverse_norms=None,
+                 skip_zero_rows=False):
     """Return [(indices, scores)] ranked by 3CosMul for the analogies a : b :: c : ?.
 
     3CosMul (Levy and Goldberg, 2014) scores row d as cos'(d, b) cos'(d, c) /
@@ -79,10 +81,10 @@ def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inv
         shifted = [(cosines(u[rows]) + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
         return shifted[1] * shifted[2] / (shifted[0] + np.float32(epsilon))
 
-    return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms)
+    return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms, skip_zero_rows)
 
 
-def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
+def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, skip_zero_rows=False):
     """Run `score(cosines, query_slice)` over all blocks; keep the top k.
 
     `cosines(unit_queries)` returns the (Qb, B) cosines of unit queries with the rows of
@@ -106,7 +108,7 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None):
             inverse = safe_inverse(np.sqrt(np.einsum("ij,ij->i", part, part)))
         else:
             inverse = inverse_norms[start:stop]
-        zero_rows = np.flatnonzero(inverse == 0)
+        zero_rows = np.flatnonzero(inverse == 0) if skip_zero_rows else np.zeros(0, dtype=np.int64)
         if n_queries >= part.shape[1]:
             # Many queries: scale the (B, D) block once rather than each (Qb, B) product.
             part_units = part * inverse[:, None]

@@ -43,7 +43,8 @@ def test_zero_vector_never_gives_nan(tmp_path):
     model = imported("18", tmp_path)
     result = invoke("neighbors", "-m", model, "cat")
     assert result.exit_code == 0
-    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["dog", "the"]
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["dog", "the", "pad"]
+    assert result.stdout.splitlines()[-1] == "pad\t0.0000"
     assert "nan" not in result.stdout and "inf" not in result.stdout
     result = invoke("similarity", "-m", model, "cat", "pad")
     assert result.stdout == "0.0000\n"
