@@ -12,7 +12,6 @@ import numpy as np
 
 from embcli import search, store
 from embcli.errors import ModelCorrupt, ModelNotFound, QueryError, UnknownWord
-from embcli.tokenize import Tokenizer
 
 ANALOGY_METHODS = ("3cosadd", "3cosmul")
 # Above this many lookups in one call, building the word -> row dict beats byte searches.
@@ -100,9 +99,13 @@ class Vocabulary:
         """Raise ModelCorrupt if a word is on two lines (compared as bytes, without decoding)."""
         if self._index is not None:
             return
-        lines = self._data.split(b"\n")
-        lines.pop()
-        if len({line.rpartition(b"\t")[0] for line in lines}) != len(lines):
+        count = self._data.count(b"\n")
+        if self._data.count(b"\t") == count:
+            # No word contains a tab, so words and counts alternate between separators.
+            words = self._data.replace(b"\n", b"\t").split(b"\t")[0:-1:2]
+        else:
+            words = [line.rpartition(b"\t")[0] for line in self._data.split(b"\n")[:-1]]
+        if len(set(words)) != count:
             self._raise_duplicate()
 
     def find(self, word):
@@ -142,7 +145,7 @@ class Model:
         self.meta = meta
         self.vocabulary = vocabulary
         self.matrix = matrix  # (V, D) float32, memory-mapped
-        self.tokenizer = Tokenizer.from_config(meta.get("tokenizer", {}))
+        self._tokenizer = None
         self._inverse_norms = None
 
     @classmethod
@@ -177,6 +180,15 @@ class Model:
         if norms is not None:
             opened._set_norms(norms)
         return opened
+
+    @property
+    def tokenizer(self):
+        """The corpus's Tokenizer, imported on first use: a query found as written needs none."""
+        if self._tokenizer is None:
+            from embcli.tokenize import Tokenizer
+
+            self._tokenizer = Tokenizer.from_config(self.meta.get("tokenizer", {}))
+        return self._tokenizer
 
     @property
     def dim(self):
