@@ -204,3 +204,10 @@ def test_to_torch_is_the_only_torch_import(tmp_path):
     name, shape_and_value = result.stdout.split(" ", 1)
     assert name == "Embedding"
     assert shape_and_value.startswith("(6, 3) 0.69999")
+
+
+def test_new_commands_have_help():
+    for command in ("analogy", "similarity", "evaluate", "export", "import"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0, command
+        assert "Usage" in result.stdout
