@@ -36,6 +36,10 @@ ModelOption = typer.Option(
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON lines instead of tab-separated text.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="Print nothing on stderr but errors.")
+NoSubwordsOption = typer.Option(
+    False, "--no-subwords",
+    help="Treat words outside the vocabulary as errors, even when the model has n-gram vectors.",
+)
 
 
 def _stderr(message):
@@ -175,6 +179,16 @@ def build_vocab(
         note(f"warning: --min-count {summary.min_count} dropped {dropped:.0%} of distinct words")
 
 
+def _check_subwords(value):
+    from embcli.subwords import parse_range
+
+    try:
+        parse_range(value)
+    except EmbcliError as failure:
+        raise typer.BadParameter(str(failure)) from None
+    return value
+
+
 @app.command()
 @handle_errors
 def train(
@@ -195,6 +209,9 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
+    subwords: str = typer.Option("off", "--subwords", callback=_check_subwords,
+                                 help="Character n-gram lengths MIN-MAX, as fastText's (e.g. 3-6), or off."),
+    buckets: int = typer.Option(2_000_000, "--buckets", min=1, help="Hash buckets (rows) for the n-grams."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,
@@ -205,11 +222,14 @@ def train(
     STATE["quiet"] = STATE["quiet"] or quiet
     model_dir = resolve_model_path(model)
 
+    from embcli.subwords import parse_range
     from embcli.train import TrainConfig, train_model
 
+    min_n, max_n = parse_range(subwords)
     config = TrainConfig(method=method, dim=dim, window=window, negative=negative, sample=sample,
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
-                         seed=seed, threads=threads, device=device)
+                         seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
+                         buckets=buckets)
     if threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     progress, finish = _training_progress()
@@ -253,6 +273,10 @@ def _training_progress():
     return update, progress.stop
 
 
+def _note_out_of_vocabulary(word, ngram_count):
+    note(f"embcli: note: {word}: not in vocabulary; its vector combines {ngram_count} character n-grams")
+
+
 def _read_stdin_queries():
     for line in sys.stdin:
         line = line.rstrip("\r\n")
@@ -273,6 +297,7 @@ def lookup(
     words: List[str] = typer.Argument(..., help="Words to look up, or - to read one per line from stdin.", show_default=False),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
+    no_subwords: bool = NoSubwordsOption,
 ):
     """Print the vector of each word: the word, then its values, tab-separated."""
     from embcli.model import Model
@@ -283,11 +308,13 @@ def lookup(
     out = sys.stdout
     for word in queries:
         try:
-            vector = opened.vector(word)
+            row, vector, ngram_count = opened.resolve(word, subwords=not no_subwords)
         except EmbcliError as failure:
             error(str(failure))
             failed += 1
             continue
+        if row is None:
+            _note_out_of_vocabulary(word, ngram_count)
         if as_json:
             out.write(json.dumps({"word": word, "vector": [float(v) for v in vector]}, ensure_ascii=False) + "\n")
         else:
@@ -306,6 +333,7 @@ def neighbors(
                                            help="Search only the N most frequent words. [default: all]"),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
+    no_subwords: bool = NoSubwordsOption,
 ):
     """Print the k nearest words by cosine similarity, leaving the query word out."""
     from embcli.model import Model
@@ -316,7 +344,10 @@ def neighbors(
     out = sys.stdout
     for word in queries:
         try:
-            result = opened.neighbors(word, k, restrict) if k > 0 else []
+            row, vector, ngram_count = opened.resolve(word, subwords=not no_subwords)
+            if row is None:
+                _note_out_of_vocabulary(word, ngram_count)
+            result = opened.neighbors(word, k, restrict, subwords=not no_subwords) if k > 0 else []
         except EmbcliError as failure:
             error(str(failure))
             failed += 1

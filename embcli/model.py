@@ -24,6 +24,7 @@ class Model:
         self.tokenizer = Tokenizer.from_config(meta.get("tokenizer", {}))
         self._index = None
         self._inverse_norms = None
+        self._subwords = None
 
     @classmethod
     def open(cls, path=None):
@@ -67,22 +68,68 @@ class Model:
             raise UnknownWord(word, self.path, len(self.words))
         return row
 
-    def vector(self, word):
-        """Return the vector of `word` as a float32 array of shape (dim,)."""
-        return np.array(self.matrix[self.row(word)], dtype=np.float32)
+    @property
+    def has_subwords(self):
+        """True when the model stores n-gram vectors for words outside the vocabulary."""
+        return "subwords" in self.meta
 
-    def neighbors(self, word, k=10, restrict=None):
+    @property
+    def subwords(self):
+        """The model's SubwordVectors (n-gram bucket rows, memory-mapped)."""
+        if self._subwords is None:
+            from embcli.subwords import SubwordVectors
+
+            settings = self.meta["subwords"]
+            name = settings.get("file", "subwords.npy")
+            store.check_fingerprint(self.path, self.meta, name)
+            matrix = store.load_matrix(os.path.join(self.path, name), expected_rows=int(settings["buckets"]))
+            if matrix.shape[1] != self.dim:
+                from embcli.errors import ModelCorrupt
+
+                raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
+                                   f"embeddings have {self.dim}; retrain the model")
+            self._subwords = SubwordVectors(matrix, settings)
+        return self._subwords
+
+    def resolve(self, word, subwords=True):
+        """Return (row, vector, n-gram count) for `word`.
+
+        A vocabulary word gets its row, its vector and 0. A word outside the vocabulary
+        gets row None and a vector built from its character n-grams, when `subwords` is
+        true and the model has them; otherwise UnknownWord is raised.
+        """
+        try:
+            row = self.row(word)
+        except UnknownWord:
+            if not (subwords and self.has_subwords):
+                raise
+            token = self.tokenizer.query_token(word)
+            vector, count = self.subwords.vector(token)
+            if vector is None:
+                raise
+            return None, vector, count
+        return row, np.array(self.matrix[row], dtype=np.float32), 0
+
+    def vector(self, word, subwords=True):
+        """Return the vector of `word` as a float32 array of shape (dim,).
+
+        Outside the vocabulary, the vector comes from the word's n-grams when the model
+        has them and `subwords` is true.
+        """
+        return self.resolve(word, subwords)[1]
+
+    def neighbors(self, word, k=10, restrict=None, subwords=True):
         """Return [(word, cosine)] of the k words nearest to `word`, leaving `word` out."""
-        return self.neighbors_batch([word], k, restrict)[0]
+        return self.neighbors_batch([word], k, restrict, subwords)[0]
 
-    def neighbors_batch(self, words, k=10, restrict=None):
-        rows = [self.row(word) for word in words]
-        queries = np.asarray(self.matrix[rows], dtype=np.float32)
-        for word, row, query in zip(words, rows, queries):
+    def neighbors_batch(self, words, k=10, restrict=None, subwords=True):
+        resolved = [self.resolve(word, subwords) for word in words]
+        queries = np.stack([vector for _, vector, _ in resolved]) if resolved else np.zeros((0, self.dim))
+        for word, query in zip(words, queries):
             if not np.any(query):
                 raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
-        results = search.top_k(self.matrix, self.inverse_norms, queries, k,
-                               exclude=[{row} for row in rows], limit=restrict)
+        exclude = [set() if row is None else {row} for row, _, _ in resolved]
+        results = search.top_k(self.matrix, self.inverse_norms, queries, k, exclude=exclude, limit=restrict)
         return [[(self.words[i], float(s)) for i, s in zip(index, score)] for index, score in results]
 
     def neighbors_of_vector(self, vector, k=10, restrict=None):

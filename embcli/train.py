@@ -63,6 +63,12 @@ class TrainConfig:
     block: int = 256
     batch: int = 1024
     chunk_tokens: int = 65536
+    # Subwords (embcli.train_subwords): character n-grams of min_n..max_n characters,
+    # hashed into `buckets` rows; min_n = 0 turns them off.
+    min_n: int = 0
+    max_n: int = 0
+    buckets: int = 2_000_000
+    combination: str = "mean"
 
     def resolved_lr(self):
         if self.lr is not None:
@@ -83,6 +89,10 @@ class TrainConfig:
             raise EmbcliError(f"learning rate must be a positive number, not {self.lr}")
         if self.sample < 0:
             raise EmbcliError(f"sample must be 0 (off) or positive, not {self.sample}")
+        if self.min_n:
+            from embcli.subwords import check_settings
+
+            check_settings(self.min_n, self.max_n, self.buckets, self.combination)
 
 
 def pick_device(name):
@@ -383,7 +393,7 @@ CHECKPOINT_FILES = (CHECKPOINT, CHECKPOINT_INPUT, CHECKPOINT_OUTPUT)
 
 
 def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, output_vectors,
-                 positions, shared_stats, stop_event, errors):
+                 positions, shared_stats, stop_event, errors, table=None):
     """Entry point of one Hogwild worker process."""
     import signal
 
@@ -392,7 +402,8 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
     torch.set_num_threads(1)
     try:
         corpus = Corpus(tokens_path, counts)
-        trainer = Trainer(config, corpus, input_vectors, output_vectors, torch.device("cpu"), worker, workers)
+        trainer = _new_trainer(config, corpus, input_vectors, output_vectors, torch.device("cpu"), worker,
+                               workers, table)
         base = worker * 4
 
         def report(words, examples, loss, lr):
@@ -483,7 +494,18 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
                 model_dir, meta, config, len(words))
         else:
             torch.manual_seed(config.seed)
-            input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+            if config.min_n:
+                from embcli.train_subwords import init_subword_vectors
+
+                input_vectors, output_vectors = init_subword_vectors(len(words), config.buckets,
+                                                                     config.dim, config.seed)
+            else:
+                input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+        table = None
+        if config.min_n:
+            from embcli.subwords import SubwordTable
+
+            table = SubwordTable.build(words, config.min_n, config.max_n, config.buckets, config.combination)
         input_vectors = input_vectors.to(device)
         output_vectors = output_vectors.to(device)
         words_total = _words_in(corpus) * config.epochs
@@ -494,10 +516,11 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
         try:
             if workers == 1:
                 positions, totals = _run_in_process(config, corpus, input_vectors, output_vectors,
-                                                    device, positions, stop, progress, words_total)
+                                                    device, positions, stop, progress, words_total, table)
             else:
                 positions, totals = _run_workers(workers, config, tokens_path, counts, input_vectors,
-                                                 output_vectors, positions, stop, progress, words_total)
+                                                 output_vectors, positions, stop, progress, words_total,
+                                                 table)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -530,7 +553,7 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
             epochs_done=config.epochs,
         )
         _save_embeddings(model_dir, meta, config, stats, vectors, workers, device,
-                         corpus_record, new_cache)
+                         corpus_record, new_cache, table)
         new_cache = None
         return stats
     finally:
@@ -571,10 +594,10 @@ class _LossWindow:
 
 
 def _run_in_process(config, corpus, input_vectors, output_vectors, device, positions, stop,
-                    progress, words_total):
+                    progress, words_total, table=None):
     if device.type == "cpu":
         torch.set_num_threads(1)
-    trainer = Trainer(config, corpus, input_vectors, output_vectors, device)
+    trainer = _new_trainer(config, corpus, input_vectors, output_vectors, device, 0, 1, table)
     totals = [0.0, 0.0, float("nan")]
     window = _LossWindow()
     last = [0.0]
@@ -604,7 +627,7 @@ def _words_before(trainer, epoch, chunk):
 
 
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
-                 stop, progress, words_total):
+                 stop, progress, words_total, table=None):
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
@@ -619,7 +642,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         context.Process(
             target=_worker_main,
             args=(w, workers, config, tokens_path, np.asarray(counts), input_vectors, output_vectors,
-                  shared_positions, shared_stats, stop_event, errors),
+                  shared_positions, shared_stats, stop_event, errors, table),
             daemon=True,
         )
         for w in range(workers)
@@ -661,6 +684,14 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
     words = sum(shared_stats[4 * w] for w in range(workers))
     examples = sum(shared_stats[4 * w + 1] for w in range(workers))
     return list(shared_positions), [words, examples, window.mean()]
+
+
+def _new_trainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table):
+    if table is None:
+        return Trainer(config, corpus, input_vectors, output_vectors, device, worker, workers)
+    from embcli.train_subwords import SubwordTrainer
+
+    return SubwordTrainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table)
 
 
 def _config_json(config):
@@ -714,17 +745,36 @@ def _load_checkpoint(model_dir, meta, config, vocab_size):
     workers = state["workers"]
     if (resumed.threads or default_threads()) != workers and resumed.device in ("auto", "cpu"):
         resumed.threads = workers
-    input_vectors = torch.from_numpy(store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), vocab_size, mmap=False).copy())
+    input_rows = vocab_size + (resumed.buckets if resumed.min_n else 0)
+    input_vectors = torch.from_numpy(store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), input_rows, mmap=False).copy())
     output_vectors = torch.from_numpy(store.load_matrix(os.path.join(model_dir, CHECKPOINT_OUTPUT), vocab_size, mmap=False).copy())
     return input_vectors, output_vectors, state["positions"], resumed, workers
 
 
-def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, corpus_record, new_cache):
+def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, corpus_record, new_cache,
+                     table=None):
     import platform
 
-    embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.astype(np.float32, copy=False))
+    from embcli import subwords
+
     meta = dict(meta)
     meta["files"] = dict(meta.get("files", {}))
+    renames = {}
+    remove = []
+    if table is not None:
+        # embeddings.npy keeps each word's whole vector; subwords.npy the bucket rows.
+        vocab_size = table.vocab_size
+        buckets_tmp = store.save_npy_temp(model_dir, subwords.SUBWORDS, vectors[vocab_size:])
+        meta["files"][subwords.SUBWORDS] = store.fingerprint(buckets_tmp)
+        meta["subwords"] = table.to_meta()
+        renames[subwords.SUBWORDS] = buckets_tmp
+        vectors = subwords.combine_rows(vectors, table.offsets, table.rows, table.combination)
+    else:
+        meta.pop("subwords", None)
+        meta["files"].pop(subwords.SUBWORDS, None)
+        if os.path.exists(os.path.join(model_dir, subwords.SUBWORDS)):
+            remove.append(subwords.SUBWORDS)
+    embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.astype(np.float32, copy=False))
     meta["files"][store.EMBEDDINGS] = store.fingerprint(embeddings_tmp)
     meta["dim"] = int(vectors.shape[1])
     meta["training"] = {
@@ -737,7 +787,7 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, c
         "python_version": platform.python_version(),
         "stats": stats.to_json(),
     }
-    renames = {store.EMBEDDINGS: embeddings_tmp}
+    renames[store.EMBEDDINGS] = embeddings_tmp
     if new_cache is not None:
         meta["files"][store.TOKENS] = store.fingerprint(new_cache)
         meta["token_cache"] = {"tokens": int(np.load(new_cache, mmap_mode="r").shape[0]),
@@ -746,4 +796,4 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, c
     meta_tmp = store.meta_temp(model_dir, meta)
     renames[store.META] = meta_tmp
     present = [name for name in CHECKPOINT_FILES if os.path.exists(os.path.join(model_dir, name))]
-    store.commit(model_dir, renames, remove=present)
+    store.commit(model_dir, renames, remove=present + remove)

@@ -274,6 +274,8 @@ def build_vocab(
         meta_tmp = store.meta_temp(model_dir, meta)
         temporaries.append(meta_tmp)
         remove = [store.EMBEDDINGS] if existing else []
+        if os.path.exists(os.path.join(model_dir, "subwords.npy")):
+            remove.append("subwords.npy")  # n-gram rows trained with the old vocabulary
         store.commit(
             model_dir,
             {store.VOCAB: vocab_tmp, store.TOKENS: tokens_tmp, store.META: meta_tmp},
