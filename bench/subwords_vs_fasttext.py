@@ -54,8 +54,13 @@ with open(args["out"] + ".txt", "w", encoding="utf-8") as handle:
 
 
 def run_measured(commands, env=None):
-    """Run `commands` one after another; return (seconds, peak PSS in bytes, last stdout)."""
+    """Run `commands` one after another; return (seconds, CPU seconds, peak PSS in bytes,
+    last stdout). CPU seconds are user plus system time of the commands and of the
+    processes they waited for."""
+    import resource
+
     peak = 0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     stdout = ""
     for command in commands:
@@ -76,7 +81,10 @@ def run_measured(commands, env=None):
         stdout, stderr = process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"{command} failed with exit code {process.returncode}:\n{stderr}")
-    return time.time() - started, peak, stdout
+    seconds = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, cpu, peak, stdout
 
 
 def evaluate(words, vectors):
@@ -101,12 +109,12 @@ def run_embcli(args, work, label, extra=()):
                   "--window", str(args.window), "--negative", str(args.negative), "--sample", str(args.sample),
                   "--epochs", str(args.epochs), "--threads", str(args.threads), *extra],
     ]
-    seconds, peak, _ = run_measured(commands, env)
+    seconds, cpu, peak, _ = run_measured(commands, env)
     words = [line.split("\t")[0] for line in open(os.path.join(model_dir, "vocab.tsv"), encoding="utf-8")]
     vectors = np.load(os.path.join(model_dir, "embeddings.npy"), allow_pickle=False)
     tokens_cache = os.path.getsize(os.path.join(model_dir, "tokens.npy"))
     shutil.rmtree(model_dir)
-    return seconds, peak, words, vectors, tokens_cache
+    return seconds, cpu, peak, words, vectors, tokens_cache
 
 
 def run_fasttext(args, work, plain_corpus):
@@ -115,11 +123,13 @@ def run_fasttext(args, work, plain_corpus):
                 "min_n": 3, "max_n": 6, "buckets": 2_000_000, "epochs": args.epochs, "sample": args.sample,
                 "threads": args.threads, "out": out}
     started = time.time()
-    seconds, peak, stdout = run_measured([[sys.executable, "-c", FASTTEXT_SCRIPT, json.dumps(settings)]])
+    seconds, cpu, peak, stdout = run_measured([[sys.executable, "-c", FASTTEXT_SCRIPT, json.dumps(settings)]])
     trained_at = float(stdout.split()[0])
     words = open(out + ".txt", encoding="utf-8").read().split("\n")[:-1]
     vectors = np.load(out + ".npy", allow_pickle=False)
-    return trained_at - started, peak, words, vectors
+    # NOTE: the CPU time includes writing the vectors out after training, which the
+    # wall-clock time leaves out.
+    return trained_at - started, cpu, peak, words, vectors
 
 
 def main():
@@ -145,27 +155,28 @@ def main():
             plain = os.path.join(work, "corpus.txt")
             with gzip.open(args.corpus, "rb") as source, open(plain, "wb") as target:
                 shutil.copyfileobj(source, target)
-            seconds, peak, words, vectors = run_fasttext(args, work, plain)
-            results.append(("fastText", seconds, peak, evaluate(words, vectors), 0))
+            seconds, cpu, peak, words, vectors = run_fasttext(args, work, plain)
+            results.append(("fastText", seconds, cpu, peak, evaluate(words, vectors), 0))
             print_row(results[-1], args)
         for variant in variants:
             label, _, options = variant.partition("=")
-            seconds, peak, words, vectors, cache = run_embcli(args, work, label, options.split())
-            results.append((f"embcli {label}", seconds, peak, evaluate(words, vectors), cache))
+            seconds, cpu, peak, words, vectors, cache = run_embcli(args, work, label, options.split())
+            results.append((f"embcli {label}", seconds, cpu, peak, evaluate(words, vectors), cache))
             print_row(results[-1], args)
 
     if not args.skip_fasttext:
         base = results[0]
-        for name, seconds, peak, scores, cache in results[1:]:
-            print(f"{name} vs fastText: speed x{base[1] / seconds:.2f}, analogy {100 * (scores[0] - base[3][0]):+.1f} "
-                  f"points, WS-353 {scores[1] - base[3][1]:+.3f}, SimLex {scores[2] - base[3][2]:+.3f}, "
-                  f"peak PSS {(peak - base[2]) / 2**20:+.0f} MiB (token cache {cache / 2**20:.0f} MiB)")
+        for name, seconds, cpu, peak, scores, cache in results[1:]:
+            print(f"{name} vs fastText: speed x{base[1] / seconds:.2f} (wall), x{base[2] / cpu:.2f} (CPU time), "
+                  f"analogy {100 * (scores[0] - base[4][0]):+.1f} points, WS-353 {scores[1] - base[4][1]:+.3f}, "
+                  f"SimLex {scores[2] - base[4][2]:+.3f}, peak PSS {(peak - base[3]) / 2**20:+.0f} MiB "
+                  f"(token cache {cache / 2**20:.0f} MiB)")
 
 
 def print_row(result, args):
-    name, seconds, peak, (analogy, ws353, simlex), _ = result
+    name, seconds, cpu, peak, (analogy, ws353, simlex), _ = result
     speed = args.tokens * args.epochs / seconds
-    print(f"{name}\t{seconds:.1f} s\t{speed / 1000:,.0f} k words/s\tanalogy {100 * analogy:.1f} %\t"
+    print(f"{name}\t{seconds:.1f} s\t{speed / 1000:,.0f} k words/s\tCPU {cpu:.1f} s\tanalogy {100 * analogy:.1f} %\t"
           f"WS-353 {ws353:.3f}\tSimLex {simlex:.3f}\tpeak PSS {peak / 2**20:,.0f} MiB", flush=True)
 
 
