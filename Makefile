@@ -8,7 +8,7 @@ DEMO_MODEL := demo-model
 # The CPU build of torch; an unpinned torch can pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install install-test demo test bench clean
+.PHONY: install install-test demo demo-zh test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,15 @@ demo: install
 	$(BIN)/embcli neighbors -m $(DEMO_MODEL) -k 8 king water god
 	$(BIN)/embcli neighbors -m $(DEMO_MODEL) -k 8 jerusalem
 
+# Tang poems: one token per character suits classical Chinese. The corpus is small
+# (18 k characters), so it takes more epochs than the English demo.
+demo-zh: install
+	$(BIN)/embcli build-vocab -m $(DEMO_MODEL)-zh sample_data/tang300.txt.gz --force
+	$(BIN)/embcli train -m $(DEMO_MODEL)-zh --epochs 20 --dim 50
+	$(BIN)/embcli neighbors -m $(DEMO_MODEL)-zh -k 8 月 春 酒
+
 test: install-test
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_MODEL) .pytest_cache
+	rm -rf $(VENV) $(DEMO_MODEL) $(DEMO_MODEL)-zh .pytest_cache

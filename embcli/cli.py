@@ -75,7 +75,8 @@ def handle_errors(function):
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):
+            # typer prints a bad option value as a usage error and exits 2.
             raise
         except Exception as failure:
             if STATE["debug"] or os.environ.get("EMBCLI_DEBUG"):
@@ -109,7 +110,7 @@ def main_options(
 
 def _progress_bar(total_bytes, label):
     """Return (update, finish) callbacks that draw a byte progress bar on stderr."""
-    if STATE["quiet"]:
+    if STATE["quiet"] or not sys.stderr.isatty():
         return (lambda done: None), (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -143,8 +144,10 @@ def build_vocab(
     min_count: int = typer.Option(5, "--min-count", min=1, help="Keep words that occur at least this many times."),
     max_size: Optional[int] = typer.Option(None, "--max-size", min=1,
                                            help="Keep at most this many words, the most frequent. [default: no limit]"),
-    tokenizer: str = typer.Option("default", "--tokenizer",
-                                  help="How text becomes tokens: default, whitespace or jieba."),
+    tokenizer: str = typer.Option(
+        "default", "--tokenizer",
+        help="How text becomes tokens: default (Unicode words, one token per CJK character), "
+             "whitespace (text already segmented) or jieba (Chinese words; pip install 'embcli[zh]')."),
     keep_case: bool = typer.Option(False, "--keep-case", help="Keep letter case instead of lowercasing."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the corpus, e.g. latin-1 or cp1252."),
     decode_errors: str = typer.Option("strict", "--decode-errors",
@@ -154,13 +157,15 @@ def build_vocab(
     quiet: bool = QuietOption,
 ):
     """Count the words of a corpus and write the model's vocabulary and token cache."""
-    from embcli.tokenize import Tokenizer
+    from embcli.tokenize import TOKENIZER_NAMES, Tokenizer
     from embcli.vocab import build_vocab as run_build_vocab
     from embcli.store import resolve_model_path
 
     STATE["quiet"] = STATE["quiet"] or quiet
     if decode_errors not in ("strict", "replace"):
         raise typer.BadParameter("use strict or replace", param_hint="--decode-errors")
+    if tokenizer not in TOKENIZER_NAMES:
+        raise typer.BadParameter(f"use one of {', '.join(TOKENIZER_NAMES)}", param_hint="--tokenizer")
     model_dir = resolve_model_path(model)
     tok = Tokenizer(tokenizer, lowercase=not keep_case)
     update, finish = _progress_bar(_input_size(corpus), "reading")
@@ -174,6 +179,10 @@ def build_vocab(
         f"words; kept {summary.kept:,} with count >= {summary.min_count} "
         f"({summary.coverage:.1%} of tokens) in {model_dir}"
     )
+    for line in summary.notes:
+        note(f"note: {line}")
+    for line in summary.warnings:
+        note(f"warning: {line}")
     dropped = 1 - summary.kept / summary.distinct
     if dropped > 0.9:
         note(f"warning: --min-count {summary.min_count} dropped {dropped:.0%} of distinct words")
@@ -239,13 +248,13 @@ def train(
     finally:
         finish()
     note(
-        f"trained {stats.words:,} words x {config.epochs} epochs in {stats.seconds:.1f} s "
+        f"trained {config.epochs} epochs over {stats.words // config.epochs:,} words in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
 
 def _training_progress():
-    if STATE["quiet"]:
+    if STATE["quiet"] or not sys.stderr.isatty():
         return None, (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -49,12 +49,16 @@ class ModelCorrupt(EmbcliError):
 class UnknownWord(EmbcliError):
     """A query word is not in the model's vocabulary."""
 
-    def __init__(self, word, model_path=None, vocab_size=None):
+    def __init__(self, word, model_path=None, vocab_size=None, token=None):
         self.word = word
-        where = ""
+        self.token = token
+        details = []
+        if token is not None and token != word:
+            details.append(f"looked up as {token}")
         if model_path is not None:
             size = f"{vocab_size:,} words in " if vocab_size is not None else ""
-            where = f" ({size}{model_path})"
+            details.append(f"{size}{model_path}")
+        where = f" ({'; '.join(details)})" if details else ""
         super().__init__(f"{word}: not in vocabulary{where}")
 
 

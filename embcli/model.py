@@ -58,14 +58,20 @@ class Model:
         return self._inverse_norms
 
     def row(self, word):
-        """Return the matrix row of `word`, normalized and split as the corpus was."""
+        """Return the matrix row of `word`, normalized and split as the corpus was.
+
+        A query in another Unicode normal form or width finds the word, and so does
+        one in another case unless the model keeps case. Raises QueryError when the
+        query splits into several tokens, and UnknownWord when its token is not in the
+        vocabulary.
+        """
         row = self.index.get(word)
         if row is not None:
             return row
-        token = self.tokenizer.query_token(word)
+        token = self.tokenizer.query_token(word, self.index)
         row = self.index.get(token)
         if row is None:
-            raise UnknownWord(word, self.path, len(self.words))
+            raise UnknownWord(word, self.path, len(self.words), token=token)
         return row
 
     @property

@@ -18,6 +18,7 @@ import numpy as np
 from embcli import store
 from embcli.corpus import TextStream, describe_source
 from embcli.errors import EmptyCorpus
+from embcli.tokenize import review_tokens
 
 _FLUSH_IDS = 1 << 20
 _REMAP_BLOCK = 1 << 24
@@ -183,6 +184,8 @@ class VocabSummary:
     min_count: int
     lines: int
     bytes_read: int
+    warnings: list = field(default_factory=list)  # the tokens look wrong for the text
+    notes: list = field(default_factory=list)  # what the tokenizer did, where worth saying
 
     @property
     def coverage(self):
@@ -224,12 +227,17 @@ def build_vocab(
         names = ", ".join("<stdin>" if p == "-" else p for p in paths)
         if scan.tokens == 0:
             raise EmptyCorpus(f"{names}: contains no tokens (the text is empty or only whitespace)")
+        review = review_tokens(scan.words, scan.counts, tokenizer.name)
         kept = order_words(scan.words, scan.counts, min_count, max_size)
         if not kept:
-            raise EmptyCorpus(
+            message = (
                 f"0 of {len(scan.words):,} distinct words occur at least {min_count} "
                 f"times in {names}; lower the minimum count"
             )
+            # When the tokens are whole lines, the tokenizer is the fault, not the count.
+            for warning in review.warnings:
+                message += f". {warning[0].upper()}{warning[1:]}"
+            raise EmptyCorpus(message)
         lookup = np.full(len(scan.words), -1, dtype=np.int64)
         lookup[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
         tokens_tmp = store.temp_path(model_dir, store.TOKENS)
@@ -248,6 +256,8 @@ def build_vocab(
             min_count=min_count,
             lines=scan.lines,
             bytes_read=scan.bytes_read,
+            warnings=review.warnings,
+            notes=review.notes,
         )
         meta = store.new_meta(tokenizer.config())
         meta["vocab"] = {
@@ -258,6 +268,7 @@ def build_vocab(
             "distinct_words": len(scan.words),
             "tokens_covered": summary.covered,
             "order": "count descending, then word in code point order",
+            "token_review": review.to_json(),
         }
         meta["corpus"] = {
             "sources": [source.to_json() for source in scan.sources],

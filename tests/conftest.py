@@ -4,7 +4,11 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared beside the repository (CI lays it there), or in any folder above it.
+SHARED = next(
+    (parent / "shared" for parent in Path(__file__).resolve().parents if (parent / "shared" / "data").is_dir()),
+    Path(__file__).resolve().parents[2] / "shared",
+)
 
 
 @pytest.fixture(autouse=True)
