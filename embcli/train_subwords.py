@@ -1,8 +1,8 @@
 """Train fastText-style subword vectors on the word2vec engine of embcli.train.
 
-The input matrix has one row per vocabulary word followed by one row per n-gram bucket
-(shape (V + buckets, D)); a word's input vector combines its own row with the rows of
-its character n-grams (embcli.subwords). The output matrix stays (V, D). As in
+The input matrix has one row per vocabulary word followed by one row per n-gram bucket,
+shape (V + buckets, D). A word's input vector combines its own row with the rows of its
+character n-grams (embcli.subwords). The output matrix stays (V, D). As in
 fastText 0.9 (src/model.cc), the gradient of a combined vector is added in full to each
 row that went into it, for the mean as well as the sum.
 
@@ -33,8 +33,8 @@ from embcli.train import Trainer
 def init_subword_vectors(vocab_size, buckets, dim, seed):
     """fastText's initialisation: input rows uniform in ±1/dim, output rows zero."""
     generator = torch.Generator().manual_seed(seed)
-    # Filled in place, and moved to shared memory before it is touched, so the large
-    # matrix never exists twice (Hogwild workers share it; one process pays nothing).
+    # The matrix moves to shared memory before it is filled in place, so it never exists
+    # twice. Hogwild workers need it there anyway.
     input_vectors = torch.empty(vocab_size + buckets, dim)
     input_vectors.share_memory_()
     input_vectors.uniform_(-1.0 / dim, 1.0 / dim, generator=generator)

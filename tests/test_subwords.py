@@ -59,7 +59,7 @@ def test_hash_matches_fasttext_2_24_buckets(word):
 
 
 def test_hash_sign_extends_high_bytes():
-    # Textbook FNV-1a of b"\xc3" is 0x2b0c08a2 ^ ...; fastText XORs 0xffffffc3 instead of 0xc3.
+    # Textbook FNV-1a XORs the byte 0xc3 as 0x000000c3, fastText as 0xffffffc3.
     textbook = ((2166136261 ^ 0xC3) * 16777619) & 0xFFFFFFFF
     quirk = ((2166136261 ^ 0xFFFFFFC3) * 16777619) & 0xFFFFFFFF
     assert subwords.fnv1a(b"\xc3") == quirk
@@ -160,8 +160,8 @@ def test_embeddings_hold_word_plus_ngrams(subword_model):
     word = "tabernacle"
     own = model.vector(word)
     ngram_rows = buckets[model.subwords.bucket_ids(word)]
-    # The stored vector is the mean of the word's own row and its n-gram rows, so the
-    # n-gram part alone is the stored vector minus the word row's share.
+    # The stored vector is the mean of the word's own row and its n-gram rows, so it
+    # points close to the mean of the n-gram rows alone.
     ngram_mean = ngram_rows.mean(axis=0)
     cosine = own @ ngram_mean / np.linalg.norm(own) / np.linalg.norm(ngram_mean)
     assert cosine > 0.5
