@@ -221,6 +221,8 @@ def train(
     subwords: str = typer.Option("off", "--subwords", callback=_check_subwords,
                                  help="Character n-gram lengths MIN-MAX, as fastText's (e.g. 3-6), or off."),
     buckets: int = typer.Option(2_000_000, "--buckets", min=1, help="Hash buckets (rows) for the n-grams."),
+    combination: str = typer.Option("mean", "--combination",
+                                    help="How a word's row and n-gram rows make its vector: mean (fastText) or sum."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,
@@ -238,7 +240,7 @@ def train(
     config = TrainConfig(method=method, dim=dim, window=window, negative=negative, sample=sample,
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
                          seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
-                         buckets=buckets)
+                         buckets=buckets, combination=combination)
     if threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     progress, finish = _training_progress()

@@ -260,6 +260,19 @@ def test_cbow_with_subwords_and_retrain_without(small_corpus):
     assert result.exit_code == 1
 
 
+def test_sum_combination_trains(small_corpus):
+    assert invoke("build-vocab", small_corpus, "--min-count", "3", "--quiet").exit_code == 0
+    result = invoke("train", "--subwords", "3-4", "--combination", "sum", "--buckets", "3000", "--dim", "8",
+                    "--epochs", "1", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    meta = json.load(open("embcli-model/meta.json", encoding="utf-8"))
+    assert meta["subwords"]["combination"] == "sum"
+    assert np.isfinite(np.load("embcli-model/embeddings.npy")).all()
+    result = invoke("lookup", "tabernacles")
+    assert result.exit_code == 0
+    assert "not in vocabulary" in result.stderr
+
+
 def test_train_rejects_bad_subword_range(small_corpus):
     assert invoke("build-vocab", small_corpus, "--min-count", "3", "--quiet").exit_code == 0
     result = invoke("train", "--subwords", "6-3", "--quiet")
