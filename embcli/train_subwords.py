@@ -2,9 +2,9 @@
 
 The input matrix has one row per vocabulary word followed by one row per n-gram bucket,
 shape (V + buckets, D). A word's input vector combines its own row with the rows of its
-character n-grams (embcli.subwords). The output matrix stays (V, D). As in
-fastText 0.9 (src/model.cc), the gradient of the combined vector is added in full to
-each row that went into it, for the mean as well as the sum.
+character n-grams (embcli.subwords). The output matrix stays (V, D). With the
+mean, as in fastText 0.9 (src/model.cc), the gradient of the combined vector is added
+in full to each row that went into it.
 
 What differs from fastText, and why:
 - Skip-gram pairs are grouped by center word, whose n-grams form the input, as in
@@ -62,7 +62,7 @@ class SubwordTrainer(Trainer):
         return self.rows.index_select(0, position), owner, counts
 
     def _combine(self, words):
-        """Return (distinct words' vectors (U, D), inverse (len(words),), rows, owner)."""
+        """Return (distinct words' vectors (U, D), inverse (len(words),), rows, owner, counts)."""
         distinct, inverse = torch.unique(words, return_inverse=True)
         rows, owner, counts = self._word_rows(distinct)
         gathered = self.input_vectors.index_select(0, rows)
@@ -70,12 +70,19 @@ class SubwordTrainer(Trainer):
         combined.index_add_(0, owner, gathered)
         if self.mean:
             combined /= counts[:, None]
-        return combined, inverse, rows, owner
+        return combined, inverse, rows, owner, counts
 
-    def _scatter(self, grad, inverse, rows, owner, distinct_count):
-        """Add the gradient of each input occurrence to every row of its word."""
-        per_word = torch.zeros(distinct_count, grad.shape[1], device=self.device)
+    def _scatter(self, grad, inverse, rows, owner, counts):
+        """Add the gradient of each input occurrence to every row of its word.
+
+        With the sum, each row gets the gradient divided by the word's row count, so a
+        step moves the sum as far as it moves the mean. The full gradient on each of
+        n rows moves the sum n times as far, and training diverged at lr 0.025.
+        """
+        per_word = torch.zeros(counts.shape[0], grad.shape[1], device=self.device)
         per_word.index_add_(0, inverse, grad)
+        if not self.mean:
+            per_word /= counts[:, None]
         self.input_vectors.index_add_(0, rows, per_word.index_select(0, owner))
 
     def center_pairs(self, ids, sentence, core, generator):
@@ -97,10 +104,10 @@ class SubwordTrainer(Trainer):
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         batch = self.config.batch
         for begin in range(0, inputs.shape[0], batch):
-            combined, inverse, rows, owner = self._combine(inputs[begin : begin + batch])
+            combined, inverse, rows, owner, counts = self._combine(inputs[begin : begin + batch])
             hidden = combined.index_select(0, inverse)
             grad, step_loss = self._negative_step(hidden, outputs[begin : begin + batch], lr, generator)
-            self._scatter(grad, inverse, rows, owner, combined.shape[0])
+            self._scatter(grad, inverse, rows, owner, counts)
             loss += step_loss
         return loss, inputs.shape[0]
 
@@ -115,11 +122,11 @@ class SubwordTrainer(Trainer):
             flat = words[used]
             sizes = used.sum(1)
             example = torch.repeat_interleave(torch.arange(words.shape[0], device=self.device), sizes)
-            combined, inverse, rows, owner = self._combine(flat)
+            combined, inverse, rows, owner, counts = self._combine(flat)
             hidden = torch.zeros(words.shape[0], dim, device=self.device)
             hidden.index_add_(0, example, combined.index_select(0, inverse))
             hidden /= sizes[:, None]
             grad, step_loss = self._negative_step(hidden, centers[begin : begin + batch], lr, generator)
-            self._scatter(grad.index_select(0, example), inverse, rows, owner, combined.shape[0])
+            self._scatter(grad.index_select(0, example), inverse, rows, owner, counts)
             loss += step_loss
         return loss, centers.shape[0]
