@@ -57,6 +57,26 @@ def error(message):
     _stderr(f"embcli: error: {message}")
 
 
+# The flags that change each setting named in EmbcliError.options.
+OPTION_FLAGS = {
+    "encoding": "--encoding",
+    "decode_errors": "--decode-errors replace",
+    "min_count": "--min-count",
+    "lr": "--lr",
+    "force": "--force",
+    "resume": "--resume",
+}
+
+
+def error_message(failure):
+    """Return the message of an EmbcliError with the flags that fix it appended."""
+    message = str(failure)
+    flags = [OPTION_FLAGS.get(name, "--" + name.replace("_", "-")) for name in failure.options]
+    if flags:
+        message += f" [{', '.join(flags)}]"
+    return message
+
+
 def handle_errors(function):
     """Turn EmbcliError into a one-line message and exit code; hide tracebacks."""
 
@@ -65,7 +85,7 @@ def handle_errors(function):
         try:
             return function(*args, **kwargs)
         except EmbcliError as failure:
-            error(str(failure))
+            error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
         except BrokenPipeError:
             # The reader of stdout went away (for example `| head`): stop quietly.
@@ -75,18 +95,30 @@ def handle_errors(function):
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
+        except Terminated:
+            error("stopped by SIGTERM")
+            raise typer.Exit(143) from None
         except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):
             # typer prints a bad option value as a usage error and exits 2.
             raise
         except Exception as failure:
             if STATE["debug"] or os.environ.get("EMBCLI_DEBUG"):
                 raise
+            if isinstance(failure, OSError) and failure.strerror:
+                # The environment failed (disk full, permission denied), not embcli.
+                where = f"{failure.filename}: " if failure.filename else ""
+                error(f"{where}{failure.strerror}")
+                raise typer.Exit(1) from None
+            if isinstance(failure, MemoryError):
+                error("out of memory; use a smaller corpus, vocabulary (--min-count) or --dim")
+                raise typer.Exit(1) from None
             error(
                 f"internal error: {type(failure).__name__}: {failure}. This is a bug in "
                 "embcli; run again with EMBCLI_DEBUG=1 (or --debug) to see the traceback"
             )
             raise typer.Exit(1) from None
 
+    wrapper.handles_errors = True
     return wrapper
 
 
@@ -218,6 +250,10 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
+    force: bool = typer.Option(False, "--force",
+                               help="Start from scratch even if an interrupted run left a checkpoint (it is discarded)."),
+    checkpoint_every: float = typer.Option(10.0, "--checkpoint-every", min=0.0,
+                                           help="Minutes between checkpoints during training; 0 saves one only on SIGINT or SIGTERM."),
     subwords: str = typer.Option("off", "--subwords", callback=_check_subwords,
                                  help="Character n-gram lengths MIN-MAX, as fastText's (e.g. 3-6), or off."),
     buckets: int = typer.Option(2_000_000, "--buckets", min=1, help="Hash buckets (rows) for the n-grams."),
@@ -246,11 +282,12 @@ def train(
     progress, finish = _training_progress()
     try:
         stats = train_model(model_dir, config, corpus or None, encoding, decode_errors, resume=resume,
-                            progress=progress)
+                            progress=progress, discard_checkpoint=force,
+                            checkpoint_seconds=checkpoint_every * 60)
     finally:
         finish()
     note(
-        f"trained {config.epochs} epochs over {stats.words // config.epochs:,} words in {stats.seconds:.1f} s "
+        f"trained {stats.epochs_done} epochs over {stats.words // stats.epochs_done:,} words in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
@@ -289,7 +326,21 @@ def _note_out_of_vocabulary(word, ngram_count):
 
 
 def _read_stdin_queries():
-    for line in sys.stdin:
+    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stdin, for example in tests
+        lines = (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+    else:
+        lines = iter(stream.readline, b"")
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as failure:
+            error(f"<stdin>: line {number}: invalid UTF-8 (byte 0x{raw[failure.start]:02x} "
+                  f"at byte {failure.start} of the line); queries must be UTF-8")
+            STATE["stdin_failures"] += 1
+            continue
+        line = line.removeprefix("\ufeff") if number == 1 else line
         line = line.rstrip("\r\n")
         if line.strip():
             yield line
@@ -297,6 +348,7 @@ def _read_stdin_queries():
 
 def _queries(words):
     """Return (queries, batch) where batch is True when queries come from stdin."""
+    STATE["stdin_failures"] = 0
     if words == ["-"]:
         return _read_stdin_queries(), True
     return words, len(words) > 1
@@ -331,7 +383,7 @@ def lookup(
         else:
             out.write(word + "\t" + "\t".join(f"{v:.6g}" for v in vector.tolist()) + "\n")
     out.flush()
-    if failed:
+    if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 
@@ -355,10 +407,11 @@ def neighbors(
     out = sys.stdout
     for word in queries:
         try:
+            # With -k 0 the word is still looked up, so an unknown word still fails.
             row, vector, ngram_count = opened.resolve(word, subwords=not no_subwords)
             if row is None:
                 _note_out_of_vocabulary(word, ngram_count)
-            result = opened.neighbors(word, k, restrict, subwords=not no_subwords) if k > 0 else []
+            result = opened.neighbors(word, k, restrict, subwords=not no_subwords)
         except EmbcliError as failure:
             error(str(failure))
             failed += 1
@@ -372,7 +425,7 @@ def neighbors(
             else:
                 out.write(f"{neighbor}\t{score:.4f}\n")
     out.flush()
-    if failed:
+    if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
 
 
@@ -409,15 +462,33 @@ def info(
                              f"final loss {stats['final_loss']:.4f}, device {training['device']}"))
     else:
         lines.append(("training", "not trained yet"))
+    if os.path.exists(os.path.join(model_dir, store.CHECKPOINT)):
+        checkpoint = os.path.join(model_dir, store.CHECKPOINT)
+        lines.append(("checkpoint", f"{checkpoint} (continue with: embcli train --resume -m {model_dir})"))
     lines.append(("embcli", meta.get("embcli_version", "?")))
     for key, value in lines:
         sys.stdout.write(f"{key}\t{value}\n")
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup code runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main():
     """Console entry point."""
+    import signal
+
+    # Training routes SIGTERM to its own handler while it runs, and restores this one.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app(prog_name="embcli")
     except KeyboardInterrupt:
         error("interrupted")
         sys.exit(130)
+    except Terminated:
+        error("stopped by SIGTERM")
+        sys.exit(143)

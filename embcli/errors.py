@@ -2,7 +2,9 @@
 
 The core raises these; `embcli.cli` prints "embcli: error: <message>" on stderr and
 exits with `exit_code`. Messages name the file, line, word or value at fault and the
-next step, but never a command-line flag: the CLI adds those.
+next step, but never a command-line flag. An error whose fix is a setting lists the
+setting names in `options` (for example `("min_count",)`), and the CLI appends the
+matching flags.
 """
 
 
@@ -11,23 +13,30 @@ class EmbcliError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message, options=()):
+        super().__init__(message)
+        self.options = tuple(options)
+
 
 class CorpusError(EmbcliError):
-    """The corpus cannot be read or holds nothing to learn from."""
+    """The corpus cannot be read or contains nothing to learn from."""
 
 
 class EncodingError(CorpusError):
     """A text file holds bytes that are not valid in the chosen encoding."""
 
-    def __init__(self, path, line, offset, detail=""):
+    def __init__(self, path, line, offset, encoding="utf-8", detail=""):
         self.path = str(path)
         self.line = line
         self.offset = offset
-        message = (
-            f"{self.path}: line {line}, byte offset {offset}: invalid UTF-8"
-            + (f" ({detail})" if detail else "")
+        message = f"{self.path}: line {line}, byte offset {offset}: invalid {encoding}"
+        if detail:
+            message += f" ({detail})"
+        message += (
+            "; read it with another encoding such as latin-1 or cp1252, or replace "
+            "invalid bytes with U+FFFD"
         )
-        super().__init__(message)
+        super().__init__(message, options=("encoding", "decode_errors"))
 
 
 class EmptyCorpus(CorpusError):
@@ -44,6 +53,10 @@ class ModelNotFound(EmbcliError):
 
 class ModelCorrupt(EmbcliError):
     """A model directory exists but its files are damaged or disagree."""
+
+
+class ModelBusy(EmbcliError):
+    """Another embcli process is writing the same model directory."""
 
 
 class UnknownWord(EmbcliError):
@@ -74,9 +87,17 @@ class TrainingError(EmbcliError):
     """Training cannot go on, for example because it diverged."""
 
 
+class TrainingDiverged(TrainingError):
+    """The loss or the vectors became NaN or infinite; a lower learning rate helps."""
+
+    def __init__(self, message):
+        super().__init__(message, options=("lr",))
+
+
 class TrainingInterrupted(EmbcliError):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
 
-    def __init__(self, message, exit_code):
+    def __init__(self, message, exit_code, checkpoint=None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.checkpoint = checkpoint

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from embcli import search, store
-from embcli.errors import QueryError, UnknownWord
+from embcli.errors import ModelCorrupt, ModelNotFound, QueryError, UnknownWord
 from embcli.tokenize import Tokenizer
 
 
@@ -30,15 +30,27 @@ class Model:
     def open(cls, path=None):
         """Open the model directory `path` (default: $EMBCLI_MODEL or ./embcli-model)."""
         path = store.resolve_model_path(path)
+        try:
+            return cls._open_files(path)
+        except ModelCorrupt:
+            # A save by another process may have replaced files between two reads
+            # here; its commit is complete by now, so read once more.
+            return cls._open_files(path)
+
+    @classmethod
+    def _open_files(cls, path):
         meta = store.read_meta(path)
         words, counts = store.read_vocab(path, meta)
         embeddings = os.path.join(path, store.EMBEDDINGS)
         if not os.path.exists(embeddings):
-            from embcli.errors import ModelNotFound
-
             raise ModelNotFound(f"{path} has a vocabulary but no embeddings; run 'embcli train' first")
         store.check_fingerprint(path, meta, store.EMBEDDINGS)
         matrix = store.load_matrix(embeddings, expected_rows=len(words))
+        if "dim" in meta and meta["dim"] != matrix.shape[1]:
+            raise ModelCorrupt(
+                f"{embeddings} has {matrix.shape[1]} dimensions but {store.META} says "
+                f"{meta['dim']}; the files do not belong together"
+            )
         return cls(path, meta, words, counts, matrix)
 
     @property
@@ -48,14 +60,37 @@ class Model:
     @property
     def index(self):
         if self._index is None:
-            self._index = {word: i for i, word in enumerate(self.words)}
+            index = {word: i for i, word in enumerate(self.words)}
+            if len(index) != len(self.words):
+                self._raise_duplicate()
+            self._index = index
         return self._index
+
+    def _raise_duplicate(self):
+        first = {}
+        for row, word in enumerate(self.words):
+            if word in first:
+                raise ModelCorrupt(
+                    f"{os.path.join(self.path, store.VOCAB)}: word {word!r} is on line "
+                    f"{first[word] + 1} and again on line {row + 1}"
+                )
+            first[word] = row
 
     @property
     def inverse_norms(self):
         if self._inverse_norms is None:
-            self._inverse_norms = search.safe_inverse(search.row_norms(self.matrix))
+            norms = search.row_norms(self.matrix)
+            bad = np.flatnonzero(~np.isfinite(norms))
+            if len(bad):
+                self._raise_not_finite(int(bad[0]), len(bad))
+            self._inverse_norms = search.safe_inverse(norms)
         return self._inverse_norms
+
+    def _raise_not_finite(self, row, count):
+        raise ModelCorrupt(
+            f"{os.path.join(self.path, store.EMBEDDINGS)}: {count:,} rows hold NaN or "
+            f"infinite values, the first is row {row} ({self.words[row]!r}); retrain the model"
+        )
 
     def row(self, word):
         """Return the matrix row of `word`, normalized and split as the corpus was.
@@ -90,8 +125,6 @@ class Model:
             store.check_fingerprint(self.path, self.meta, name)
             matrix = store.load_matrix(os.path.join(self.path, name), expected_rows=int(settings["buckets"]))
             if matrix.shape[1] != self.dim:
-                from embcli.errors import ModelCorrupt
-
                 raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
                                    f"embeddings have {self.dim}; retrain the model")
             self._subwords = SubwordVectors(matrix, settings)
@@ -109,12 +142,15 @@ class Model:
         except UnknownWord:
             if not (subwords and self.has_subwords):
                 raise
-            token = self.tokenizer.query_token(word)
+            token = self.tokenizer.query_token(word, self.index)
             vector, count = self.subwords.vector(token)
             if vector is None:
                 raise
             return None, vector, count
-        return row, np.array(self.matrix[row], dtype=np.float32), 0
+        vector = np.array(self.matrix[row], dtype=np.float32)
+        if not np.isfinite(vector).all():
+            self._raise_not_finite(row, 1)
+        return row, vector, 0
 
     def vector(self, word, subwords=True):
         """Return the vector of `word` as a float32 array of shape (dim,).

@@ -9,30 +9,52 @@ A model directory holds:
 
 Every file is written to a temporary name in the same directory and fsynced. A set of
 files becomes visible together through `commit()`: it first writes a journal that lists
-the renames, then renames, then deletes the journal. A process killed before the
-journal exists leaves the previous model intact (plus temporary files, removed by the
-next write); one killed after it leaves a journal that the next `open` completes. Readers
-then check every data file against the fingerprint recorded in `meta.json`, so a matrix
-never pairs with the metadata or vocabulary of another save.
+the removals and renames, then applies them, then deletes the journal. A process killed
+before the journal exists leaves the previous model intact (plus temporary files,
+removed by the next write). One killed after it leaves a journal that the next reader
+or writer completes. Readers then check every data file against the fingerprint recorded in
+`meta.json`, and reject a data file that `meta.json` does not list, so a matrix never
+pairs with the metadata or vocabulary of another save.
+
+One process writes a directory at a time: writers hold an exclusive `flock` on
+`.lock` (`writer_lock`). Readers take no lock. A reader that finds a journal while a
+writer has the lock waits for the commit to finish instead of applying it.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 
 import numpy as np
 
 from embcli import __version__
-from embcli.errors import ModelCorrupt, ModelNotFound
+from embcli.errors import EmbcliError, ModelBusy, ModelCorrupt, ModelNotFound
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 FORMAT_VERSION = 1
 META = "meta.json"
 VOCAB = "vocab.tsv"
 EMBEDDINGS = "embeddings.npy"
 TOKENS = "tokens.npy"
+CHECKPOINT = "checkpoint.json"
+CHECKPOINT_INPUT = "checkpoint-input.npy"
+CHECKPOINT_OUTPUT = "checkpoint-output.npy"
+CHECKPOINT_TOKENS = "checkpoint-tokens.npy"
+CHECKPOINT_FILES = (CHECKPOINT, CHECKPOINT_INPUT, CHECKPOINT_OUTPUT, CHECKPOINT_TOKENS)
+# Data files that meta.json must list with a fingerprint whenever they exist.
+DATA_FILES = (VOCAB, EMBEDDINGS, TOKENS)
 JOURNAL = ".commit-journal.json"
+LOCK = ".lock"
 TMP_PREFIX = ".tmp-"
+# How long a reader waits for another process's commit to finish, in seconds.
+COMMIT_WAIT_SECONDS = 30.0
 LINE_END = np.uint32(0xFFFFFFFF)
 DEFAULT_MODEL = "embcli-model"
 
@@ -81,8 +103,19 @@ def temp_path(directory, name):
     return os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}")
 
 
+@contextlib.contextmanager
+def removed_on_error(path):
+    """Remove the partly written file `path` if the block raises (disk full, signal)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
+
+
 def write_bytes_synced(path, data):
-    with open(path, "wb") as handle:
+    with removed_on_error(path), open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -99,7 +132,7 @@ def fsync_file(path):
 def save_npy_temp(directory, name, array):
     """Write `array` as a plain .npy under a temporary name; return that path."""
     path = temp_path(directory, name)
-    with open(path, "wb") as handle:
+    with removed_on_error(path), open(path, "wb") as handle:
         np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
         handle.flush()
         os.fsync(handle.fileno())
@@ -114,8 +147,63 @@ def save_vocab_temp(directory, words, counts):
 
 
 def ensure_directory(directory):
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise EmbcliError(f"{directory} exists and is not a directory; choose another model directory")
     os.makedirs(directory, exist_ok=True)
     clean_temporaries(directory)
+
+
+def _try_lock(directory, create):
+    """Return a file descriptor holding the exclusive lock of `directory`, or None.
+
+    Returns None when another process has it. Raises OSError when the lock file
+    cannot be opened (for example `create` is False and it does not exist).
+    """
+    flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
+    fd = os.open(os.path.join(directory, LOCK), flags, 0o644)
+    if fcntl is None:
+        return fd  # NOTE: no locking on platforms without fcntl (Windows).
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd):
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def writer_lock(directory):
+    """Create `directory` if needed and hold its write lock for the block.
+
+    Completes an interrupted commit and removes stale temporary files first. Raises
+    ModelBusy if another process holds the lock. A directory created here and left
+    empty by a failed write is removed again.
+    """
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise EmbcliError(f"{directory} exists and is not a directory; choose another model directory")
+    created = not os.path.exists(directory)
+    os.makedirs(directory, exist_ok=True)
+    fd = _try_lock(directory, create=True)
+    if fd is None:
+        raise ModelBusy(
+            f"{directory} is being written by another embcli process; wait for it to "
+            "finish, or use another model directory"
+        )
+    try:
+        clean_temporaries(directory)
+        yield
+    finally:
+        if created and os.listdir(directory) == [LOCK]:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, LOCK))
+                os.rmdir(directory)
+        _unlock(fd)
 
 
 def clean_temporaries(directory):
@@ -134,7 +222,7 @@ def commit(directory, renames, remove=()):
     """Atomically make each temporary file in `renames` ({final name: temp path}) visible.
 
     Names in `remove` are deleted in the same commit (for example embeddings that no
-    longer match a rebuilt vocabulary).
+    longer match a rebuilt vocabulary). The caller must have `writer_lock(directory)`.
     """
     journal = {
         "renames": {name: os.path.basename(tmp) for name, tmp in renames.items()},
@@ -148,31 +236,49 @@ def commit(directory, renames, remove=()):
 
 
 def _apply_journal(directory, journal):
+    # Each step can be repeated, so a commit killed halfway is completed by running
+    # the whole journal again. Removals go first, so a reader that opens the model
+    # while the journal is applied finds a file missing, never an old file beside new ones.
+    for name in journal.get("remove", ()):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
     for name, tmp_name in journal["renames"].items():
         tmp = os.path.join(directory, tmp_name)
         if os.path.exists(tmp):
             os.replace(tmp, os.path.join(directory, name))
-    for name in journal.get("remove", ()):
-        try:
-            os.remove(os.path.join(directory, name))
-        except FileNotFoundError:
-            pass
     _fsync_dir(directory)
     os.remove(os.path.join(directory, JOURNAL))
     _fsync_dir(directory)
 
 
-def recover(directory):
-    """Finish a commit that a killed process left half done. Return True if there was one."""
-    path = os.path.join(directory, JOURNAL)
+def _read_journal(path):
     try:
         with open(path, "rb") as handle:
             journal = json.loads(handle.read())
     except FileNotFoundError:
-        return False
+        return None
     except (OSError, ValueError):
         # The journal is written to a temporary name and renamed, so it is whole or absent.
-        raise ModelCorrupt(f"{path}: unreadable commit journal") from None
+        raise ModelCorrupt(f"{path}: unreadable commit journal; remove it and retrain") from None
+    valid = (
+        isinstance(journal, dict)
+        and isinstance(journal.get("renames"), dict)
+        and isinstance(journal.get("remove", []), list)
+    )
+    if not valid:
+        raise ModelCorrupt(f"{path}: unreadable commit journal; remove it and retrain")
+    return journal
+
+
+def recover(directory):
+    """Finish a commit that a killed process left half done. Return True if there was one.
+
+    The caller must have the write lock, or be sure that no writer is running.
+    """
+    path = os.path.join(directory, JOURNAL)
+    journal = _read_journal(path)
+    if journal is None:
+        return False
     try:
         _apply_journal(directory, journal)
     except PermissionError:
@@ -180,7 +286,37 @@ def recover(directory):
             f"{directory}: a save was interrupted and the directory is read-only, "
             "so it cannot be completed; make it writable and retry"
         ) from None
+    except FileNotFoundError:
+        pass  # another process completed the same journal at the same time
     return True
+
+
+def settle(directory, wait=COMMIT_WAIT_SECONDS):
+    """Make sure no commit is half applied in `directory` before a reader reads it.
+
+    If a writer is committing now, wait up to `wait` seconds for it; if the writer was
+    killed, complete its journal.
+    """
+    journal = os.path.join(directory, JOURNAL)
+    deadline = time.monotonic() + wait
+    while os.path.exists(journal):
+        try:
+            fd = _try_lock(directory, create=False)
+        except OSError:
+            fd = -1  # no lock file to take: no writer of this embcli version is alive
+        if fd is None:
+            if time.monotonic() > deadline:
+                raise ModelBusy(
+                    f"{directory}: another embcli process has been saving for over "
+                    f"{wait:.0f} s; retry when it has finished"
+                )
+            time.sleep(0.05)
+            continue
+        try:
+            recover(directory)
+        finally:
+            if fd >= 0:
+                _unlock(fd)
 
 
 def new_meta(tokenizer_config):
@@ -209,8 +345,7 @@ def read_meta(directory):
             f"no model at {directory}; run 'embcli build-vocab CORPUS' then "
             "'embcli train', or 'embcli import FILE'"
         )
-    if os.path.exists(os.path.join(directory, JOURNAL)):
-        recover(directory)
+    settle(directory)
     path = os.path.join(directory, META)
     try:
         with open(path, "rb") as handle:
@@ -231,7 +366,21 @@ def read_meta(directory):
             f"{path} has format version {version}, but this embcli {__version__} reads "
             f"up to version {FORMAT_VERSION}; upgrade embcli"
         )
+    _check_meta_types(path, meta)
     return meta
+
+
+def _check_meta_types(path, meta):
+    """Raise ModelCorrupt if a field that embcli reads has the wrong JSON type."""
+    expected = {"files": dict, "tokenizer": dict, "vocab": dict, "corpus": dict, "training": dict}
+    for key, kind in expected.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise ModelCorrupt(f"{path}: field {key!r} should be a JSON {kind.__name__} object")
+    for name, value in meta.get("files", {}).items():
+        if not isinstance(value, str):
+            raise ModelCorrupt(f"{path}: the fingerprint of {name} should be a string")
+    if "dim" in meta and (not isinstance(meta["dim"], int) or meta["dim"] < 1):
+        raise ModelCorrupt(f"{path}: dim should be a positive integer, not {meta['dim']!r}")
 
 
 def check_fingerprint(directory, meta, name):
@@ -239,6 +388,11 @@ def check_fingerprint(directory, meta, name):
     expected = meta.get("files", {}).get(name)
     path = os.path.join(directory, name)
     if expected is None:
+        if name in DATA_FILES and os.path.exists(path):
+            raise ModelCorrupt(
+                f"{path} is not listed in {META}, so it was not saved with this model "
+                "(a copied file, or a save from an older embcli); retrain the model"
+            )
         return
     if not os.path.exists(path):
         raise ModelCorrupt(f"{path} is missing; the model directory is incomplete")
@@ -283,11 +437,38 @@ def read_vocab(directory, meta=None):
     return words, np.asarray(counts, dtype=np.int64)
 
 
+def _check_npy_header(path):
+    """Raise ModelCorrupt unless `path` starts with a .npy header of a plain numeric array."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                return  # np.load(allow_pickle=False) still rejects object arrays
+    except FileNotFoundError:
+        raise ModelNotFound(f"{path} is missing; run 'embcli train' first") from None
+    except OSError as error:
+        raise ModelCorrupt(f"{path}: cannot read ({error.strerror})") from None
+    except Exception as error:
+        # numpy parses the header as a Python literal: a damaged one can raise
+        # ValueError, SyntaxError, tokenize.TokenError and more.
+        raise ModelCorrupt(f"{path}: not a valid .npy file ({type(error).__name__}: {error})") from None
+    if dtype.hasobject:
+        raise ModelCorrupt(
+            f"{path} holds an object (pickled) array, which embcli never loads "
+            "because unpickling can run code; expected a 2-D float array"
+        )
+
+
 def load_matrix(path, expected_rows=None, mmap=True):
     """Return a float32 2-D matrix from a .npy file, memory-mapped when possible.
 
     Never unpickles: object arrays raise ModelCorrupt.
     """
+    _check_npy_header(path)
     try:
         matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:

@@ -28,16 +28,20 @@ How it differs from word2vec.c, and why:
 Run it through the CLI: `embcli build-vocab corpus.txt && embcli train`.
 """
 
+import contextlib
+import json
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 
 from embcli import store
-from embcli.errors import EmbcliError, TrainingError
+from embcli.errors import EmbcliError, TrainingDiverged, TrainingError, TrainingInterrupted
 
 LINE_END = int(store.LINE_END)
 
@@ -386,41 +390,71 @@ class TrainStats:
 
 # -- orchestration: workers, checkpoints, saving ---------------------------------------
 
-CHECKPOINT = "checkpoint.json"
-CHECKPOINT_INPUT = "checkpoint-input.npy"
-CHECKPOINT_OUTPUT = "checkpoint-output.npy"
-CHECKPOINT_FILES = (CHECKPOINT, CHECKPOINT_INPUT, CHECKPOINT_OUTPUT)
+CHECKPOINT = store.CHECKPOINT
+CHECKPOINT_INPUT = store.CHECKPOINT_INPUT
+CHECKPOINT_OUTPUT = store.CHECKPOINT_OUTPUT
+CHECKPOINT_TOKENS = store.CHECKPOINT_TOKENS
+CHECKPOINT_FILES = store.CHECKPOINT_FILES
+CHECKPOINT_VERSION = 1
+# After SIGINT or SIGTERM, how long workers get to finish their chunk, in seconds.
+STOP_GRACE_SECONDS = 3.0
+# How often a running training saves a checkpoint, in seconds.
+DEFAULT_CHECKPOINT_SECONDS = 600
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _RemoteTraceback(Exception):
+    """The formatted traceback of a worker process, chained as the cause of its error."""
+
+    def __str__(self):
+        return self.args[0]
 
 
 def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, output_vectors,
-                 positions, shared_stats, stop_event, errors, table=None):
+                 positions, shared_stats, stop_event, errors, parent_pid, table=None):
     """Entry point of one Hogwild worker process."""
-    import signal
+    import traceback
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The parent started this process with SIGINT and SIGTERM ignored and blocked, so a
+    # Ctrl-C that reaches the whole process group during start-up is dropped here. The
+    # parent alone handles signals and stops the workers through `stop_event`.
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     torch.set_num_threads(1)
     try:
         corpus = Corpus(tokens_path, counts)
         trainer = _new_trainer(config, corpus, input_vectors, output_vectors, torch.device("cpu"), worker,
                                workers, table)
         base = worker * 4
+        chunks = len(trainer.chunks)
 
         def report(words, examples, loss, lr):
+            # Trainer.run reports once per finished chunk: advance this worker's position,
+            # so that a checkpoint taken after any chunk resumes at the next one.
+            epoch, chunk = positions[2 * worker], positions[2 * worker + 1] + 1
+            if chunk >= chunks:
+                epoch, chunk = epoch + 1, 0
+            positions[2 * worker], positions[2 * worker + 1] = epoch, chunk
             with shared_stats.get_lock():
                 shared_stats[base] += words
                 shared_stats[base + 1] += examples
                 shared_stats[base + 2] += loss
                 shared_stats[base + 3] = lr
 
+        def should_stop():
+            # A parent killed with SIGKILL cannot set stop_event; its death re-parents us.
+            return stop_event.is_set() or os.getppid() != parent_pid
+
         epoch, chunk = positions[2 * worker], positions[2 * worker + 1]
-        epoch, chunk = trainer.run(int(epoch), int(chunk), report, stop_event.is_set)
+        epoch, chunk = trainer.run(int(epoch), int(chunk), report, should_stop)
         positions[2 * worker], positions[2 * worker + 1] = epoch, chunk
     except TrainingError as error:
-        errors.put(str(error))
+        errors.put(("training", str(error), ""))
         stop_event.set()
     except BaseException as error:  # reported to the parent, which raises it
-        errors.put(f"worker {worker} failed: {type(error).__name__}: {error}")
+        errors.put(("internal", f"worker {worker} failed: {type(error).__name__}: {error}",
+                    traceback.format_exc()))
         stop_event.set()
 
 
@@ -437,128 +471,286 @@ class _Stop:
     def is_set(self):
         return self.signal is not None
 
+    @property
+    def name(self):
+        return signal.Signals(self.signal).name if self.signal else None
+
+
+@contextlib.contextmanager
+def _signals_to(handler):
+    """Route SIGINT and SIGTERM to `handler` for the block (a no-op off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class _Resume:
+    """The starting state of a run: fresh vectors, or those of a checkpoint."""
+
+    config: TrainConfig
+    workers: int
+    positions: list
+    input_vectors: torch.Tensor
+    output_vectors: torch.Tensor
+    tokens_name: str  # the file in the model directory holding the token ids
+    corpus_record: list
+    words_done: float = 0.0
+    examples_done: float = 0.0
+    seconds_done: float = 0.0
+    resumed: bool = False
+
 
 def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="strict",
-                resume=False, progress=None, encode_progress=None):
+                resume=False, progress=None, encode_progress=None, discard_checkpoint=False,
+                checkpoint_seconds=DEFAULT_CHECKPOINT_SECONDS):
     """Train embeddings for the vocabulary in `model_dir` and save them there.
 
     `progress(words_done, words_total, examples, loss, lr)` is called a few times a
-    second. Returns TrainStats. On SIGINT or SIGTERM it saves a checkpoint and raises
-    TrainingInterrupted.
+    second. Returns TrainStats. On SIGINT or SIGTERM it stops between two chunks of the
+    corpus, saves a checkpoint and raises TrainingInterrupted. With `resume=True` it
+    continues from that checkpoint with its settings, learning-rate schedule and random
+    streams.
+    Raises TrainingError, writing no vectors, if training diverges. The model directory
+    is locked against other writers for the whole run. A fresh run in a directory with a
+    checkpoint raises EmbcliError, so the interrupted work is not lost, unless
+    `discard_checkpoint` is set. Every `checkpoint_seconds` (0: never) a checkpoint is
+    also saved during training, so a run killed with SIGKILL can resume from it.
     """
-    import signal
-
-    from embcli.corpus import check_unchanged
-    from embcli.errors import ModelCorrupt, TrainingInterrupted
-    from embcli.vocab import encode_corpus
-    from embcli.tokenize import Tokenizer
-
     config.validate()
+    if resume and corpus_paths:
+        raise EmbcliError(
+            "a resumed run trains on the corpus that its checkpoint recorded; drop the "
+            "corpus arguments, or start again without resuming"
+        )
+    checkpoint = os.path.join(model_dir, CHECKPOINT)
+    if not resume and not discard_checkpoint and os.path.exists(checkpoint):
+        raise EmbcliError(
+            f"{checkpoint} contains the state of an interrupted run; continue it, or start "
+            "from scratch and discard it",
+            options=("resume", "force"),
+        )
+    with store.writer_lock(model_dir):
+        return _train_locked(model_dir, config, corpus_paths, encoding, errors, resume,
+                             progress, encode_progress, checkpoint_seconds)
+
+
+def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, progress,
+                  encode_progress, checkpoint_seconds):
+    from embcli.errors import EmptyCorpus
+
     meta = store.read_meta(model_dir)
     words, counts = store.read_vocab(model_dir, meta)
-    if not words:
-        raise EmbcliError(f"{model_dir}/vocab.tsv is empty; rebuild the vocabulary")
+    if len(words) < 2:
+        raise EmptyCorpus(
+            f"{os.path.join(model_dir, store.VOCAB)} has {len(words)} words, and word "
+            "vectors need at least 2; rebuild the vocabulary from a larger corpus"
+        )
     device = pick_device(config.device)
-    threads = config.threads or default_threads()
-    if device.type != "cpu":
-        threads = 1
-
-    # Token ids: the cache that build-vocab wrote, or a fresh encoding of other files.
-    tokens_path = os.path.join(model_dir, store.TOKENS)
     new_cache = None
-    if corpus_paths:
-        tokenizer = Tokenizer.from_config(meta["tokenizer"])
-        new_cache, cached, scan = encode_corpus(model_dir, corpus_paths, tokenizer, words,
-                                                encoding, errors, encode_progress)
-        tokens_path = new_cache
-        corpus_record = [source.to_json() for source in scan.sources]
-    else:
-        for source in meta.get("corpus", {}).get("sources", []):
-            check_unchanged(source)
-        if not os.path.exists(tokens_path):
-            raise ModelNotFoundError(model_dir)
-        store.check_fingerprint(model_dir, meta, store.TOKENS)
-        corpus_record = meta.get("corpus", {}).get("sources", [])
+    checkpoints = None
     try:
-        corpus = Corpus(tokens_path, counts)
-        if corpus.total_words == 0 or len(corpus) == 0:
-            from embcli.errors import EmptyCorpus
-
-            raise EmptyCorpus("the corpus has no words from the vocabulary to train on")
-
-        # Start fresh, or from a checkpoint.
-        workers = threads if device.type == "cpu" else 1
-        positions = [0] * (2 * workers)
         if resume:
-            input_vectors, output_vectors, positions, config, workers = _load_checkpoint(
-                model_dir, meta, config, len(words))
+            start = _load_checkpoint(model_dir, meta, config, len(words))
+            config = start.config
         else:
-            torch.manual_seed(config.seed)
-            if config.min_n:
-                from embcli.train_subwords import init_subword_vectors
+            start, new_cache = _fresh_start(model_dir, meta, config, words, corpus_paths,
+                                            encoding, errors, encode_progress)
+        tokens_path = new_cache or os.path.join(model_dir, start.tokens_name)
+        corpus = _open_corpus(tokens_path, counts)
+        words_in_corpus = _words_in(corpus)
+        if words_in_corpus == 0:
+            names = ", ".join(corpus_paths) if corpus_paths else "the corpus"
+            raise EmptyCorpus(f"{names} contains no word of the vocabulary; nothing to train on")
 
-                input_vectors, output_vectors = init_subword_vectors(len(words), config.buckets,
-                                                                     config.dim, config.seed)
-            else:
-                input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+        if resume and start.workers > 1 and device.type != "cpu":
+            raise EmbcliError(
+                f"the checkpoint in {model_dir} was saved by {start.workers} worker processes "
+                "on the CPU, and each resumes its own slice of the corpus; resume it on the CPU"
+            )
+        if device.type != "cpu":
+            workers = 1
+        elif resume:
+            workers = start.workers
+        else:
+            workers = config.threads or default_threads()
+        positions = start.positions or [0] * (2 * workers)
         table = None
         if config.min_n:
             from embcli.subwords import SubwordTable
 
             table = SubwordTable.build(words, config.min_n, config.max_n, config.buckets, config.combination)
-        input_vectors = input_vectors.to(device)
-        output_vectors = output_vectors.to(device)
-        words_total = _words_in(corpus) * config.epochs
+        input_vectors = start.input_vectors.to(device)
+        output_vectors = start.output_vectors.to(device)
+        words_total = words_in_corpus * config.epochs
 
         stop = _Stop()
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        failure = None
         started = time.time()
-        try:
-            if workers == 1:
-                positions, totals = _run_in_process(config, corpus, input_vectors, output_vectors,
-                                                    device, positions, stop, progress, words_total, table)
-            else:
-                positions, totals = _run_workers(workers, config, tokens_path, counts, input_vectors,
-                                                 output_vectors, positions, stop, progress, words_total,
-                                                 table)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        seconds = time.time() - started
+        checkpoints = _Checkpointer(model_dir, meta, config, workers, start, new_cache,
+                                    words_total, started, checkpoint_seconds)
+        new_cache = None  # `checkpoints` owns it now
 
-        finished = all(positions[2 * w] >= config.epochs for w in range(workers))
-        if stop.is_set() and not finished:
-            _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors, output_vectors)
-            name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
-            done = totals[0] / max(words_total, 1)
-            raise TrainingInterrupted(
-                f"training stopped by {name} at {done:.0%} ({min(p for p in positions[::2]) + 1} of "
-                f"{config.epochs} epochs); checkpoint saved in {model_dir}/{CHECKPOINT}; "
-                f"continue with: embcli train --resume -m {model_dir}",
-                exit_code=128 + stop.signal,
-            )
+        def save_if_due(positions, words, examples):
+            if checkpoints.due():
+                checkpoints.save(positions, input_vectors, output_vectors, words, examples)
 
-        vectors = input_vectors.detach().to("cpu").numpy()
-        if not np.isfinite(vectors).all():
-            raise TrainingError(
-                "training diverged (the vectors hold NaN or infinite values); lower the "
-                f"learning rate (it was {config.resolved_lr():g})"
+        # Signals stay routed to `stop` until the embeddings or the checkpoint are
+        # committed, so a second Ctrl-C cannot cut a save short.
+        with _signals_to(stop):
+            try:
+                if workers == 1:
+                    positions, totals = _run_in_process(config, corpus, input_vectors,
+                                                        output_vectors, device, positions, stop,
+                                                        progress, words_total, save_if_due, table)
+                else:
+                    positions, totals, failure = _run_workers(
+                        workers, config, tokens_path, counts, input_vectors, output_vectors,
+                        positions, stop, progress, words_total, save_if_due, table)
+            except TrainingError as error:
+                # Trainer.run reports a non-finite loss as TrainingError "training diverged".
+                if "diverged" in str(error) and not isinstance(error, TrainingDiverged):
+                    raise TrainingDiverged(f"{error}; nothing was written") from None
+                raise
+            seconds = start.seconds_done + time.time() - started
+            done_words = start.words_done + totals[0]
+            done_examples = start.examples_done + totals[1]
+            finished = all(positions[2 * w] >= config.epochs for w in range(workers))
+            if not finished:
+                checkpoint = checkpoints.save(positions, input_vectors, output_vectors,
+                                              totals[0], totals[1])
+                command = f"embcli train --resume -m {model_dir}"
+                if failure is not None:
+                    raise TrainingError(
+                        f"{failure}; the work done so far is saved in {checkpoint}; "
+                        f"continue with: {command}")
+                raise TrainingInterrupted(
+                    f"training stopped by {stop.name} at {done_words / max(words_total, 1):.0%} "
+                    f"of {config.epochs} epochs; checkpoint saved in {checkpoint}; "
+                    f"continue with: {command}",
+                    exit_code=128 + stop.signal,
+                    checkpoint=checkpoint,
+                )
+
+            vectors = input_vectors.detach().to("cpu").numpy()
+            _check_trained(vectors, config, done_examples)
+            stats = TrainStats(
+                words=int(done_words),
+                examples=int(done_examples),
+                seconds=seconds,
+                words_per_second=done_words / max(seconds, 1e-9),
+                final_loss=totals[2],
+                epochs_done=config.epochs,
             )
-        stats = TrainStats(
-            words=int(totals[0]),
-            examples=int(totals[1]),
-            seconds=seconds,
-            words_per_second=totals[0] / max(seconds, 1e-9),
-            final_loss=totals[2],
-            epochs_done=config.epochs,
-        )
-        _save_embeddings(model_dir, meta, config, stats, vectors, workers, device,
-                         corpus_record, new_cache, table)
-        new_cache = None
+            _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, start,
+                             checkpoints.new_cache, table)
+            checkpoints.new_cache = None
         return stats
     finally:
+        if checkpoints is not None:
+            new_cache = checkpoints.new_cache
         if new_cache is not None and os.path.exists(new_cache):
             os.remove(new_cache)
+
+
+class _Checkpointer:
+    """Saves checkpoints of one run: on a signal, and every `interval` seconds."""
+
+    def __init__(self, model_dir, meta, config, workers, start, new_cache, words_total,
+                 started, interval):
+        self.model_dir = model_dir
+        self.meta = meta
+        self.config = config
+        self.workers = workers
+        self.start = start
+        self.new_cache = new_cache  # a corpus encoded for this run, until a save keeps it
+        self.words_total = words_total
+        self.started = started
+        self.interval = interval
+        self.last_save = time.monotonic()
+
+    def due(self):
+        return bool(self.interval) and time.monotonic() - self.last_save >= self.interval
+
+    def save(self, positions, input_vectors, output_vectors, words, examples):
+        """Commit a checkpoint at `positions`; return the path of checkpoint.json.
+
+        `words` and `examples` count this run only; the checkpoint adds earlier runs.
+        """
+        path = _save_checkpoint(
+            self.model_dir, self.meta, self.config, self.workers, positions, input_vectors,
+            output_vectors, self.start, self.new_cache, self.start.words_done + words,
+            self.start.examples_done + examples,
+            self.start.seconds_done + time.time() - self.started, self.words_total)
+        if self.new_cache is not None:
+            # The encoded corpus is checkpoint-tokens.npy from now on.
+            self.start.tokens_name = CHECKPOINT_TOKENS
+            self.new_cache = None
+        self.last_save = time.monotonic()
+        return path
+
+
+def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress):
+    """Return (_Resume for epoch 0, path of a new token cache or None)."""
+    from embcli.corpus import check_unchanged
+    from embcli.tokenize import Tokenizer
+    from embcli.vocab import encode_corpus
+
+    new_cache = None
+    if corpus_paths:
+        tokenizer = Tokenizer.from_config(meta["tokenizer"])
+        new_cache, _, scan = encode_corpus(model_dir, corpus_paths, tokenizer, words,
+                                           encoding, errors, encode_progress)
+        corpus_record = [source.to_json() for source in scan.sources]
+    else:
+        for source in meta.get("corpus", {}).get("sources", []):
+            check_unchanged(source)
+        if not os.path.exists(os.path.join(model_dir, store.TOKENS)):
+            raise ModelNotFoundError(model_dir)
+        store.check_fingerprint(model_dir, meta, store.TOKENS)
+        corpus_record = meta.get("corpus", {}).get("sources", [])
+    torch.manual_seed(config.seed)
+    try:
+        if config.min_n:
+            from embcli.train_subwords import init_subword_vectors
+
+            input_vectors, output_vectors = init_subword_vectors(len(words), config.buckets,
+                                                                 config.dim, config.seed)
+        else:
+            input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+    except (RuntimeError, MemoryError) as error:
+        if "allocate" not in str(error) and not isinstance(error, MemoryError):
+            raise
+        size = 2 * 4 * len(words) * config.dim
+        raise TrainingError(
+            f"not enough memory for {len(words):,} words x {config.dim:,} dimensions "
+            f"(two float32 matrices, {size / 2**30:,.1f} GiB); use a smaller dim or vocabulary",
+            options=("dim",),
+        ) from None
+    start = _Resume(config, 0, [], input_vectors, output_vectors, store.TOKENS, corpus_record)
+    return start, new_cache
+
+
+def _check_trained(vectors, config, examples):
+    """Raise TrainingError if training diverged or had nothing to learn from."""
+    if not np.isfinite(vectors).all():
+        raise TrainingDiverged(
+            "training diverged (the vectors hold NaN or infinite values); lower the "
+            f"learning rate (it was {config.resolved_lr():g}); nothing was written"
+        )
+    if examples == 0:
+        raise TrainingError(
+            "training found no (word, context) pairs: no line of the corpus has two "
+            "vocabulary words within the window after subsampling; use a larger corpus, "
+            "or turn subsampling off with sample 0; nothing was written",
+            options=("sample",),
+        )
 
 
 def ModelNotFoundError(model_dir):
@@ -567,12 +759,36 @@ def ModelNotFoundError(model_dir):
     return ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
 
 
+def _open_corpus(tokens_path, counts):
+    """Return the Corpus of a token cache, or raise ModelCorrupt if the file is damaged."""
+    from embcli.errors import ModelCorrupt
+
+    try:
+        corpus = Corpus(tokens_path, counts)
+    except (ValueError, OSError, EOFError) as error:
+        raise ModelCorrupt(f"{tokens_path}: not a valid token cache ({error}); "
+                           "run 'embcli build-vocab CORPUS' again") from None
+    if corpus.tokens.dtype != np.uint32 or corpus.tokens.ndim != 1:
+        raise ModelCorrupt(f"{tokens_path}: expected a 1-D uint32 array, found "
+                           f"{corpus.tokens.dtype} {corpus.tokens.shape}; run 'embcli build-vocab CORPUS' again")
+    return corpus
+
+
 def _words_in(corpus):
-    # Every token except the LINE_END markers.
+    """Return the number of tokens except LINE_END markers; check every id is a row."""
+    from embcli.errors import ModelCorrupt
+
     tokens = corpus.tokens
     ends = 0
     for begin in range(0, len(tokens), 1 << 24):
-        ends += int(np.count_nonzero(tokens[begin : begin + (1 << 24)] == store.LINE_END))
+        block = tokens[begin : begin + (1 << 24)]
+        is_end = block == store.LINE_END
+        ends += int(np.count_nonzero(is_end))
+        ids = block[~is_end]
+        if len(ids) and int(ids.max()) >= len(corpus.counts):
+            raise ModelCorrupt(
+                f"{corpus.path}: word id {int(ids.max())} is beyond the vocabulary of "
+                f"{len(corpus.counts):,} words; run 'embcli build-vocab CORPUS' again")
     return len(tokens) - ends
 
 
@@ -593,27 +809,44 @@ class _LossWindow:
         return sum(l for l, _ in self.items) / examples if examples else float("nan")
 
 
+def _new_trainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table):
+    if table is None:
+        return Trainer(config, corpus, input_vectors, output_vectors, device, worker, workers)
+    from embcli.train_subwords import SubwordTrainer
+
+    return SubwordTrainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table)
+
+
 def _run_in_process(config, corpus, input_vectors, output_vectors, device, positions, stop,
-                    progress, words_total, table=None):
+                    progress, words_total, after_chunk=None, table=None):
+    """Train in this process from `positions` ([epoch, chunk]) until done or stopped.
+
+    `after_chunk(positions, words, examples)` is called after every chunk, with the
+    position to resume at. Returns ([epoch, chunk] to resume at, [words, examples,
+    recent mean loss]).
+    """
     if device.type == "cpu":
         torch.set_num_threads(1)
     trainer = _new_trainer(config, corpus, input_vectors, output_vectors, device, 0, 1, table)
     totals = [0.0, 0.0, float("nan")]
     window = _LossWindow()
-    last = [0.0]
     words_before = _words_before(trainer, positions[0], positions[1])
-    totals[0] = 0.0
+    position = [int(positions[0]), int(positions[1])]
 
     def report(words, examples, loss, lr):
+        # Called once per chunk, which takes far longer than a progress update.
         totals[0] += words
         totals[1] += examples
         window.add(loss, examples)
-        now = time.time()
-        if progress is not None and now - last[0] > 0.2:
-            last[0] = now
+        position[1] += 1
+        if position[1] >= len(trainer.chunks):
+            position[0], position[1] = position[0] + 1, 0
+        if progress is not None:
             progress(words_before + totals[0], words_total, totals[1], window.mean(), lr)
+        if after_chunk is not None:
+            after_chunk(list(position), totals[0], totals[1])
 
-    epoch, chunk = trainer.run(positions[0], positions[1], report, stop.is_set)
+    epoch, chunk = trainer.run(int(positions[0]), int(positions[1]), report, stop.is_set)
     totals[2] = window.mean()
     if progress is not None:
         progress(words_before + totals[0], words_total, totals[1], totals[2], 0.0)
@@ -626,8 +859,37 @@ def _words_before(trainer, epoch, chunk):
     return (epoch * len(trainer.chunks) + chunk) * per_chunk
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Block SIGINT and SIGTERM, and ignore them, while worker processes start.
+
+    A process started meanwhile inherits the ignored disposition, so a Ctrl-C sent to
+    the process group cannot raise KeyboardInterrupt inside a worker that is still
+    importing torch. A signal sent to this process meanwhile stays pending (Linux keeps
+    blocked signals even when ignored) and reaches the restored handler afterwards.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
-                 stop, progress, words_total, table=None):
+                 stop, progress, words_total, every_poll=None, table=None):
+    """Train with `workers` Hogwild processes on shared vectors until done or stopped.
+
+    `every_poll(positions, words, examples)` is called about four times a second. The
+    workers go on updating the vectors while it reads them, which Hogwild tolerates.
+
+    Returns (positions, [words, examples, recent mean loss], failure). `failure` is None,
+    or a message when a worker died without reporting an error (for example killed by
+    the kernel). The positions then let a checkpoint resume the lost work.
+    """
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
@@ -642,31 +904,41 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         context.Process(
             target=_worker_main,
             args=(w, workers, config, tokens_path, np.asarray(counts), input_vectors, output_vectors,
-                  shared_positions, shared_stats, stop_event, errors, table),
+                  shared_positions, shared_stats, stop_event, errors, os.getpid(), table),
             daemon=True,
         )
         for w in range(workers)
     ]
-    for process in processes:
-        process.start()
+    with _signals_held():
+        for process in processes:
+            process.start()
     window = _LossWindow(size=20)
     previous = (0.0, 0.0)
+    stop_deadline = None
     try:
         while any(p.is_alive() for p in processes):
-            for process in processes:
-                process.join(timeout=0.25)
-                break
-            if stop.is_set():
+            processes[0].join(timeout=0.25)
+            if stop.is_set() and stop_deadline is None:
                 stop_event.set()
-            words = sum(shared_stats[4 * w] for w in range(workers))
+                stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                # A worker still importing torch, or inside a long chunk: end it. Its
+                # position is that of its last finished chunk, which a resumed run
+                # trains again (Hogwild tolerates the repeated partial update).
+                for process in processes:
+                    if process.is_alive():
+                        process.kill()
             examples = sum(shared_stats[4 * w + 1] for w in range(workers))
             loss = sum(shared_stats[4 * w + 2] for w in range(workers))
-            lr = max(shared_stats[4 * w + 3] for w in range(workers))
             if examples > previous[1]:
                 window.add(loss - previous[0], examples - previous[1])
                 previous = (loss, examples)
+            words = sum(shared_stats[4 * w] for w in range(workers))
             if progress is not None:
+                lr = max(shared_stats[4 * w + 3] for w in range(workers))
                 progress(words, words_total, examples, window.mean(), lr)
+            if every_poll is not None and stop_deadline is None:
+                every_poll([int(p) for p in shared_positions], words, examples)
     except BaseException:
         stop_event.set()
         for process in processes:
@@ -676,22 +948,25 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         raise
     for process in processes:
         process.join()
-    if not errors.empty():
-        message = errors.get()
-        if message.startswith("training diverged"):
+    reported = []
+    while True:
+        try:
+            reported.append(errors.get(timeout=0.1))
+        except Exception:  # queue.Empty: every report has been read
+            break
+    for kind, message, remote in reported:
+        if kind == "training":
             raise TrainingError(message)
-        raise RuntimeError(message)
+    for kind, message, remote in reported:
+        raise RuntimeError(message) from _RemoteTraceback(remote)
+    failure = None
+    dead = [p for p in processes if p.exitcode != 0]
+    if dead and not stop.is_set():
+        failure = (f"worker process {processes.index(dead[0])} ended with exit code "
+                   f"{dead[0].exitcode} (killed, for example for lack of memory)")
     words = sum(shared_stats[4 * w] for w in range(workers))
     examples = sum(shared_stats[4 * w + 1] for w in range(workers))
-    return list(shared_positions), [words, examples, window.mean()]
-
-
-def _new_trainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table):
-    if table is None:
-        return Trainer(config, corpus, input_vectors, output_vectors, device, worker, workers)
-    from embcli.train_subwords import SubwordTrainer
-
-    return SubwordTrainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table)
+    return [int(p) for p in shared_positions], [words, examples, window.mean()], failure
 
 
 def _config_json(config):
@@ -700,28 +975,66 @@ def _config_json(config):
     return data
 
 
-def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors, output_vectors):
-    input_tmp = store.save_npy_temp(model_dir, CHECKPOINT_INPUT, input_vectors.detach().cpu().numpy())
-    output_tmp = store.save_npy_temp(model_dir, CHECKPOINT_OUTPUT, output_vectors.detach().cpu().numpy())
+def _config_from_json(data, current):
+    """Return the TrainConfig saved in a checkpoint, with the device of `current`."""
+    known = {field.name for field in fields(TrainConfig)}
+    saved = {key: value for key, value in data.items() if key in known}
+    saved["device"] = current.device
+    return TrainConfig(**saved)
+
+
+def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors, output_vectors,
+                     start, new_cache, words_done, examples_done, seconds, words_total):
+    """Commit the training state in `model_dir`; return the path of checkpoint.json.
+
+    A corpus encoded for this run only (`new_cache`) becomes checkpoint-tokens.npy, so a
+    resumed run trains on the same token ids.
+    """
+    inputs = input_vectors.detach().cpu().numpy()
+    outputs = output_vectors.detach().cpu().numpy()
+    if not (np.isfinite(inputs).all() and np.isfinite(outputs).all()):
+        raise TrainingDiverged(
+            f"training diverged before it was stopped (the vectors contain NaN or infinite "
+            f"values), so no checkpoint was saved; lower the learning rate (it was "
+            f"{config.resolved_lr():g})"
+        )
+    input_tmp = store.save_npy_temp(model_dir, CHECKPOINT_INPUT, inputs)
+    output_tmp = store.save_npy_temp(model_dir, CHECKPOINT_OUTPUT, outputs)
+    renames = {CHECKPOINT_INPUT: input_tmp, CHECKPOINT_OUTPUT: output_tmp}
+    tokens_name = start.tokens_name
+    if new_cache is not None:
+        tokens_name = CHECKPOINT_TOKENS
+        renames[CHECKPOINT_TOKENS] = new_cache
+    tokens_path = new_cache or os.path.join(model_dir, tokens_name)
     state = {
+        "checkpoint_version": CHECKPOINT_VERSION,
         "model_id": meta["model_id"],
         "vocab": meta["files"].get(store.VOCAB),
+        "tokens_file": tokens_name,
         "config": _config_json(config),
         "workers": workers,
         "positions": [int(p) for p in positions],
+        "corpus": start.corpus_record,
+        "words_done": words_done,
+        "examples_done": examples_done,
+        "words_total": words_total,
+        "seconds": seconds,
         "files": {
             CHECKPOINT_INPUT: store.fingerprint(input_tmp),
             CHECKPOINT_OUTPUT: store.fingerprint(output_tmp),
+            tokens_name: store.fingerprint(tokens_path),
         },
     }
     state_tmp = store.temp_path(model_dir, CHECKPOINT)
-    store.write_bytes_synced(state_tmp, (__import__("json").dumps(state, indent=2) + "\n").encode())
-    store.commit(model_dir, {CHECKPOINT_INPUT: input_tmp, CHECKPOINT_OUTPUT: output_tmp, CHECKPOINT: state_tmp})
+    store.write_bytes_synced(state_tmp, (json.dumps(state, indent=2) + "\n").encode())
+    renames[CHECKPOINT] = state_tmp
+    stale = [CHECKPOINT_TOKENS] if tokens_name != CHECKPOINT_TOKENS else []
+    store.commit(model_dir, renames, remove=stale)
+    return os.path.join(model_dir, CHECKPOINT)
 
 
 def _load_checkpoint(model_dir, meta, config, vocab_size):
-    import json
-
+    """Return the _Resume that the checkpoint in `model_dir` describes."""
     from embcli.errors import ModelCorrupt, ModelNotFound
 
     path = os.path.join(model_dir, CHECKPOINT)
@@ -730,29 +1043,52 @@ def _load_checkpoint(model_dir, meta, config, vocab_size):
             state = json.loads(handle.read())
     except FileNotFoundError:
         raise ModelNotFound(f"{model_dir} has no checkpoint to resume from; train without resuming") from None
-    except ValueError as error:
-        raise ModelCorrupt(f"{path}: not valid JSON ({error})") from None
-    if state.get("vocab") != meta["files"].get(store.VOCAB):
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelCorrupt(f"{path}: not valid JSON ({error}); train without resuming") from None
+    try:
+        version = state["checkpoint_version"]
+        saved_vocab = state["vocab"]
+        tokens_name = state["tokens_file"]
+        workers = int(state["workers"])
+        positions = [int(p) for p in state["positions"]]
+        files = dict(state["files"])
+        resumed = _config_from_json(state["config"], config)
+        resumed.validate()
+    except (KeyError, TypeError, ValueError, AttributeError, EmbcliError) as error:
+        raise ModelCorrupt(f"{path}: incomplete or invalid checkpoint ({error}); train without resuming") from None
+    if version > CHECKPOINT_VERSION:
+        raise ModelCorrupt(f"{path} has checkpoint version {version}, newer than this embcli reads; upgrade embcli")
+    if saved_vocab != meta["files"].get(store.VOCAB):
         raise ModelCorrupt(f"{path} was saved for another vocabulary; train without resuming")
-    for name in (CHECKPOINT_INPUT, CHECKPOINT_OUTPUT):
-        if store.fingerprint(os.path.join(model_dir, name)) != state["files"][name]:
-            raise ModelCorrupt(f"{model_dir}/{name} does not match {CHECKPOINT}; train without resuming")
-    saved = dict(state["config"])
-    # The checkpoint's settings win, except where changing them cannot alter the result.
-    for key in ("threads", "device"):
-        saved[key] = getattr(config, key)
-    resumed = TrainConfig(**saved)
-    workers = state["workers"]
-    if (resumed.threads or default_threads()) != workers and resumed.device in ("auto", "cpu"):
-        resumed.threads = workers
+    if tokens_name not in (store.TOKENS, CHECKPOINT_TOKENS) or len(positions) != 2 * workers:
+        raise ModelCorrupt(f"{path}: incomplete or invalid checkpoint; train without resuming")
+    for name in (CHECKPOINT_INPUT, CHECKPOINT_OUTPUT, tokens_name):
+        file_path = os.path.join(model_dir, name)
+        if not os.path.exists(file_path):
+            raise ModelCorrupt(f"{file_path} is missing, so {CHECKPOINT} cannot be resumed; train without resuming")
+        if store.fingerprint(file_path) != files.get(name):
+            raise ModelCorrupt(f"{file_path} does not match {CHECKPOINT}; train without resuming")
     input_rows = vocab_size + (resumed.buckets if resumed.min_n else 0)
-    input_vectors = torch.from_numpy(store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), input_rows, mmap=False).copy())
-    output_vectors = torch.from_numpy(store.load_matrix(os.path.join(model_dir, CHECKPOINT_OUTPUT), vocab_size, mmap=False).copy())
-    return input_vectors, output_vectors, state["positions"], resumed, workers
+    input_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), input_rows, mmap=False)
+    output_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_OUTPUT), vocab_size, mmap=False)
+    return _Resume(
+        config=resumed,
+        workers=workers,
+        positions=positions,
+        input_vectors=torch.from_numpy(np.array(input_vectors)),
+        output_vectors=torch.from_numpy(np.array(output_vectors)),
+        tokens_name=tokens_name,
+        corpus_record=state.get("corpus", []),
+        words_done=float(state.get("words_done", 0)),
+        examples_done=float(state.get("examples_done", 0)),
+        seconds_done=float(state.get("seconds", 0)),
+        resumed=True,
+    )
 
 
-def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, corpus_record, new_cache,
+def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, start, new_cache,
                      table=None):
+    """Commit embeddings.npy and meta.json, and remove the checkpoint, in one commit."""
     import platform
 
     from embcli import subwords
@@ -763,8 +1099,7 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, c
     remove = []
     if table is not None:
         # embeddings.npy keeps each word's whole vector; subwords.npy the bucket rows.
-        vocab_size = table.vocab_size
-        buckets_tmp = store.save_npy_temp(model_dir, subwords.SUBWORDS, vectors[vocab_size:])
+        buckets_tmp = store.save_npy_temp(model_dir, subwords.SUBWORDS, vectors[table.vocab_size :])
         meta["files"][subwords.SUBWORDS] = store.fingerprint(buckets_tmp)
         meta["subwords"] = table.to_meta()
         renames[subwords.SUBWORDS] = buckets_tmp
@@ -781,19 +1116,30 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, c
         "settings": _config_json(config),
         "workers": workers,
         "device": str(device),
-        "reproducible": workers == 1,
-        "corpus": corpus_record,
+        # NOTE: CUDA runs are not known to repeat: index_add_ on CUDA sums with atomics.
+        "reproducible": workers == 1 and device.type == "cpu",
+        "resumed": start.resumed,
+        "corpus": start.corpus_record,
         "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
         "python_version": platform.python_version(),
         "stats": stats.to_json(),
     }
     renames[store.EMBEDDINGS] = embeddings_tmp
-    if new_cache is not None:
-        meta["files"][store.TOKENS] = store.fingerprint(new_cache)
-        meta["token_cache"] = {"tokens": int(np.load(new_cache, mmap_mode="r").shape[0]),
-                               "line_end": int(store.LINE_END), "sources": corpus_record}
-        renames[store.TOKENS] = new_cache
+    # A corpus given to train replaces the token cache: encoded now, or kept by a checkpoint.
+    cache = new_cache
+    if cache is None and start.tokens_name == CHECKPOINT_TOKENS:
+        cache = os.path.join(model_dir, CHECKPOINT_TOKENS)
+    if cache is not None:
+        meta["files"][store.TOKENS] = store.fingerprint(cache)
+        meta["token_cache"] = {"tokens": int(np.load(cache, mmap_mode="r").shape[0]),
+                               "line_end": int(store.LINE_END), "sources": start.corpus_record}
+        renames[store.TOKENS] = cache
     meta_tmp = store.meta_temp(model_dir, meta)
     renames[store.META] = meta_tmp
-    present = [name for name in CHECKPOINT_FILES if os.path.exists(os.path.join(model_dir, name))]
+    # The journal applies removals before renames, so a checkpoint-tokens.npy that is
+    # renamed to tokens.npy here must not also be removed.
+    present = [name for name in CHECKPOINT_FILES
+               if os.path.exists(os.path.join(model_dir, name))
+               and not (name == CHECKPOINT_TOKENS and cache is not None and new_cache is None)]
     store.commit(model_dir, renames, remove=present + remove)

@@ -69,7 +69,7 @@ def scan_corpus(paths, tokenizer, work_dir, encoding="utf-8", errors="strict", p
     token_total = 0
     counts = np.zeros(0, dtype=np.int64)
     line_has_tokens = False
-    with open(ids_path, "wb") as handle:
+    with store.removed_on_error(ids_path), open(ids_path, "wb") as handle:
         for text, ends_line in stream:
             tokens = tokenizer.tokenize(text)
             if tokens:
@@ -214,30 +214,52 @@ def build_vocab(
         raise EmbcliError(f"min_count must be at least 1, not {min_count}")
     if max_size is not None and max_size < 1:
         raise EmbcliError(f"max_size must be at least 1, not {max_size}")
-    existing = os.path.exists(os.path.join(model_dir, store.EMBEDDINGS))
-    if existing and not replace_embeddings:
+    # Trained vectors and a training checkpoint are rows of the old vocabulary.
+    trained = [
+        name
+        for name in (store.EMBEDDINGS, *store.CHECKPOINT_FILES)
+        if os.path.exists(os.path.join(model_dir, name))
+    ]
+    # The n-gram rows of a subword model go with its embeddings.
+    if store.EMBEDDINGS in trained and os.path.exists(os.path.join(model_dir, "subwords.npy")):
+        trained.append("subwords.npy")
+    if trained and not replace_embeddings:
+        what = "trained embeddings" if store.EMBEDDINGS in trained else "a training checkpoint"
         raise EmbcliError(
-            f"{model_dir} already holds trained embeddings, which a new vocabulary "
-            "would orphan; choose another model directory, or replace them on purpose"
+            f"{model_dir} already contains {what}, which a new vocabulary would orphan; "
+            "choose another model directory, or replace them on purpose",
+            options=("force",),
         )
-    store.ensure_directory(model_dir)
+    with store.writer_lock(model_dir):
+        return _build_vocab_locked(
+            model_dir, paths, tokenizer, min_count, max_size, encoding, errors, progress, trained
+        )
+
+
+def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encoding, errors,
+                        progress, trained):
     scan = scan_corpus(paths, tokenizer, model_dir, encoding, errors, progress)
     temporaries = [scan.ids_path]
     try:
         names = ", ".join("<stdin>" if p == "-" else p for p in paths)
         if scan.tokens == 0:
-            raise EmptyCorpus(f"{names}: contains no tokens (the text is empty or only whitespace)")
+            raise EmptyCorpus(
+                f"{names}: contains no tokens (the text is empty, or only whitespace, "
+                "punctuation or control characters); nothing was written"
+            )
         review = review_tokens(scan.words, scan.counts, tokenizer.name)
         kept = order_words(scan.words, scan.counts, min_count, max_size)
-        if not kept:
+        if len(kept) < 2:
             message = (
-                f"0 of {len(scan.words):,} distinct words occur at least {min_count} "
-                f"times in {names}; lower the minimum count"
+                f"{len(kept)} of {len(scan.words):,} distinct words occur at least "
+                f"{min_count} times in {names}, and word vectors need at least 2 words; "
+                + ("lower the minimum count" if len(scan.words) > 1 else "use a larger corpus")
+                + "; nothing was written"
             )
             # When the tokens are whole lines, the tokenizer is the fault, not the count.
             for warning in review.warnings:
                 message += f". {warning[0].upper()}{warning[1:]}"
-            raise EmptyCorpus(message)
+            raise EmptyCorpus(message, options=("min_count",) if len(scan.words) > 1 else ())
         lookup = np.full(len(scan.words), -1, dtype=np.int64)
         lookup[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
         tokens_tmp = store.temp_path(model_dir, store.TOKENS)
@@ -284,13 +306,10 @@ def build_vocab(
         }
         meta_tmp = store.meta_temp(model_dir, meta)
         temporaries.append(meta_tmp)
-        remove = [store.EMBEDDINGS] if existing else []
-        if os.path.exists(os.path.join(model_dir, "subwords.npy")):
-            remove.append("subwords.npy")  # n-gram rows trained with the old vocabulary
         store.commit(
             model_dir,
             {store.VOCAB: vocab_tmp, store.TOKENS: tokens_tmp, store.META: meta_tmp},
-            remove=remove,
+            remove=trained,
         )
         temporaries = [scan.ids_path]
         return summary
@@ -300,16 +319,6 @@ def build_vocab(
                 os.remove(path)
             except FileNotFoundError:
                 pass
-        _remove_if_empty_new(model_dir)
-
-
-def _remove_if_empty_new(model_dir):
-    """Remove `model_dir` if a failed build left it empty."""
-    try:
-        if not os.listdir(model_dir):
-            os.rmdir(model_dir)
-    except OSError:
-        pass
 
 
 def encode_corpus(model_dir, paths, tokenizer, words, encoding="utf-8", errors="strict", progress=None):

@@ -1,0 +1,279 @@
+"""Interrupted training: checkpoints, resuming, reproducibility, and SIGKILL at any moment."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from embcli import store
+from embcli.errors import TrainingInterrupted
+from embcli.model import Model
+from embcli.tokenize import Tokenizer
+from embcli.train import TrainConfig, train_model
+from embcli.vocab import build_vocab
+
+# Small chunks, so that the small corpus spans many chunks and a stop lands mid-epoch.
+SETTINGS = dict(dim=12, epochs=2, threads=1, seed=5, chunk_tokens=4096)
+
+
+@pytest.fixture
+def vocab_dir(tmp_path, small_corpus):
+    model_dir = str(tmp_path / "model")
+    build_vocab(model_dir, [small_corpus], Tokenizer(), min_count=3)
+    return model_dir
+
+
+def copy_model(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def interrupt_after(reports, signum):
+    """Return a progress callback that sends `signum` to this process after chunk `reports`."""
+    calls = [0]
+
+    def progress(words, total, examples, loss, lr):
+        calls[0] += 1
+        if calls[0] == reports:
+            os.kill(os.getpid(), signum)
+
+    return progress
+
+
+def embeddings_bytes(model_dir):
+    with open(os.path.join(model_dir, "embeddings.npy"), "rb") as handle:
+        return handle.read()
+
+
+def test_one_thread_runs_are_byte_identical(vocab_dir, tmp_path):
+    other = copy_model(vocab_dir, str(tmp_path / "other"))
+    train_model(vocab_dir, TrainConfig(**SETTINGS))
+    train_model(other, TrainConfig(**SETTINGS))
+    assert embeddings_bytes(vocab_dir) == embeddings_bytes(other)
+    training = store.read_meta(vocab_dir)["training"]
+    assert training["reproducible"] is True
+    assert training["settings"]["seed"] == 5
+    assert training["settings"]["threads"] == 1
+    for key in ("torch_version", "numpy_version", "python_version", "device", "corpus"):
+        assert training[key]
+
+
+@pytest.mark.parametrize(("reports", "signum"), [(1, signal.SIGINT), (5, signal.SIGTERM)],
+                         ids=["SIGINT-early", "SIGTERM-later"])
+def test_resume_matches_uninterrupted_run(vocab_dir, tmp_path, reports, signum):
+    reference = copy_model(vocab_dir, str(tmp_path / "reference"))
+    train_model(reference, TrainConfig(**SETTINGS))
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(reports, signum))
+    assert stopped.value.exit_code == 128 + signum
+    assert stopped.value.checkpoint == os.path.join(vocab_dir, "checkpoint.json")
+    assert not os.path.exists(os.path.join(vocab_dir, "embeddings.npy"))
+
+    # Settings given on resume are ignored: the checkpoint's are used.
+    stats = train_model(vocab_dir, TrainConfig(dim=99, epochs=9, threads=1, seed=77), resume=True)
+    assert stats.epochs_done == 2
+    assert embeddings_bytes(vocab_dir) == embeddings_bytes(reference)
+    remaining = set(os.listdir(vocab_dir))
+    assert not remaining & set(store.CHECKPOINT_FILES)
+    assert store.read_meta(vocab_dir)["training"]["resumed"] is True
+
+
+def test_resume_twice_interrupted(vocab_dir, tmp_path):
+    reference = copy_model(vocab_dir, str(tmp_path / "reference"))
+    train_model(reference, TrainConfig(**SETTINGS))
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(2, signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), resume=True,
+                    progress=interrupt_after(3, signal.SIGINT))
+    train_model(vocab_dir, TrainConfig(**SETTINGS), resume=True)
+    assert embeddings_bytes(vocab_dir) == embeddings_bytes(reference)
+
+
+def test_resume_keeps_corpus_given_to_train(vocab_dir, tmp_path, small_corpus):
+    # A corpus passed to train is encoded for that run only; the checkpoint keeps it.
+    part = tmp_path / "part.txt"
+    part.write_text("".join(open(small_corpus, encoding="utf-8").readlines()[:1500]), encoding="utf-8")
+    reference = copy_model(vocab_dir, str(tmp_path / "reference"))
+    train_model(reference, TrainConfig(**SETTINGS), corpus_paths=[str(part)])
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), corpus_paths=[str(part)],
+                    progress=interrupt_after(2, signal.SIGINT))
+    assert os.path.exists(os.path.join(vocab_dir, store.CHECKPOINT_TOKENS))
+    train_model(vocab_dir, TrainConfig(**SETTINGS), resume=True)
+    assert embeddings_bytes(vocab_dir) == embeddings_bytes(reference)
+    tokens = os.path.join(vocab_dir, "tokens.npy")
+    assert open(tokens, "rb").read() == open(os.path.join(reference, "tokens.npy"), "rb").read()
+    assert not os.path.exists(os.path.join(vocab_dir, store.CHECKPOINT_TOKENS))
+    Model.open(vocab_dir)
+
+
+def test_resume_without_checkpoint_is_clear(vocab_dir):
+    from embcli.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="no checkpoint to resume from"):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), resume=True)
+
+
+def test_resume_rejects_damaged_checkpoint(vocab_dir):
+    from embcli.errors import ModelCorrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
+    path = os.path.join(vocab_dir, "checkpoint-input.npy")
+    data = bytearray(open(path, "rb").read())
+    data[200:204] = b"\x00\x00\xc0\x7f"  # a NaN written over one value
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ModelCorrupt, match="does not match checkpoint.json"):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), resume=True)
+
+
+def test_build_vocab_refuses_to_orphan_checkpoint(vocab_dir, small_corpus):
+    from embcli.errors import EmbcliError
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
+    with pytest.raises(EmbcliError, match="already contains a training checkpoint"):
+        build_vocab(vocab_dir, [small_corpus], Tokenizer(), min_count=3)
+    build_vocab(vocab_dir, [small_corpus], Tokenizer(), min_count=4, replace_embeddings=True)
+    assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)
+
+
+def test_second_writer_is_rejected(vocab_dir, small_corpus):
+    from embcli.errors import ModelBusy
+
+    with store.writer_lock(vocab_dir):
+        with pytest.raises(ModelBusy, match="being written by another embcli process"):
+            train_model(vocab_dir, TrainConfig(**SETTINGS))
+
+
+TRAIN_COMMAND = [sys.executable, "-m", "embcli", "train", "--threads", "1", "--dim", "12",
+                 "--epochs", "2", "--seed", "9", "-q"]
+
+
+def wait_for_lock(model_dir, process, timeout=60):
+    """Return once `process` holds the write lock of `model_dir` (it has started work)."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    fd = os.open(os.path.join(model_dir, store.LOCK), os.O_RDONLY)
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                return
+            time.sleep(0.01)
+    finally:
+        os.close(fd)
+
+
+def test_sigkill_at_random_moments_leaves_whole_model(vocab_dir, tmp_path):
+    """Kill `embcli train` with SIGKILL at random moments; the model is always whole.
+
+    The directory holds model A (seed 5). Each run trains model B (seed 9) in a
+    subprocess, killed at a random moment between taking the write lock and a little
+    after the time a whole run takes, so kills land in loading, training and saving.
+    Afterwards the directory must open as exactly A or exactly B, never a mix, and the
+    metadata must describe the matrix it holds.
+    """
+    train_model(vocab_dir, TrainConfig(**SETTINGS))
+    model_a = embeddings_bytes(vocab_dir)
+    vocab = open(os.path.join(vocab_dir, "vocab.tsv"), "rb").read()
+
+    # B, trained to the end in this process: one thread makes it the subprocess's result.
+    expected_b = copy_model(vocab_dir, str(tmp_path / "b"))
+    started = time.monotonic()
+    train_model(expected_b, TrainConfig(dim=12, epochs=2, threads=1, seed=9))  # as TRAIN_COMMAND
+    duration = time.monotonic() - started
+    model_b = embeddings_bytes(expected_b)
+    assert model_b != model_a
+
+    saved_a = copy_model(vocab_dir, str(tmp_path / "a"))
+    generator = random.Random(1234)
+    for attempt in range(3):
+        shutil.rmtree(vocab_dir)
+        copy_model(saved_a, vocab_dir)
+        process = subprocess.Popen(TRAIN_COMMAND + ["-m", vocab_dir])
+        wait_for_lock(vocab_dir, process)
+        time.sleep(generator.uniform(0, 1.5 * duration))
+        process.kill()
+        process.wait(timeout=30)
+
+        model = Model.open(vocab_dir)  # completes a commit that the kill cut short
+        assert not os.path.exists(os.path.join(vocab_dir, store.JOURNAL))
+        matrix = embeddings_bytes(vocab_dir)
+        assert matrix in (model_a, model_b), f"attempt {attempt}: a matrix from neither run"
+        seed = model.meta["training"]["settings"]["seed"]
+        assert seed == (5 if matrix == model_a else 9), f"attempt {attempt}: metadata of another run"
+        assert open(os.path.join(vocab_dir, "vocab.tsv"), "rb").read() == vocab
+    # The next writer removes the temporary files that killed runs left.
+    train_model(vocab_dir, TrainConfig(**SETTINGS))
+    assert not [name for name in os.listdir(vocab_dir) if name.startswith(store.TMP_PREFIX)]
+
+
+def test_fresh_run_keeps_checkpoint_unless_forced(vocab_dir):
+    from embcli.errors import EmbcliError
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
+    with pytest.raises(EmbcliError, match="contains the state of an interrupted run") as refused:
+        train_model(vocab_dir, TrainConfig(**SETTINGS))
+    assert refused.value.options == ("resume", "force")
+    assert os.path.exists(os.path.join(vocab_dir, "checkpoint.json"))
+    train_model(vocab_dir, TrainConfig(**SETTINGS), discard_checkpoint=True)
+    assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)
+
+
+def test_sigkill_after_periodic_checkpoint_resumes(vocab_dir, tmp_path):
+    """A run killed with SIGKILL resumes from its last periodic checkpoint, bytes intact."""
+    settings = dict(dim=12, epochs=6, threads=1, seed=9)
+    reference = copy_model(vocab_dir, str(tmp_path / "reference"))
+    train_model(reference, TrainConfig(**settings))
+
+    command = [sys.executable, "-m", "embcli", "train", "-m", vocab_dir, "--threads", "1",
+               "--dim", "12", "--epochs", "6", "--seed", "9", "-q",
+               "--checkpoint-every", "0.0001"]  # about every chunk
+    process = subprocess.Popen(command)
+    checkpoint = os.path.join(vocab_dir, "checkpoint.json")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(checkpoint) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait(timeout=30)
+    assert not os.path.exists(os.path.join(vocab_dir, "embeddings.npy")), "the run ended first"
+
+    train_model(vocab_dir, TrainConfig(**settings), resume=True)
+    assert embeddings_bytes(vocab_dir) == embeddings_bytes(reference)
+
+
+def test_worker_processes_interrupt_and_resume(vocab_dir):
+    """Two Hogwild workers: SIGINT saves both positions, and --resume finishes the run."""
+    import json
+
+    settings = dict(dim=8, epochs=1, threads=2, seed=5, chunk_tokens=4096)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_model(vocab_dir, TrainConfig(**settings), progress=interrupt_after(2, signal.SIGINT))
+    assert stopped.value.exit_code == 130
+    state = json.load(open(os.path.join(vocab_dir, "checkpoint.json")))
+    assert state["workers"] == 2
+    assert len(state["positions"]) == 4
+
+    stats = train_model(vocab_dir, TrainConfig(threads=1), resume=True)
+    assert stats.epochs_done == 1
+    training = store.read_meta(vocab_dir)["training"]
+    assert training["workers"] == 2
+    assert training["reproducible"] is False
+    matrix = np.load(os.path.join(vocab_dir, "embeddings.npy"), allow_pickle=False)
+    assert matrix.shape[1] == 8
+    assert np.isfinite(matrix).all()
+    assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)
