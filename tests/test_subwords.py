@@ -278,3 +278,35 @@ def test_train_rejects_bad_subword_range(small_corpus):
     result = invoke("train", "--subwords", "6-3", "--quiet")
     assert result.exit_code == 2
     assert "--subwords" in result.stderr
+
+
+def test_resume_subwords_matches_uninterrupted(tmp_path, small_corpus):
+    import shutil
+    import signal
+
+    from embcli.errors import TrainingInterrupted
+    from embcli.tokenize import Tokenizer
+    from embcli.train import TrainConfig, train_model
+    from embcli.vocab import build_vocab
+
+    settings = dict(dim=8, epochs=2, threads=1, seed=5, chunk_tokens=8192, min_n=3, max_n=5, buckets=4000)
+    model_dir = str(tmp_path / "model")
+    build_vocab(model_dir, [small_corpus], Tokenizer(), min_count=3)
+    reference = str(tmp_path / "reference")
+    shutil.copytree(model_dir, reference)
+    train_model(reference, TrainConfig(**settings))
+
+    calls = [0]
+
+    def interrupt(words, total, examples, loss, lr):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(model_dir, TrainConfig(**settings), progress=interrupt)
+    train_model(model_dir, TrainConfig(dim=8, threads=1), resume=True)
+    for name in ("embeddings.npy", "subwords.npy"):
+        resumed = np.load(os.path.join(model_dir, name), allow_pickle=False)
+        uninterrupted = np.load(os.path.join(reference, name), allow_pickle=False)
+        assert np.array_equal(resumed, uninterrupted), name
