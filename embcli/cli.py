@@ -36,6 +36,10 @@ ModelOption = typer.Option(
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON lines instead of tab-separated text.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="Print nothing on stderr but errors.")
+NoSubwordsOption = typer.Option(
+    False, "--no-subwords",
+    help="Treat words outside the vocabulary as errors, even when the model has n-gram vectors.",
+)
 
 
 def _stderr(message):
@@ -216,6 +220,16 @@ def build_vocab(
         note(f"warning: --min-count {summary.min_count} dropped {dropped:.0%} of distinct words")
 
 
+def _check_subwords(value):
+    from embcli.subwords import parse_range
+
+    try:
+        parse_range(value)
+    except EmbcliError as failure:
+        raise typer.BadParameter(str(failure)) from None
+    return value
+
+
 @app.command()
 @handle_errors
 def train(
@@ -242,6 +256,11 @@ def train(
                                help="Start from scratch even if an interrupted run left a checkpoint (it is discarded)."),
     checkpoint_every: float = typer.Option(10.0, "--checkpoint-every", min=0.0,
                                            help="Minutes between checkpoints during training; 0 saves one only on SIGINT or SIGTERM."),
+    subwords: str = typer.Option("off", "--subwords", callback=_check_subwords,
+                                 help="Character n-gram lengths MIN-MAX, as fastText's (e.g. 3-6), or off."),
+    buckets: int = typer.Option(2_000_000, "--buckets", min=1, help="Hash buckets (rows) for the n-grams."),
+    combination: str = typer.Option("mean", "--combination",
+                                    help="How a word's row and n-gram rows make its vector: mean (fastText) or sum."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,
@@ -252,11 +271,14 @@ def train(
     STATE["quiet"] = STATE["quiet"] or quiet
     model_dir = resolve_model_path(model)
 
+    from embcli.subwords import parse_range
     from embcli.train import TrainConfig, train_model
 
+    min_n, max_n = parse_range(subwords)
     config = TrainConfig(method=method, dim=dim, window=window, negative=negative, sample=sample,
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
-                         seed=seed, threads=threads, device=device)
+                         seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
+                         buckets=buckets, combination=combination)
     launch = _distributed_launch()
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
@@ -341,6 +363,10 @@ def _training_progress():
     return update, progress.stop
 
 
+def _note_out_of_vocabulary(word, ngram_count):
+    note(f"embcli: note: {word}: not in vocabulary; its vector combines {ngram_count} character n-grams")
+
+
 def _read_stdin_queries():
     """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
     stream = getattr(sys.stdin, "buffer", None)
@@ -376,6 +402,7 @@ def lookup(
     words: List[str] = typer.Argument(..., help="Words to look up, or - to read one per line from stdin.", show_default=False),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
+    no_subwords: bool = NoSubwordsOption,
 ):
     """Print the vector of each word: the word, then its values, tab-separated."""
     from embcli.model import Model
@@ -386,11 +413,13 @@ def lookup(
     out = sys.stdout
     for word in queries:
         try:
-            vector = opened.vector(word)
+            row, vector, ngram_count = opened.resolve(word, subwords=not no_subwords)
         except EmbcliError as failure:
             error(str(failure))
             failed += 1
             continue
+        if row is None:
+            _note_out_of_vocabulary(word, ngram_count)
         if as_json:
             out.write(json.dumps({"word": word, "vector": [float(v) for v in vector]}, ensure_ascii=False) + "\n")
         else:
@@ -417,9 +446,10 @@ def neighbors(
     as_json: bool = JsonOption,
     approx: bool = typer.Option(False, "--approx", help="Search the approximate index that 'embcli index' built."),
     ef: int = typer.Option(64, "--ef", min=1, help="With --approx: candidates kept during the search (more is slower and more exact)."),
+    no_subwords: bool = NoSubwordsOption,
 ):
     """Print the k nearest words by cosine similarity, leaving the query word out."""
-    _neighbors(words, k, restrict, vector, model, as_json, approx, ef)
+    _neighbors(words, k, restrict, vector, model, as_json, approx, ef, subwords=not no_subwords)
 
 
 def _approximate_neighbors(opened, words, k, ef, as_json):
@@ -448,7 +478,10 @@ def _approximate_neighbors(opened, words, k, ef, as_json):
     return failed
 
 
-def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64):
+def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64, subwords=True):
+    import numpy as np
+
+    from embcli.errors import QueryError
     from embcli.model import Model
 
     if vector is not None and words:
@@ -466,11 +499,29 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64):
     else:
         queries, batch = _queries(words)
 
-        def answer(rows):
-            return opened.neighbors_of_rows(rows, k, restrict) if k > 0 else [[] for _ in rows]
+        def answer(inputs):
+            # An input is a row, or the n-gram vector of a word outside the vocabulary.
+            if k <= 0:
+                return [[] for _ in inputs]
+            rows = [(i, value) for i, value in enumerate(inputs) if not isinstance(value, np.ndarray)]
+            vectors = [(i, value) for i, value in enumerate(inputs) if isinstance(value, np.ndarray)]
+            results = [None] * len(inputs)
+            if rows:
+                for (i, _), result in zip(rows, opened.neighbors_of_rows([r for _, r in rows], k, restrict)):
+                    results[i] = result
+            if vectors:
+                found = opened.neighbors_of_vectors(np.stack([v for _, v in vectors]), k, restrict)
+                for (i, _), result in zip(vectors, found):
+                    results[i] = result
+            return results
 
         def resolve(word):
-            row = opened.row(word)
+            row, vector, ngram_count = opened.resolve(word, subwords=subwords)
+            if row is None:
+                _note_out_of_vocabulary(word, ngram_count)
+                if not np.any(vector):
+                    raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
+                return vector
             opened._check_nonzero(word, row)
             return row
 

@@ -147,6 +147,7 @@ class Model:
         self.matrix = matrix  # (V, D) float32, memory-mapped
         self._tokenizer = None
         self._inverse_norms = None
+        self._subwords = None
 
     @classmethod
     def open(cls, path=None):
@@ -262,9 +263,47 @@ class Model:
     def word(self, row):
         return self.vocabulary.word(row)
 
-    def vector(self, word):
-        """Return the vector of `word` as a float32 array of shape (dim,)."""
-        row = self.row(word)
+    @property
+    def has_subwords(self):
+        """True when the model stores n-gram vectors for words outside the vocabulary."""
+        return "subwords" in self.meta
+
+    @property
+    def subwords(self):
+        """The model's SubwordVectors (n-gram bucket rows, memory-mapped)."""
+        if self._subwords is None:
+            from embcli.subwords import SubwordVectors
+
+            settings = self.meta["subwords"]
+            name = settings.get("file", "subwords.npy")
+            store.check_fingerprint(self.path, self.meta, name)
+            matrix = store.load_matrix(os.path.join(self.path, name), expected_rows=int(settings["buckets"]))
+            if matrix.shape[1] != self.dim:
+                raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
+                                   f"embeddings have {self.dim}; retrain the model")
+            self._subwords = SubwordVectors(matrix, settings)
+        return self._subwords
+
+    def resolve(self, word, subwords=True):
+        """Return (row, vector, n-gram count) for `word`.
+
+        A vocabulary word gets its row, its vector and 0. A word outside the vocabulary
+        gets row None and a vector built from its character n-grams, when `subwords` is
+        true and the model has them; otherwise UnknownWord is raised.
+        """
+        try:
+            row = self.row(word)
+        except UnknownWord:
+            if not (subwords and self.has_subwords):
+                raise
+            token = self.tokenizer.query_token(word, self.vocabulary)
+            vector, count = self.subwords.vector(token)
+            if vector is None:
+                raise
+            return None, vector, count
+        return row, self._row_vector(row), 0
+
+    def _row_vector(self, row):
         vector = np.array(self.matrix[row], dtype=np.float32)
         if not np.isfinite(vector).all():
             self._raise_not_finite(row, 1)
@@ -274,16 +313,38 @@ class Model:
         if not np.any(self.matrix[row]):
             raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
 
-    def neighbors(self, word, k=10, restrict=None):
-        """Return [(word, cosine)] of the k words nearest to `word`, leaving `word` out."""
-        return self.neighbors_batch([word], k, restrict)[0]
+    def vector(self, word, subwords=True):
+        """Return the vector of `word` as a float32 array of shape (dim,).
 
-    def neighbors_batch(self, words, k=10, restrict=None):
-        """Return one neighbour list per word in `words`; raise on the first bad word."""
-        rows = self.rows(words)
-        for word, row in zip(words, rows):
-            self._check_nonzero(word, row)
-        return self.neighbors_of_rows(rows, k, restrict)
+        Outside the vocabulary, the vector comes from the word's n-grams when the model
+        has them and `subwords` is true.
+        """
+        return self.resolve(word, subwords)[1]
+
+    def neighbors(self, word, k=10, restrict=None, subwords=True):
+        """Return [(word, cosine)] of the k words nearest to `word`, leaving `word` out."""
+        return self.neighbors_batch([word], k, restrict, subwords)[0]
+
+    def neighbors_batch(self, words, k=10, restrict=None, subwords=True):
+        """Return one neighbour list per word in `words`; raise on the first bad word.
+
+        A word outside the vocabulary is answered from its n-grams when the model has
+        them and `subwords` is true; nothing is left out of its results.
+        """
+        if not (subwords and self.has_subwords):
+            rows = self.rows(words)
+            for word, row in zip(words, rows):
+                self._check_nonzero(word, row)
+            return self.neighbors_of_rows(rows, k, restrict)
+        resolved = [self.resolve(word, subwords) for word in words]
+        queries = np.stack([vector for _, vector, _ in resolved]) if resolved else np.zeros((0, self.dim))
+        for word, query in zip(words, queries):
+            if not np.any(query):
+                raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
+        exclude = [() if row is None else (row,) for row, _, _ in resolved]
+        results = search.top_k(self.matrix, queries, k, exclude=exclude, limit=restrict,
+                               inverse_norms=self.inverse_norms)
+        return [self._named(result) for result in results]
 
     def neighbors_of_rows(self, rows, k=10, restrict=None):
         queries = np.asarray(self.matrix[rows], dtype=np.float32)

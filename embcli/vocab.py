@@ -222,6 +222,9 @@ def build_vocab(
         for name in (store.EMBEDDINGS, *store.CHECKPOINT_FILES)
         if os.path.exists(os.path.join(model_dir, name))
     ]
+    # The n-gram rows of a subword model go with its embeddings.
+    if store.EMBEDDINGS in trained and os.path.exists(os.path.join(model_dir, "subwords.npy")):
+        trained.append("subwords.npy")
     if trained and not replace_embeddings:
         what = "trained embeddings" if store.EMBEDDINGS in trained else "a training checkpoint"
         raise EmbcliError(
