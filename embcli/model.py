@@ -1,6 +1,9 @@
-"""A trained model opened for queries: vocabulary, memory-mapped matrix, tokenizer.
+"""A trained or imported model opened for queries: vocabulary, memory-mapped matrix, tokenizer.
 
-This module and everything it imports use numpy only, so queries start fast.
+This module and everything it imports use numpy only, so queries start fast. The
+vocabulary is kept as the bytes of vocab.tsv and parsed only as far as a query needs:
+one word is found with a byte search, and the full word list and index are built on
+first use.
 """
 
 import os
@@ -9,21 +12,142 @@ import numpy as np
 
 from embcli import search, store
 from embcli.errors import ModelCorrupt, ModelNotFound, QueryError, UnknownWord
-from embcli.tokenize import Tokenizer
+
+ANALOGY_METHODS = ("3cosadd", "3cosmul")
+# Above this many lookups in one call, building the word -> row dict beats byte searches.
+_INDEX_THRESHOLD = 32
+
+
+class Vocabulary:
+    """The words of vocab.tsv in row order, parsed lazily from the file's bytes."""
+
+    def __init__(self, path, data):
+        self.path = path
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        self._data = data
+        self._ends = None
+        self._words = None
+        self._counts = None
+        self._index = None
+        self._search_data = None
+
+    @classmethod
+    def read(cls, path):
+        try:
+            with open(path, "rb") as handle:
+                return cls(path, handle.read())
+        except FileNotFoundError:
+            raise ModelNotFound(f"{path} is missing; run 'embcli build-vocab CORPUS' first") from None
+
+    def __len__(self):
+        return len(self.ends)
+
+    @property
+    def ends(self):
+        """Byte offset of each line's newline, as an int64 array."""
+        if self._ends is None:
+            if b"\r" in self._data or b"\n\n" in self._data or self._data.startswith(b"\n"):
+                self._parse()  # unusual layout: validate it the slow way
+            self._ends = np.flatnonzero(np.frombuffer(self._data, dtype=np.uint8) == 10)
+        return self._ends
+
+    def _parse(self):
+        path = os.path.dirname(self.path)
+        words, counts = store.read_vocab(path)
+        self._words, self._counts = words, counts
+        self._data = "".join(f"{w}\t{int(c)}\n" for w, c in zip(words, counts)).encode("utf-8")
+        self._search_data = None
+
+    @property
+    def words(self):
+        if self._words is None:
+            text = self._data.decode("utf-8", errors="replace")
+            self._words = [line.rpartition("\t")[0] for line in text.split("\n")[:-1]]
+        return self._words
+
+    @property
+    def counts(self):
+        if self._counts is None:
+            text = self._data.decode("utf-8", errors="replace")
+            self._counts = np.array([int(line.rpartition("\t")[2] or 0) for line in text.split("\n")[:-1]],
+                                    dtype=np.int64)
+        return self._counts
+
+    @property
+    def index(self):
+        if self._index is None:
+            index = {word: i for i, word in enumerate(self.words)}
+            if len(index) != len(self.words):
+                self._raise_duplicate()
+            self._index = index
+        return self._index
+
+    def _raise_duplicate(self):
+        first = {}
+        for row, word in enumerate(self.words):
+            if word in first:
+                raise ModelCorrupt(f"{self.path}: word {word!r} is on line {first[word] + 1} and again on line {row + 1}")
+            first[word] = row
+
+    def __contains__(self, word):
+        return self.find(word) is not None
+
+    def check_unique(self):
+        """Raise ModelCorrupt if a word is on two lines (compared as bytes, without decoding)."""
+        if self._index is not None:
+            return
+        count = self._data.count(b"\n")
+        if self._data.count(b"\t") == count:
+            # No word contains a tab, so words and counts alternate between separators.
+            words = self._data.replace(b"\n", b"\t").split(b"\t")[0:-1:2]
+        else:
+            words = [line.rpartition(b"\t")[0] for line in self._data.split(b"\n")[:-1]]
+        if len(set(words)) != count:
+            self._raise_duplicate()
+
+    def find(self, word):
+        """Return the row of `word`, or None if it is not in the vocabulary."""
+        if self._index is not None:
+            return self._index.get(word)
+        if self._search_data is None:
+            self._search_data = b"\n" + self._data
+        data = self._search_data
+        key = b"\n" + word.encode("utf-8", errors="surrogatepass") + b"\t"
+        position = 0
+        while True:
+            found = data.find(key, position)
+            if found < 0:
+                return None
+            # The word itself may contain a tab: the match counts only if a count follows.
+            count = data[found + len(key) : data.find(b"\n", found + 1)]
+            if count.lstrip(b"-").isdigit():
+                return data.count(b"\n", 0, found)
+            position = found + 1
+
+    def word(self, row):
+        ends = self.ends
+        start = 0 if row == 0 else int(ends[row - 1]) + 1
+        line = self._data[start : int(ends[row])]
+        return line.rpartition(b"\t")[0].decode("utf-8", errors="replace")
+
+    def build_index(self):
+        self.index  # noqa: B018 - builds the dict
 
 
 class Model:
-    """Word vectors with the vocabulary and tokenizer they were trained with."""
+    """Word vectors with the vocabulary and tokenizer they were trained or imported with."""
 
-    def __init__(self, path, meta, words, counts, matrix):
+    def __init__(self, path, meta, vocabulary, matrix):
         self.path = path
         self.meta = meta
-        self.words = words
-        self.counts = counts
+        self.vocabulary = vocabulary
         self.matrix = matrix  # (V, D) float32, memory-mapped
-        self.tokenizer = Tokenizer.from_config(meta.get("tokenizer", {}))
-        self._index = None
+        self._tokenizer = None
         self._inverse_norms = None
+        self._subwords = None
 
     @classmethod
     def open(cls, path=None):
@@ -39,57 +163,79 @@ class Model:
     @classmethod
     def _open_files(cls, path):
         meta = store.read_meta(path)
-        words, counts = store.read_vocab(path, meta)
+        store.check_fingerprint(path, meta, store.VOCAB)
+        vocabulary = Vocabulary.read(os.path.join(path, store.VOCAB))
+        vocabulary.check_unique()
         embeddings = os.path.join(path, store.EMBEDDINGS)
         if not os.path.exists(embeddings):
             raise ModelNotFound(f"{path} has a vocabulary but no embeddings; run 'embcli train' first")
         store.check_fingerprint(path, meta, store.EMBEDDINGS)
-        matrix = store.load_matrix(embeddings, expected_rows=len(words))
+        matrix = store.load_matrix(embeddings, expected_rows=len(vocabulary))
         if "dim" in meta and meta["dim"] != matrix.shape[1]:
             raise ModelCorrupt(
                 f"{embeddings} has {matrix.shape[1]} dimensions but {store.META} says "
                 f"{meta['dim']}; the files do not belong together"
             )
-        return cls(path, meta, words, counts, matrix)
+        opened = cls(path, meta, vocabulary, matrix)
+        norms = store.load_norms(path, meta, matrix.shape[0])
+        if norms is not None:
+            opened._set_norms(norms)
+        return opened
+
+    @property
+    def tokenizer(self):
+        """The corpus's Tokenizer, imported on first use: a query found as written needs none."""
+        if self._tokenizer is None:
+            from embcli.tokenize import Tokenizer
+
+            self._tokenizer = Tokenizer.from_config(self.meta.get("tokenizer", {}))
+        return self._tokenizer
 
     @property
     def dim(self):
         return self.matrix.shape[1]
 
     @property
-    def index(self):
-        if self._index is None:
-            index = {word: i for i, word in enumerate(self.words)}
-            if len(index) != len(self.words):
-                self._raise_duplicate()
-            self._index = index
-        return self._index
+    def words(self):
+        """All words in row order (most frequent first for trained models)."""
+        return self.vocabulary.words
 
-    def _raise_duplicate(self):
-        first = {}
-        for row, word in enumerate(self.words):
-            if word in first:
-                raise ModelCorrupt(
-                    f"{os.path.join(self.path, store.VOCAB)}: word {word!r} is on line "
-                    f"{first[word] + 1} and again on line {row + 1}"
-                )
-            first[word] = row
+    @property
+    def counts(self):
+        return self.vocabulary.counts
+
+    @property
+    def index(self):
+        return self.vocabulary.index
 
     @property
     def inverse_norms(self):
+        """1/norm of each row (0 for a zero row), computed once; raises on NaN or infinity."""
         if self._inverse_norms is None:
-            norms = search.row_norms(self.matrix)
-            bad = np.flatnonzero(~np.isfinite(norms))
-            if len(bad):
-                self._raise_not_finite(int(bad[0]), len(bad))
-            self._inverse_norms = search.safe_inverse(norms)
+            self._set_norms(search.row_norms(self.matrix))
         return self._inverse_norms
+
+    def _set_norms(self, norms):
+        bad = np.flatnonzero(~np.isfinite(norms))
+        if len(bad):
+            self._raise_not_finite(int(bad[0]), len(bad))
+        self._inverse_norms = search.safe_inverse(norms)
 
     def _raise_not_finite(self, row, count):
         raise ModelCorrupt(
             f"{os.path.join(self.path, store.EMBEDDINGS)}: {count:,} rows hold NaN or "
-            f"infinite values, the first is row {row} ({self.words[row]!r}); retrain the model"
+            f"infinite values, the first is row {row} ({self.word(row)!r}); retrain the model"
         )
+
+    def __len__(self):
+        return self.matrix.shape[0]
+
+    def __contains__(self, word):
+        try:
+            self.row(word)
+        except (UnknownWord, QueryError):
+            return False
+        return True
 
     def row(self, word):
         """Return the matrix row of `word`, normalized and split as the corpus was.
@@ -99,45 +245,176 @@ class Model:
         query splits into several tokens, and UnknownWord when its token is not in the
         vocabulary.
         """
-        row = self.index.get(word)
+        row = self.vocabulary.find(word)
         if row is not None:
             return row
-        token = self.tokenizer.query_token(word, self.index)
-        row = self.index.get(token)
+        token = self.tokenizer.query_token(word, self.vocabulary)
+        row = self.vocabulary.find(token)
         if row is None:
-            raise UnknownWord(word, self.path, len(self.words), token=token)
+            raise UnknownWord(word, self.path, len(self), token=token)
         return row
 
-    def vector(self, word):
-        """Return the vector of `word` as a float32 array of shape (dim,)."""
-        row = self.row(word)
+    def rows(self, words):
+        """Return the rows of `words`; raise on the first unknown one."""
+        if len(words) > _INDEX_THRESHOLD:
+            self.vocabulary.build_index()
+        return [self.row(word) for word in words]
+
+    def word(self, row):
+        return self.vocabulary.word(row)
+
+    @property
+    def has_subwords(self):
+        """True when the model stores n-gram vectors for words outside the vocabulary."""
+        return "subwords" in self.meta
+
+    @property
+    def subwords(self):
+        """The model's SubwordVectors (n-gram bucket rows, memory-mapped)."""
+        if self._subwords is None:
+            from embcli.subwords import SubwordVectors
+
+            settings = self.meta["subwords"]
+            name = settings.get("file", "subwords.npy")
+            store.check_fingerprint(self.path, self.meta, name)
+            matrix = store.load_matrix(os.path.join(self.path, name), expected_rows=int(settings["buckets"]))
+            if matrix.shape[1] != self.dim:
+                raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
+                                   f"embeddings have {self.dim}; retrain the model")
+            self._subwords = SubwordVectors(matrix, settings)
+        return self._subwords
+
+    def resolve(self, word, subwords=True):
+        """Return (row, vector, n-gram count) for `word`.
+
+        A vocabulary word gets its row, its vector and 0. A word outside the vocabulary
+        gets row None and a vector built from its character n-grams, when `subwords` is
+        true and the model has them; otherwise UnknownWord is raised.
+        """
+        try:
+            row = self.row(word)
+        except UnknownWord:
+            if not (subwords and self.has_subwords):
+                raise
+            token = self.tokenizer.query_token(word, self.vocabulary)
+            vector, count = self.subwords.vector(token)
+            if vector is None:
+                raise
+            return None, vector, count
+        return row, self._row_vector(row), 0
+
+    def _row_vector(self, row):
         vector = np.array(self.matrix[row], dtype=np.float32)
         if not np.isfinite(vector).all():
             self._raise_not_finite(row, 1)
         return vector
 
-    def neighbors(self, word, k=10, restrict=None):
-        """Return [(word, cosine)] of the k words nearest to `word`, leaving `word` out."""
-        return self.neighbors_batch([word], k, restrict)[0]
+    def _check_nonzero(self, word, row):
+        if not np.any(self.matrix[row]):
+            raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
 
-    def neighbors_batch(self, words, k=10, restrict=None):
-        rows = [self.row(word) for word in words]
-        queries = np.asarray(self.matrix[rows], dtype=np.float32)
-        for word, row, query in zip(words, rows, queries):
+    def vector(self, word, subwords=True):
+        """Return the vector of `word` as a float32 array of shape (dim,).
+
+        Outside the vocabulary, the vector comes from the word's n-grams when the model
+        has them and `subwords` is true.
+        """
+        return self.resolve(word, subwords)[1]
+
+    def neighbors(self, word, k=10, restrict=None, subwords=True):
+        """Return [(word, cosine)] of the k words nearest to `word`, leaving `word` out."""
+        return self.neighbors_batch([word], k, restrict, subwords)[0]
+
+    def neighbors_batch(self, words, k=10, restrict=None, subwords=True):
+        """Return one neighbour list per word in `words`; raise on the first bad word.
+
+        A word outside the vocabulary is answered from its n-grams when the model has
+        them and `subwords` is true; nothing is left out of its results.
+        """
+        if not (subwords and self.has_subwords):
+            rows = self.rows(words)
+            for word, row in zip(words, rows):
+                self._check_nonzero(word, row)
+            return self.neighbors_of_rows(rows, k, restrict)
+        resolved = [self.resolve(word, subwords) for word in words]
+        queries = np.stack([vector for _, vector, _ in resolved]) if resolved else np.zeros((0, self.dim))
+        for word, query in zip(words, queries):
             if not np.any(query):
                 raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
-        results = search.top_k(self.matrix, self.inverse_norms, queries, k,
-                               exclude=[{row} for row in rows], limit=restrict)
-        return [[(self.words[i], float(s)) for i, s in zip(index, score)] for index, score in results]
+        exclude = [() if row is None else (row,) for row, _, _ in resolved]
+        results = search.top_k(self.matrix, queries, k, exclude=exclude, limit=restrict,
+                               inverse_norms=self.inverse_norms)
+        return [self._named(result) for result in results]
+
+    def neighbors_of_rows(self, rows, k=10, restrict=None):
+        queries = np.asarray(self.matrix[rows], dtype=np.float32)
+        results = search.top_k(self.matrix, queries, k, exclude=[(row,) for row in rows], limit=restrict,
+                               inverse_norms=self.inverse_norms)
+        return [self._named(result) for result in results]
 
     def neighbors_of_vector(self, vector, k=10, restrict=None):
         """Return [(word, cosine)] of the k words nearest to `vector`; nothing is left out."""
-        results = search.top_k(self.matrix, self.inverse_norms, np.asarray(vector)[None, :], k, limit=restrict)
-        index, score = results[0]
-        return [(self.words[i], float(s)) for i, s in zip(index, score)]
+        return self.neighbors_of_vectors(np.asarray(vector)[None, :], k, restrict)[0]
 
-    def to_torch(self):
+    def neighbors_of_vectors(self, vectors, k=10, restrict=None):
+        """Return one neighbour list per row of `vectors` (Q, dim); a zero vector gets none."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.shape[1] != self.dim:
+            raise QueryError(f"a query vector has {vectors.shape[1]} values, but the model has {self.dim} dimensions")
+        results = search.top_k(self.matrix, vectors, k, limit=restrict, inverse_norms=self.inverse_norms)
+        return [self._named(result) for result in results]
+
+    def analogy(self, a, b, c, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
+        """Return [(word, score)] answering "a is to b as c is to ?".
+
+        3cosadd ranks words by cosine with b - a + c (each normalized first); 3cosmul
+        uses Levy and Goldberg's multiplicative objective. The three inputs are left
+        out of the answers unless `exclude_inputs` is False.
+        """
+        return self.analogy_batch([(a, b, c)], k, method, exclude_inputs, restrict)[0]
+
+    def analogy_batch(self, triples, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
+        if method not in ANALOGY_METHODS:
+            raise QueryError(f"unknown analogy method {method!r}; choose one of {', '.join(ANALOGY_METHODS)}")
+        rows = self.rows([word for triple in triples for word in triple])
+        rows = np.asarray(rows, dtype=np.int64).reshape(len(triples), 3)
+        return self.analogy_of_rows(rows, k, method, exclude_inputs, restrict)
+
+    def analogy_of_rows(self, rows, k=10, method="3cosadd", exclude_inputs=True, restrict=None,
+                        skip_zero_rows=False):
+        """Return answers for an (n, 3) array of rows (a, b, c); zero rows score 0 unless skipped."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        a, b, c = (search.unit_rows(self.matrix[rows[:, i]]) for i in range(3))
+        exclude = [tuple(int(r) for r in triple) for triple in rows] if exclude_inputs else None
+        if method == "3cosadd":
+            results = search.top_k(self.matrix, b - a + c, k, exclude=exclude, limit=restrict,
+                                   inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
+        else:
+            results = search.top_k_cosmul(self.matrix, a, b, c, k, exclude=exclude, limit=restrict,
+                                          inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
+        return [self._named(result) for result in results]
+
+    def similarity(self, word1, word2):
+        """Return the cosine similarity of two words; 0.0 when either vector is all zeros."""
+        return search.cosine(self.matrix[self.row(word1)], self.matrix[self.row(word2)])
+
+    def similarity_of_rows(self, rows1, rows2):
+        """Return the cosine similarity of each pair of rows as a float64 array."""
+        left = np.asarray(self.matrix[np.asarray(rows1, dtype=np.int64)], dtype=np.float64)
+        right = np.asarray(self.matrix[np.asarray(rows2, dtype=np.int64)], dtype=np.float64)
+        norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+        dots = np.einsum("ij,ij->i", left, right)
+        scores = np.zeros(len(dots))
+        np.divide(dots, norms, out=scores, where=norms > 0)
+        return np.clip(scores, -1.0, 1.0)
+
+    def _named(self, result):
+        index, score = result
+        return [(self.word(int(i)), float(s)) for i, s in zip(index, score)]
+
+    def to_torch(self, freeze=False):
         """Return a torch.nn.Embedding initialised from the matrix (imports torch)."""
         import torch
 
-        return torch.nn.Embedding.from_pretrained(torch.from_numpy(np.array(self.matrix)), freeze=False)
+        weights = torch.from_numpy(np.array(self.matrix, dtype=np.float32))
+        return torch.nn.Embedding.from_pretrained(weights, freeze=freeze)

@@ -1,13 +1,16 @@
 """Cosine similarity search over a matrix of word vectors, with numpy only.
 
-Scores are computed as matrix products over blocks of rows, so memory stays at one
-block of scores however large the vocabulary is. A row with zero norm has cosine 0 with
-every query, never NaN.
+Scores are matrix products of a block of queries with a block of rows, so memory stays
+at one (QUERY_BLOCK x ROW_BLOCK) block of scores however large the vocabulary is, and
+each row's norm is computed once per search, from the block already in memory. A row
+with zero norm has cosine 0 with every vector, never NaN.
 """
 
 import numpy as np
 
-ROW_BLOCK = 1 << 16
+ROW_BLOCK = 16384
+QUERY_BLOCK = 512
+_NEVER = np.float32(-np.inf)
 
 
 def row_norms(matrix, block=ROW_BLOCK):
@@ -26,49 +29,176 @@ def safe_inverse(norms):
     return inverse
 
 
-def top_k(matrix, inverse_norms, queries, k, exclude=None, limit=None, block=ROW_BLOCK):
-    """Return (indices, scores), each (Q, k'), of the rows most cosine-similar to each query.
+def unit_rows(vectors):
+    """Return `vectors` (Q, D) scaled to unit length as float32; zero rows stay zero."""
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    return vectors * safe_inverse(np.sqrt(np.einsum("ij,ij->i", vectors, vectors)))[:, None]
+
+
+def cosine(a, b):
+    """Return the cosine similarity of two vectors as a float; 0.0 if either is zero."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    if norms == 0:
+        return 0.0
+    return float(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
+
+
+def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None, skip_zero_rows=False):
+    """Return [(indices, scores)] for each query: the k rows most cosine-similar to it.
 
     `queries` is (Q, D) and need not be normalized; a zero query gets no results.
     `exclude` is a list of Q collections of row indices to leave out. `limit` searches
-    only the first `limit` rows (the most frequent words). k' = min(k, rows searched).
+    only the first `limit` rows (the most frequent words). Results are sorted by score,
+    highest first, ties by row. Fewer than k come back when fewer rows qualify.
+    `inverse_norms` (V,) are 1/norm of each row, computed from the matrix when None.
+    A zero row scores 0, or is left out with `skip_zero_rows` (gensim's NaN score for
+    it never ranks).
     """
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    rows = matrix.shape[0] if limit is None else min(limit, matrix.shape[0])
-    query_norms = np.linalg.norm(queries, axis=1)
-    units = queries * safe_inverse(query_norms)[:, None]
-    extra = max((len(e) for e in exclude), default=0) if exclude else 0
-    want = min(k + extra, rows)
-    best_index = np.zeros((len(queries), 0), dtype=np.int64)
-    best_score = np.zeros((len(queries), 0), dtype=np.float32)
-    for start in range(0, rows, block):
-        stop = min(start + block, rows)
-        part = np.asarray(matrix[start:stop], dtype=np.float32)
-        scores = (units @ part.T) * inverse_norms[start:stop][None, :]  # (Q, block)
-        take = min(want, stop - start)
-        if take < stop - start:
-            picked = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    units = unit_rows(queries)
+
+    def score(cosines, rows):
+        return cosines(units[rows])
+
+    results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms, skip_zero_rows)
+    zero = ~units.any(axis=1)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return [empty if zero[q] else result for q, result in enumerate(results)]
+
+
+def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inverse_norms=None,
+                 skip_zero_rows=False):
+    """Return [(indices, scores)] ranked by 3CosMul for the analogies a : b :: c : ?.
+
+    3CosMul (Levy and Goldberg, 2014) scores row d as cos'(d, b) cos'(d, c) /
+    (cos'(d, a) + epsilon), with each cosine shifted to [0, 1] by cos' = (1 + cos) / 2,
+    as gensim's most_similar_cosmul does. `a`, `b`, `c` are (Q, D).
+    """
+    unit_a, unit_b, unit_c = unit_rows(a), unit_rows(b), unit_rows(c)
+
+    def score(cosines, rows):
+        shifted = [(cosines(u[rows]) + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
+        return shifted[1] * shifted[2] / (shifted[0] + np.float32(epsilon))
+
+    return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms, skip_zero_rows)
+
+
+def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, skip_zero_rows=False):
+    """Run `score(cosines, query_slice)` over all blocks; keep the top k.
+
+    `cosines(unit_queries)` returns the (Qb, B) cosines of unit queries with the rows of
+    the current block.
+
+    After the first block, only scores above a query's current k-th best can enter its
+    top k, and there are few of them, so later blocks cost a comparison per score
+    instead of a partial sort.
+    """
+    rows_total = matrix.shape[0] if limit is None else min(limit, matrix.shape[0])
+    k = max(0, min(k, rows_total))
+    best_index = np.zeros((n_queries, 0), dtype=np.int64)
+    best_score = np.zeros((n_queries, 0), dtype=np.float32)
+    pairs = _exclusion_pairs(exclude, n_queries)
+    if k == 0 or n_queries == 0:
+        return [(best_index[q], best_score[q]) for q in range(n_queries)]
+    for start in range(0, rows_total, ROW_BLOCK):
+        stop = min(start + ROW_BLOCK, rows_total)
+        part = np.asarray(matrix[start:stop], dtype=np.float32)  # (B, D), a view of the mmap
+        if inverse_norms is None:
+            inverse = safe_inverse(np.sqrt(np.einsum("ij,ij->i", part, part)))
         else:
-            picked = np.broadcast_to(np.arange(stop - start), (len(queries), stop - start))
-        picked_scores = np.take_along_axis(scores, picked, axis=1)
-        best_index = np.concatenate([best_index, picked + start], axis=1)
-        best_score = np.concatenate([best_score, picked_scores], axis=1)
-        if best_index.shape[1] > want:
-            keep = np.argpartition(-best_score, want - 1, axis=1)[:, :want]
+            inverse = inverse_norms[start:stop]
+        zero_rows = np.flatnonzero(inverse == 0) if skip_zero_rows else np.zeros(0, dtype=np.int64)
+        if n_queries >= part.shape[1]:
+            # Many queries: scale the (B, D) block once rather than each (Qb, B) product.
+            part_units = part * inverse[:, None]
+
+            def cosines(queries, part_units=part_units):
+                return queries @ part_units.T
+        else:
+
+            def cosines(queries, part=part, inverse=inverse):
+                products = queries @ part.T
+                products *= inverse
+                return products
+
+        in_block = (pairs[1] >= start) & (pairs[1] < stop)
+        block_pairs = (pairs[0][in_block], pairs[1][in_block] - start)
+        full = best_index.shape[1] == k
+        new_index = np.empty((n_queries, k if full else min(k, stop - start)), dtype=np.int64)
+        new_score = np.empty(new_index.shape, dtype=np.float32)
+        for q_start in range(0, n_queries, QUERY_BLOCK):
+            q_stop = min(q_start + QUERY_BLOCK, n_queries)
+            scores = score(cosines, slice(q_start, q_stop))  # (Qb, B)
+            scores[:, zero_rows] = _NEVER
+            mine = (block_pairs[0] >= q_start) & (block_pairs[0] < q_stop)
+            scores[block_pairs[0][mine] - q_start, block_pairs[1][mine]] = _NEVER
+            if full:
+                merged = _merge_above(best_index[q_start:q_stop], best_score[q_start:q_stop], scores, start)
+                new_index[q_start:q_stop], new_score[q_start:q_stop] = merged
+            else:
+                # Seed the top k from the first columns, then merge the rest above it.
+                take = new_index.shape[1]
+                seed = min(stop - start, max(4 * take, 1024))
+                picked = _top_columns(scores[:, :seed], take)
+                seed_index = np.ascontiguousarray(picked + start)
+                seed_score = np.take_along_axis(scores, picked, axis=1)
+                if seed < stop - start:
+                    seed_index, seed_score = _merge_above(seed_index, seed_score, scores[:, seed:], start + seed)
+                new_index[q_start:q_stop], new_score[q_start:q_stop] = seed_index, seed_score
+        if full:
+            best_index, best_score = new_index, new_score
+            continue
+        best_index = np.concatenate([best_index, new_index], axis=1)
+        best_score = np.concatenate([best_score, new_score], axis=1)
+        if best_index.shape[1] > k:
+            keep = _top_columns(best_score, k)
             best_index = np.take_along_axis(best_index, keep, axis=1)
             best_score = np.take_along_axis(best_score, keep, axis=1)
-    # Sort by score, highest first; ties by row (more frequent word first).
-    order = np.lexsort((best_index, -best_score), axis=1) if best_index.size else best_index
+    order = np.lexsort((best_index, -best_score), axis=1)
     best_index = np.take_along_axis(best_index, order, axis=1)
     best_score = np.take_along_axis(best_score, order, axis=1)
     results = []
-    for q in range(len(queries)):
-        if query_norms[q] == 0:
-            results.append((np.zeros(0, np.int64), np.zeros(0, np.float32)))
-            continue
-        index, score = best_index[q], best_score[q]
-        if exclude and exclude[q]:
-            keep = ~np.isin(index, np.fromiter(exclude[q], dtype=np.int64))
-            index, score = index[keep], score[keep]
-        results.append((index[:k], score[:k]))
+    for q in range(n_queries):
+        valid = np.isfinite(best_score[q])
+        results.append((best_index[q][valid], best_score[q][valid]))
     return results
+
+
+def _top_columns(scores, take):
+    """Return the column indices of the `take` largest scores of each row, unordered."""
+    if take >= scores.shape[1]:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(scores, scores.shape[1] - take, axis=1)[:, scores.shape[1] - take :]
+
+
+def _merge_above(best_index, best_score, scores, start):
+    """Return the k best of (best_index, best_score) and the block `scores`, (Qb, k) each.
+
+    A score must exceed the query's current k-th best to enter, so an equal score in a
+    later row never displaces an earlier row: ties go to the more frequent word.
+    """
+    count, k = best_index.shape
+    threshold = best_score.min(axis=1)
+    # flatnonzero on a sparse mask is about 10 times faster than 2-D nonzero.
+    flat = np.flatnonzero(scores > threshold[:, None])
+    query, column = np.divmod(flat, scores.shape[1])
+    if query.size == 0:
+        return best_index, best_score
+    candidate_query = np.concatenate([np.repeat(np.arange(count), k), query])
+    candidate_index = np.concatenate([best_index.ravel(), column + start])
+    candidate_score = np.concatenate([best_score.ravel(), scores[query, column]])
+    order = np.lexsort((candidate_index, -candidate_score, candidate_query))
+    sorted_query = candidate_query[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_query, sorted_query)
+    chosen = order[rank < k]  # each query keeps exactly k: it had k before
+    return candidate_index[chosen].reshape(count, k), candidate_score[chosen].reshape(count, k)
+
+
+def _exclusion_pairs(exclude, n_queries):
+    """Return (query numbers, row indices) arrays of the rows to leave out per query."""
+    if not exclude:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    queries = [q for q in range(n_queries) for _ in exclude[q]]
+    rows = [row for q in range(n_queries) for row in exclude[q]]
+    return np.asarray(queries, dtype=np.int64), np.asarray(rows, dtype=np.int64)

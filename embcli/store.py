@@ -43,6 +43,7 @@ META = "meta.json"
 VOCAB = "vocab.tsv"
 EMBEDDINGS = "embeddings.npy"
 TOKENS = "tokens.npy"
+NORMS = "norms.npy"
 CHECKPOINT = "checkpoint.json"
 CHECKPOINT_INPUT = "checkpoint-input.npy"
 CHECKPOINT_OUTPUT = "checkpoint-output.npy"
@@ -137,6 +138,46 @@ def save_npy_temp(directory, name, array):
         handle.flush()
         os.fsync(handle.fileno())
     return path
+
+
+def save_norms_temp(directory, matrix, meta):
+    """Write the L2 norm of each row of `matrix` under a temporary name; return that path.
+
+    Queries read norms.npy instead of recomputing the norms, but only while
+    meta["norms_of"] equals the fingerprint of embeddings.npy, so a matrix saved later
+    without new norms makes queries ignore the stale file. Sets meta["norms_of"] and
+    meta["files"][NORMS]; call it after meta["files"][EMBEDDINGS] is set.
+    """
+    from embcli.search import row_norms
+
+    path = save_npy_temp(directory, NORMS, row_norms(matrix))
+    meta["norms_of"] = meta["files"][EMBEDDINGS]
+    meta["files"][NORMS] = fingerprint(path)
+    return path
+
+
+def load_norms(directory, meta, rows):
+    """Return the stored row norms (float32) if they belong to the current matrix, else None."""
+    if NORMS not in meta.get("files", {}) or meta.get("norms_of") != meta["files"].get(EMBEDDINGS):
+        return None
+    path = os.path.join(directory, NORMS)
+    if not os.path.exists(path):
+        return None
+    check_fingerprint(directory, meta, NORMS)
+    norms = load_matrix_1d(path)
+    if norms.shape != (rows,):
+        raise ModelCorrupt(f"{path} has {norms.shape[0]:,} norms but the matrix has {rows:,} rows")
+    return norms
+
+
+def load_matrix_1d(path):
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ModelCorrupt(f"{path}: not a valid .npy file ({error})") from None
+    if array.ndim != 1 or array.dtype != np.float32:
+        raise ModelCorrupt(f"{path}: expected a 1-D float32 array, found {array.dtype} {array.shape}")
+    return array
 
 
 def save_vocab_temp(directory, words, counts):

@@ -46,6 +46,7 @@ import torch
 
 from embcli import store
 from embcli.errors import EmbcliError, TrainingDiverged, TrainingError, TrainingInterrupted
+from embcli.tokencache import TokenCache
 
 LINE_END = int(store.LINE_END)
 # The loss is computed on every LOSS_EVERY-th update step only, then scaled to the chunk.
@@ -76,6 +77,12 @@ class TrainConfig:
     # needs larger steps for speed, and the quality of larger steps has not been checked.
     batch: int = 1024
     chunk_tokens: int = 65536
+    # Subwords (embcli.train_subwords): character n-grams of min_n..max_n characters,
+    # hashed into `buckets` rows; min_n = 0 turns them off.
+    min_n: int = 0
+    max_n: int = 0
+    buckets: int = 2_000_000
+    combination: str = "mean"
 
     def resolved_lr(self):
         if self.lr is not None:
@@ -96,6 +103,10 @@ class TrainConfig:
             raise EmbcliError(f"learning rate must be a positive number, not {self.lr}")
         if self.sample < 0:
             raise EmbcliError(f"sample must be 0 (off) or positive, not {self.sample}")
+        if self.min_n:
+            from embcli.subwords import check_settings
+
+            check_settings(self.min_n, self.max_n, self.buckets, self.combination)
 
 
 def pick_device(name):
@@ -119,7 +130,7 @@ class Corpus:
 
     def __init__(self, path, counts):
         self.path = path
-        self.tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.tokens = TokenCache(path)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.total_words = int(self.counts.sum())
 
@@ -446,7 +457,7 @@ class _RemoteTraceback(Exception):
 
 
 def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, output_vectors,
-                 positions, shared_stats, stop_event, errors, parent_pid):
+                 positions, shared_stats, stop_event, errors, parent_pid, table=None):
     """Entry point of one Hogwild worker process."""
     import traceback
 
@@ -459,7 +470,8 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
     torch.set_num_threads(1)
     try:
         corpus = Corpus(tokens_path, counts)
-        trainer = Trainer(config, corpus, input_vectors, output_vectors, torch.device("cpu"), worker, workers)
+        trainer = _new_trainer(config, corpus, input_vectors, output_vectors, torch.device("cpu"), worker,
+                               workers, table)
         base = worker * 4
         chunks = len(trainer.chunks)
 
@@ -615,6 +627,11 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
         else:
             workers = config.threads or default_threads()
         positions = start.positions or [0] * (2 * workers)
+        table = None
+        if config.min_n:
+            from embcli.subwords import SubwordTable
+
+            table = SubwordTable.build(words, config.min_n, config.max_n, config.buckets, config.combination)
         input_vectors = start.input_vectors.to(device)
         output_vectors = start.output_vectors.to(device)
         words_total = words_in_corpus * config.epochs
@@ -637,11 +654,11 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                 if workers == 1:
                     positions, totals = _run_in_process(config, corpus, input_vectors,
                                                         output_vectors, device, positions, stop,
-                                                        progress, words_total, save_if_due)
+                                                        progress, words_total, save_if_due, table)
                 else:
                     positions, totals, failure = _run_workers(
                         workers, config, tokens_path, counts, input_vectors, output_vectors,
-                        positions, stop, progress, words_total, save_if_due)
+                        positions, stop, progress, words_total, save_if_due, table)
             except TrainingError as error:
                 # Trainer.run reports a non-finite loss as TrainingError "training diverged".
                 if "diverged" in str(error) and not isinstance(error, TrainingDiverged):
@@ -678,7 +695,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                 epochs_done=config.epochs,
             )
             _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, start,
-                             checkpoints.new_cache)
+                             checkpoints.new_cache, table=table)
             checkpoints.new_cache = None
         return stats
     finally:
@@ -746,7 +763,13 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
         corpus_record = meta.get("corpus", {}).get("sources", [])
     torch.manual_seed(config.seed)
     try:
-        input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+        if config.min_n:
+            from embcli.train_subwords import init_subword_vectors
+
+            input_vectors, output_vectors = init_subword_vectors(len(words), config.buckets,
+                                                                 config.dim, config.seed)
+        else:
+            input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
     except (RuntimeError, MemoryError) as error:
         if "allocate" not in str(error) and not isinstance(error, MemoryError):
             raise
@@ -803,8 +826,9 @@ def _words_in(corpus):
 
     tokens = corpus.tokens
     ends = 0
-    for begin in range(0, len(tokens), 1 << 24):
-        block = tokens[begin : begin + (1 << 24)]
+    # Blocks of 1 M tokens keep the scan's temporaries and mapped pages at a few MB.
+    for begin in range(0, len(tokens), 1 << 20):
+        block = tokens[begin : begin + (1 << 20)]
         is_end = block == store.LINE_END
         ends += int(np.count_nonzero(is_end))
         ids = block[~is_end]
@@ -832,8 +856,16 @@ class _LossWindow:
         return sum(l for l, _ in self.items) / examples if examples else float("nan")
 
 
+def _new_trainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table):
+    if table is None:
+        return Trainer(config, corpus, input_vectors, output_vectors, device, worker, workers)
+    from embcli.train_subwords import SubwordTrainer
+
+    return SubwordTrainer(config, corpus, input_vectors, output_vectors, device, worker, workers, table)
+
+
 def _run_in_process(config, corpus, input_vectors, output_vectors, device, positions, stop,
-                    progress, words_total, after_chunk=None):
+                    progress, words_total, after_chunk=None, table=None):
     """Train in this process from `positions` ([epoch, chunk]) until done or stopped.
 
     `after_chunk(positions, words, examples)` is called after every chunk, with the
@@ -842,7 +874,7 @@ def _run_in_process(config, corpus, input_vectors, output_vectors, device, posit
     """
     if device.type == "cpu":
         torch.set_num_threads(1)
-    trainer = Trainer(config, corpus, input_vectors, output_vectors, device)
+    trainer = _new_trainer(config, corpus, input_vectors, output_vectors, device, 0, 1, table)
     totals = [0.0, 0.0, float("nan")]
     window = _LossWindow()
     words_before = _words_before(trainer, positions[0], positions[1])
@@ -895,7 +927,7 @@ def _signals_held():
 
 
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
-                 stop, progress, words_total, every_poll=None):
+                 stop, progress, words_total, every_poll=None, table=None):
     """Train with `workers` Hogwild processes on shared vectors until done or stopped.
 
     `every_poll(positions, words, examples)` is called about four times a second. The
@@ -919,7 +951,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         context.Process(
             target=_worker_main,
             args=(w, workers, config, tokens_path, np.asarray(counts), input_vectors, output_vectors,
-                  shared_positions, shared_stats, stop_event, errors, os.getpid()),
+                  shared_positions, shared_stats, stop_event, errors, os.getpid(), table),
             daemon=True,
         )
         for w in range(workers)
@@ -1089,7 +1121,8 @@ def _load_checkpoint(model_dir, meta, config, vocab_size):
             raise ModelCorrupt(f"{file_path} is missing, so {CHECKPOINT} cannot be resumed; train without resuming")
         if store.fingerprint(file_path) != files.get(name):
             raise ModelCorrupt(f"{file_path} does not match {CHECKPOINT}; train without resuming")
-    input_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), vocab_size, mmap=False)
+    input_rows = vocab_size + (resumed.buckets if resumed.min_n else 0)
+    input_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), input_rows, mmap=False)
     output_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_OUTPUT), vocab_size, mmap=False)
     return _Resume(
         config=resumed,
@@ -1106,14 +1139,33 @@ def _load_checkpoint(model_dir, meta, config, vocab_size):
     )
 
 
-def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, start, new_cache):
+def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, start, new_cache,
+                     distributed=None, table=None):
     """Commit embeddings.npy and meta.json, and remove the checkpoint, in one commit."""
     import platform
 
-    embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.astype(np.float32, copy=False))
+    from embcli import subwords
+
     meta = dict(meta)
     meta["files"] = dict(meta.get("files", {}))
+    renames = {}
+    remove = []
+    if table is not None:
+        # embeddings.npy keeps each word's whole vector; subwords.npy the bucket rows.
+        buckets_tmp = store.save_npy_temp(model_dir, subwords.SUBWORDS, vectors[table.vocab_size :])
+        meta["files"][subwords.SUBWORDS] = store.fingerprint(buckets_tmp)
+        meta["subwords"] = table.to_meta()
+        renames[subwords.SUBWORDS] = buckets_tmp
+        vectors = subwords.combine_rows(vectors, table.offsets, table.rows, table.combination)
+    else:
+        meta.pop("subwords", None)
+        meta["files"].pop(subwords.SUBWORDS, None)
+        if os.path.exists(os.path.join(model_dir, subwords.SUBWORDS)):
+            remove.append(subwords.SUBWORDS)
+    embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.astype(np.float32, copy=False))
     meta["files"][store.EMBEDDINGS] = store.fingerprint(embeddings_tmp)
+    # Stored norms save one-off queries a pass over the whole matrix.
+    renames[store.NORMS] = store.save_norms_temp(model_dir, vectors, meta)
     meta["dim"] = int(vectors.shape[1])
     meta["training"] = {
         "settings": _config_json(config),
@@ -1128,7 +1180,9 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
         "python_version": platform.python_version(),
         "stats": stats.to_json(),
     }
-    renames = {store.EMBEDDINGS: embeddings_tmp}
+    if distributed is not None:
+        meta["training"]["distributed"] = distributed
+    renames[store.EMBEDDINGS] = embeddings_tmp
     # A corpus given to train replaces the token cache: encoded now, or kept by a checkpoint.
     cache = new_cache
     if cache is None and start.tokens_name == CHECKPOINT_TOKENS:
@@ -1145,4 +1199,4 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
     present = [name for name in CHECKPOINT_FILES
                if os.path.exists(os.path.join(model_dir, name))
                and not (name == CHECKPOINT_TOKENS and cache is not None and new_cache is None)]
-    store.commit(model_dir, renames, remove=present)
+    store.commit(model_dir, renames, remove=present + remove)

@@ -21,7 +21,7 @@ from embcli.errors import EmptyCorpus
 from embcli.tokenize import review_tokens
 
 _FLUSH_IDS = 1 << 20
-_REMAP_BLOCK = 1 << 24
+_REMAP_BLOCK = 1 << 20
 
 
 class _ProvisionalIndex(dict):
@@ -131,33 +131,35 @@ def remap_ids(ids_path, lookup, out_path, length):
     """Write `out_path` as a uint32 .npy of `lookup[id]` for every id, dropping misses.
 
     `lookup` maps provisional id -> final id, or -1 for a dropped word. LINE_END markers
-    are kept, but never two in a row and never at the start.
+    are kept, but never two in a row and never at the start. Both files are read and
+    written a block at a time with plain file I/O, not memory maps, so the process holds
+    one block however large the corpus is.
     """
     line_end = np.int64(store.LINE_END)
-    source = np.memmap(ids_path, dtype=np.uint32, mode="r") if os.path.getsize(ids_path) else np.zeros(0, np.uint32)
-    chunks = []
-    total = 0
     # First pass: count what survives, so the .npy header can be written up front.
-    previous_end = True
-    for start in range(0, len(source), _REMAP_BLOCK):
-        block = _remap_block(source[start : start + _REMAP_BLOCK], lookup, line_end, previous_end)
-        if len(block):
-            previous_end = bool(block[-1] == line_end)
-        total += len(block)
-        chunks.append(len(block))
-    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint32, shape=(total,))
-    position = 0
-    previous_end = True
-    for start in range(0, len(source), _REMAP_BLOCK):
-        block = _remap_block(source[start : start + _REMAP_BLOCK], lookup, line_end, previous_end)
-        if len(block):
-            previous_end = bool(block[-1] == line_end)
-        out[position : position + len(block)] = block
-        position += len(block)
-    out.flush()
-    del out
-    store.fsync_file(out_path)
+    total = sum(len(block) for block in _remapped_blocks(ids_path, lookup, line_end))
+    with open(out_path, "wb") as out:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint32)),
+                  "fortran_order": False, "shape": (total,)}
+        np.lib.format.write_array_header_1_0(out, header)
+        for block in _remapped_blocks(ids_path, lookup, line_end):
+            block.tofile(out)
+        out.flush()
+        os.fsync(out.fileno())
     return total
+
+
+def _remapped_blocks(ids_path, lookup, line_end):
+    previous_end = True
+    with open(ids_path, "rb") as source:
+        while True:
+            block = np.fromfile(source, dtype=np.uint32, count=_REMAP_BLOCK)
+            if not len(block):
+                return
+            block = _remap_block(block, lookup, line_end, previous_end)
+            if len(block):
+                previous_end = bool(block[-1] == line_end)
+                yield block
 
 
 def _remap_block(block, lookup, line_end, previous_end):
@@ -220,6 +222,9 @@ def build_vocab(
         for name in (store.EMBEDDINGS, *store.CHECKPOINT_FILES)
         if os.path.exists(os.path.join(model_dir, name))
     ]
+    # The n-gram rows of a subword model go with its embeddings.
+    if store.EMBEDDINGS in trained and os.path.exists(os.path.join(model_dir, "subwords.npy")):
+        trained.append("subwords.npy")
     if trained and not replace_embeddings:
         what = "trained embeddings" if store.EMBEDDINGS in trained else "a training checkpoint"
         raise EmbcliError(

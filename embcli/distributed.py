@@ -1,0 +1,445 @@
+"""Data-parallel training on torch.distributed: one model kept by several ranks.
+
+Start it the standard way; every rank runs `embcli train` with the same options:
+
+    torchrun --nproc-per-node 2 -m embcli train -m MODEL
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 \
+        --master-addr HOST --master-port 29500 -m embcli train -m MODEL
+
+`embcli train` switches to this module when torchrun's environment variables
+(WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) are set. The backend is gloo
+on CPUs and NCCL on GPUs (rank i uses GPU LOCAL_RANK).
+
+How the ranks keep one model:
+- Every rank keeps a full copy of the input and output matrices, starting from the same
+  values (broadcast from rank 0).
+- Rank r trains with `Trainer(worker=r, workers=world_size)`, so it reads only its own
+  contiguous slice of the token-id cache, as a Hogwild worker process does.
+- Every `sync_tokens` tokens of its slice, each rank finds the rows it changed since the
+  last synchronization. The ranks take the union of those rows, all-reduce the sum of
+  their changes to them, and add that sum to the rows as they were at the last
+  synchronization. Every rank then has the same matrices again. Between two
+  synchronizations a rank does not see the others' updates, as a Hogwild worker would
+  not see updates still in another core's cache. A rank that trained nothing since the
+  last synchronization contributes a change of zero. Ranks synchronize between chunks,
+  so an interval shorter than a chunk shortens the chunks to the interval.
+- The ranks synchronize the same number of times, at the same fractions of their own
+  slice, because slices may differ in length by one chunk. They also synchronize once at
+  the end, so the saved model contains every rank's updates.
+- No step depends on timing: two runs of the same command and seed on 2 gloo ranks gave
+  byte-identical vectors.
+
+Rank 0 alone writes the model directory, through `embcli.store`, with the same files as
+a one-process run. On SIGINT or SIGTERM a rank stops after its current chunk and the
+others at the next synchronization point; after that synchronization rank 0 saves a
+checkpoint in the layout that `embcli.train` uses for Hogwild workers (one position per
+worker, plus a "distributed" entry), and `embcli train --resume` under torchrun with the
+same number of ranks continues it.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from embcli import store, train
+from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, TrainingError, TrainingInterrupted
+
+# Tokens of its own slice that a rank trains between two synchronizations. bench/distributed.py
+# measured quality against this interval; see docs/benchmarks.md, section Scale.
+DEFAULT_SYNC_TOKENS = 1 << 16
+
+ENVIRONMENT = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+SYNC_BLOCK_ROWS = 1 << 16
+
+
+@dataclasses.dataclass
+class Launch:
+    """This process's place in a torchrun launch."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launched():
+    """Return the Launch that torchrun's environment describes, or None outside torchrun."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    missing = [name for name in ENVIRONMENT if name not in os.environ]
+    if missing:
+        raise EmbcliError(
+            f"WORLD_SIZE is set but {', '.join(missing)} is not; start distributed training "
+            "with torchrun, or unset WORLD_SIZE to train in one process"
+        )
+    try:
+        values = [int(os.environ[name]) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")]
+    except ValueError:
+        raise EmbcliError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
+    rank, world_size, local_rank = values
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise EmbcliError(f"RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE {world_size})")
+    return Launch(rank, world_size, local_rank)
+
+
+def _pick_device(name, launch):
+    """Return the device for this rank: GPU LOCAL_RANK when CUDA is in use, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{launch.local_rank}"
+    device = train.pick_device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+class Replicas:
+    """Keeps every rank's copy of the matrices equal by all-reducing the changed rows."""
+
+    def __init__(self, matrices):
+        self.matrices = matrices
+        # The values at the last synchronization; a rank's change is `matrix - base`. One
+        # rank alone needs no copy.
+        alone = dist.get_world_size() == 1
+        self.base = [] if alone else [matrix.clone() for matrix in matrices]
+        self.rows_sent = 0
+        self.seconds = 0.0
+        self.count = 0
+
+    def _changed_rows(self, matrix, base):
+        changed = torch.zeros(matrix.shape[0], dtype=torch.uint8, device=matrix.device)
+        for begin in range(0, matrix.shape[0], SYNC_BLOCK_ROWS):
+            end = begin + SYNC_BLOCK_ROWS
+            changed[begin:end] = (matrix[begin:end] != base[begin:end]).any(1)
+        return changed
+
+    def synchronize(self):
+        """All-reduce the changes since the last call; every rank ends with the same values."""
+        self.count += 1
+        if dist.get_world_size() == 1:
+            return  # the only copy is already the model
+        started = time.perf_counter()
+        vocab_size = self.matrices[0].shape[0]
+        changed = torch.cat([self._changed_rows(m, b) for m, b in zip(self.matrices, self.base)])
+        dist.all_reduce(changed, op=dist.ReduceOp.MAX)
+        rows = changed.nonzero().squeeze(1)
+        if rows.numel():
+            # Row i of matrix m is entry m * vocab_size + i of `changed`.
+            matrix_of_row, row_in_matrix = rows // vocab_size, rows % vocab_size
+            parts = []
+            for index, (matrix, base) in enumerate(zip(self.matrices, self.base)):
+                picked = row_in_matrix[matrix_of_row == index]
+                parts.append((picked, matrix.index_select(0, picked) - base.index_select(0, picked)))
+            deltas = torch.cat([delta for _, delta in parts])
+            dist.all_reduce(deltas, op=dist.ReduceOp.SUM)
+            offset = 0
+            for (picked, delta), matrix, base in zip(parts, self.matrices, self.base):
+                summed = deltas[offset : offset + len(picked)]
+                offset += len(picked)
+                base.index_add_(0, picked, summed)
+                matrix.index_copy_(0, picked, base.index_select(0, picked))
+            self.rows_sent += int(rows.numel())
+        self.seconds += time.perf_counter() - started
+
+
+def _sum_across(values, device, op=None):
+    """Return the element-wise all-reduce (sum by default) of a list of floats."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def _broadcast_matrices(matrices):
+    for matrix in matrices:
+        dist.broadcast(matrix, src=0)
+
+
+def _check_same_data(meta, device):
+    """Raise ModelCorrupt unless every rank reads the same vocabulary and token cache."""
+    files = meta.get("files", {})
+    digest = hashlib.blake2b((files.get(store.VOCAB, "") + files.get(store.TOKENS, "")).encode(), digest_size=6)
+    value = float(int(digest.hexdigest(), 16))  # 48 bits: exact in a float64
+    low, = _sum_across([value], device, dist.ReduceOp.MIN)
+    high, = _sum_across([value], device, dist.ReduceOp.MAX)
+    if low != high:
+        raise ModelCorrupt(
+            "the ranks read different vocabularies or token caches; give every node a copy "
+            "of the same model directory (the one build-vocab wrote) at the path passed to -m"
+        )
+
+
+def sync_points(total_chunks, syncs):
+    """Return the chunk counts after which a rank with `total_chunks` chunks synchronizes.
+
+    Point k (1..syncs) is ceil(k * total_chunks / syncs), so every rank synchronizes
+    `syncs` times whatever the length of its slice, the last time at its end.
+    """
+    return [-(-k * total_chunks // syncs) for k in range(1, syncs + 1)]
+
+
+def train_distributed(model_dir, config, launch, resume=False, progress=None, started=None,
+                      sync_tokens=DEFAULT_SYNC_TOKENS):
+    """Train the model in `model_dir` as rank `launch.rank` of `launch.world_size`.
+
+    Every rank returns the same TrainStats (summed over the ranks); only rank 0 writes
+    files. `progress` has train_model's signature and is called on rank 0 only.
+    `started(backend, syncs)` is called on rank 0 once training begins.
+    """
+    config.validate()
+    if sync_tokens < 1:
+        raise EmbcliError(f"invalid synchronization interval {sync_tokens}: it must be at least 1 token")
+    device = _pick_device(config.device, launch)
+    # NOTE: only the gloo path has run (CPU ranks); the NCCL path has not been tried on GPUs.
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
+    try:
+        return _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens):
+    from embcli.corpus import check_unchanged
+
+    meta = store.read_meta(model_dir)
+    words, counts = store.read_vocab(model_dir, meta)
+    if not words:
+        raise EmbcliError(f"{model_dir}/vocab.tsv is empty; rebuild the vocabulary")
+    tokens_path = os.path.join(model_dir, store.TOKENS)
+    if not os.path.exists(tokens_path):
+        raise ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
+    if launch.rank == 0:
+        for source in meta.get("corpus", {}).get("sources", []):
+            check_unchanged(source)
+        store.check_fingerprint(model_dir, meta, store.TOKENS)
+    _check_same_data(meta, device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+
+    corpus = train._open_corpus(tokens_path, counts)
+    if corpus.total_words == 0 or len(corpus) == 0:
+        from embcli.errors import EmptyCorpus
+
+        raise EmptyCorpus("the corpus has no words from the vocabulary to train on")
+
+    positions = [0] * (2 * launch.world_size)
+    corpus_record = meta.get("corpus", {}).get("sources", [])
+    if resume:
+        input_vectors, output_vectors, positions, config, sync_tokens = load_checkpoint(
+            model_dir, meta, config, len(words), launch.world_size, sync_tokens)
+    else:
+        input_vectors, output_vectors = train.init_vectors(len(words), config.dim, config.seed)
+    start = train._Resume(config, launch.world_size, positions, input_vectors, output_vectors,
+                          store.TOKENS, corpus_record, resumed=resume)
+    input_vectors = input_vectors.to(device)
+    output_vectors = output_vectors.to(device)
+    # Rank 0's values win, so the replicas start equal even if initialisation differed.
+    _broadcast_matrices([input_vectors, output_vectors])
+
+    if sync_tokens < config.chunk_tokens:
+        # Ranks synchronize between chunks, so a short interval needs short chunks.
+        config = dataclasses.replace(config, chunk_tokens=sync_tokens)
+    trainer = train.Trainer(config, corpus, input_vectors, output_vectors, device,
+                            worker=launch.rank, workers=launch.world_size)
+    chunks_per_epoch = len(trainer.chunks)
+    total_chunks = config.epochs * chunks_per_epoch
+    chunks_per_sync = max(1, round(sync_tokens / config.chunk_tokens))
+    longest, = _sum_across([total_chunks], device, dist.ReduceOp.MAX)
+    syncs = max(1, math.ceil(longest / chunks_per_sync))
+    points = sync_points(total_chunks, syncs)
+    epoch, chunk = positions[2 * launch.rank], positions[2 * launch.rank + 1]
+    done = min(epoch * chunks_per_epoch + chunk, total_chunks)
+    # Every rank catches SIGINT and SIGTERM before this all-reduce, so once rank 0 reports
+    # the start, a signal to any rank leads to a checkpoint.
+    stop = train._Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A rank stopped by a signal may be short of the synchronization point that the others
+    # reached, so the ranks resume from the earliest one; ranks already past it wait there.
+    syncs_done, = _sum_across([sum(1 for point in points if point <= done)], device, dist.ReduceOp.MIN)
+    syncs_done = min(int(syncs_done), syncs - 1)
+
+    replicas = Replicas([input_vectors, output_vectors])
+    words_total = corpus.total_words * config.epochs
+    local = {"words": 0.0, "examples": 0.0, "done": done}
+    window = train._LossWindow()
+    last_progress = [0.0]
+
+    def report(chunk_words, examples, loss, lr):
+        local["words"] += chunk_words
+        local["examples"] += examples
+        local["done"] += 1
+        window.add(loss, examples)
+        now = time.time()
+        if progress is not None and launch.rank == 0 and now - last_progress[0] > 0.2:
+            last_progress[0] = now
+            # Between synchronizations rank 0 counts only its own slice, so scale it up.
+            estimate = words_before + local["words"] * launch.world_size
+            progress(estimate, words_total, local["examples"] * launch.world_size, window.mean(), lr)
+
+    words_before = done / max(total_chunks, 1) * words_total
+    if started is not None and launch.rank == 0:
+        started(backend, syncs)
+    began = time.time()
+    stopped = False
+    try:
+        for index in range(syncs_done, syncs):
+            target = points[index]
+            if local["done"] < target:
+                epoch, chunk = divmod(local["done"], chunks_per_epoch)
+                trainer.run(epoch, chunk, report, lambda: local["done"] >= target or stop.is_set())
+            replicas.synchronize()
+            signalled, unfinished = _sum_across(
+                [1.0 if stop.is_set() else 0.0, 1.0 if local["done"] < total_chunks else 0.0], device)
+            if signalled and (index < syncs - 1 or unfinished):
+                stopped = True
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    seconds = time.time() - began
+
+    words_sum, examples_sum = _sum_across([local["words"], local["examples"]], device)
+    if local["done"] >= total_chunks:
+        finished_position = (config.epochs, 0)
+    else:
+        finished_position = divmod(local["done"], chunks_per_epoch)
+    gathered = _gather_positions(finished_position, launch, device)
+
+    if stopped:
+        if launch.rank == 0:
+            save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, gathered,
+                            input_vectors, output_vectors, corpus_record,
+                            (words_sum, examples_sum, seconds, words_total))
+        dist.barrier()
+        # A rank on another node may have stopped only because a signal reached other ranks.
+        number = stop.signal or signal.SIGTERM
+        name = "SIGINT" if number == signal.SIGINT else "SIGTERM"
+        epochs_reached = min(gathered[::2]) + 1
+        raise TrainingInterrupted(
+            f"training stopped by {name} ({min(epochs_reached, config.epochs)} of {config.epochs} epochs) "
+            f"on {launch.world_size} ranks; checkpoint saved in {model_dir}/{train.CHECKPOINT}; continue "
+            f"with the same torchrun command and: embcli train --resume -m {model_dir}",
+            exit_code=128 + number,
+        )
+
+    # The last window of each rank, weighted by examples, as the one-process loss is.
+    final = _sum_across([sum(l for l, _ in window.items), sum(e for _, e in window.items)], device)
+    final_loss = final[0] / final[1] if final[1] else float("nan")
+    stats = train.TrainStats(
+        words=int(words_sum),
+        examples=int(examples_sum),
+        seconds=seconds,
+        words_per_second=words_sum / max(seconds, 1e-9),
+        final_loss=final_loss,
+        epochs_done=config.epochs,
+    )
+    if launch.rank == 0:
+        vectors = input_vectors.detach().to("cpu").numpy()
+        if not np.isfinite(vectors).all():
+            raise TrainingError(
+                "training diverged (the vectors hold NaN or infinite values); lower the "
+                f"learning rate (it was {config.resolved_lr():g}) or synchronize more often"
+            )
+        record = {
+            "backend": backend,
+            "world_size": launch.world_size,
+            "method": "sum of each rank's changes to the rows changed since the last synchronization",
+            "sync_tokens": sync_tokens,
+            "synchronizations": replicas.count,
+            "rows_all_reduced": replicas.rows_sent,
+            "sync_seconds_rank0": round(replicas.seconds, 3),
+        }
+        if progress is not None:
+            progress(words_total, words_total, stats.examples, final_loss, 0.0)
+        train._save_embeddings(model_dir, meta, config, stats, vectors, launch.world_size, device,
+                               start, None, distributed=record)
+    dist.barrier()
+    return stats
+
+
+def _gather_positions(position, launch, device):
+    """Return [epoch0, chunk0, epoch1, chunk1, ...] of every rank, on every rank."""
+    values = [0.0] * (2 * launch.world_size)
+    values[2 * launch.rank], values[2 * launch.rank + 1] = position
+    return [int(v) for v in _sum_across(values, device)]
+
+
+# -- checkpoints --------------------------------------------------------------------------
+#
+# The files and JSON layout are those of embcli.train's checkpoints for Hogwild workers,
+# with one position per rank and a "distributed" entry, so the final save removes them.
+
+
+def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions, input_vectors,
+                    output_vectors, corpus_record, totals):
+    """Write the replicated matrices and every rank's (epoch, chunk) as one commit.
+
+    `totals` is (words, examples, seconds, words_total) of the run so far.
+    """
+    words_done, examples_done, seconds, words_total = totals
+    input_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_INPUT, input_vectors.detach().cpu().numpy())
+    output_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_OUTPUT, output_vectors.detach().cpu().numpy())
+    state = {
+        "checkpoint_version": train.CHECKPOINT_VERSION,
+        "model_id": meta["model_id"],
+        "vocab": meta["files"].get(store.VOCAB),
+        "tokens_file": store.TOKENS,
+        "config": train._config_json(config),
+        "workers": world_size,
+        "positions": [int(p) for p in positions],
+        "corpus": corpus_record,
+        "words_done": words_done,
+        "examples_done": examples_done,
+        "words_total": words_total,
+        "seconds": seconds,
+        "distributed": {"world_size": world_size, "sync_tokens": sync_tokens},
+        "files": {
+            train.CHECKPOINT_INPUT: store.fingerprint(input_tmp),
+            train.CHECKPOINT_OUTPUT: store.fingerprint(output_tmp),
+            store.TOKENS: meta["files"].get(store.TOKENS) or store.fingerprint(os.path.join(model_dir, store.TOKENS)),
+        },
+    }
+    state_tmp = store.temp_path(model_dir, train.CHECKPOINT)
+    store.write_bytes_synced(state_tmp, (json.dumps(state, indent=2) + "\n").encode())
+    store.commit(model_dir, {train.CHECKPOINT_INPUT: input_tmp, train.CHECKPOINT_OUTPUT: output_tmp,
+                             train.CHECKPOINT: state_tmp})
+
+
+def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens):
+    """Return (input, output, positions, config, sync_tokens) from the checkpoint in `model_dir`.
+
+    The checkpoint's settings win over `config` and `sync_tokens`, except the device. A
+    checkpoint without a "distributed" entry keeps the given `sync_tokens`. Raises ModelCorrupt when the
+    checkpoint was saved for another vocabulary or another number of ranks (each rank's
+    position belongs to its slice, which depends on the number of ranks).
+    """
+    path = os.path.join(model_dir, train.CHECKPOINT)
+    try:
+        with open(path, "rb") as handle:
+            state = json.loads(handle.read())
+    except FileNotFoundError:
+        raise ModelNotFound(f"{model_dir} has no checkpoint to resume from; train without resuming") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelCorrupt(f"{path}: not valid JSON ({error}); train without resuming") from None
+    if state.get("workers") != world_size:
+        raise ModelCorrupt(
+            f"{path} was saved by {state.get('workers')} workers but this run has {world_size} "
+            f"rank(s); resume with {state.get('workers')} ranks in all (nodes x processes per node)"
+        )
+    if state.get("tokens_file", store.TOKENS) != store.TOKENS:
+        raise ModelCorrupt(
+            f"{path} was saved while training on other files than the token cache, which "
+            "torchrun runs do not support; resume it without torchrun"
+        )
+    start = train._load_checkpoint(model_dir, meta, config, vocab_size)
+    distributed = state.get("distributed") or {}
+    sync_tokens = distributed.get("sync_tokens", sync_tokens)
+    return start.input_vectors, start.output_vectors, start.positions, start.config, sync_tokens

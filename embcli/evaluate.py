@@ -1,0 +1,246 @@
+"""Score word vectors on the standard analogy and word-similarity test sets.
+
+The rules follow gensim 4.4's `KeyedVectors.evaluate_word_analogies` and
+`evaluate_word_pairs`, so that the numbers of the two tools can be compared:
+
+- Only the first `restrict` words of the vocabulary (300,000 by default; word2vec's
+  compute-accuracy and many papers use 30,000) are known. A question or pair with any
+  other word is out of vocabulary: it is skipped and counted in the coverage.
+- Unless `case_sensitive`, every word of the test set and the vocabulary is compared
+  in upper case (`str.upper`), and a word with several case variants in the
+  vocabulary takes the vector of the first (most frequent) one.
+- An analogy a b c d is answered with 3CosAdd over the known words, leaving out the
+  rows of a, b and c. The answer is the first of the top 5 whose upper-cased form is
+  none of the inputs, and it is correct if it equals d. A question with an all-zero
+  input vector counts as answered wrongly (gensim's score for it is NaN).
+- Word pairs are scored by cosine similarity and compared with the human scores by
+  Spearman's rank correlation (ties get their average rank) and Pearson's correlation.
+
+Sections whose name starts with "gram" are syntactic, the others semantic, as in the
+questions-words set (Mikolov et al., 2013).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embcli.errors import EmbcliError
+
+DEFAULT_RESTRICT = 300_000
+_ANALOGY_BLOCK = 1024
+_ANALOGY_TOP = 5  # gensim looks at the top 5 answers for one that is not an input
+
+
+class EvaluationError(EmbcliError):
+    """A test set cannot be read or has nothing to evaluate."""
+
+
+@dataclass
+class Section:
+    name: str
+    correct: int = 0
+    incorrect: int = 0
+    oov: int = 0
+
+    @property
+    def answered(self):
+        return self.correct + self.incorrect
+
+    @property
+    def total(self):
+        return self.answered + self.oov
+
+    @property
+    def accuracy(self):
+        return self.correct / self.answered if self.answered else 0.0
+
+    @property
+    def coverage(self):
+        return self.answered / self.total if self.total else 0.0
+
+    def to_json(self):
+        return {"section": self.name, "accuracy": self.accuracy, "correct": self.correct,
+                "answered": self.answered, "questions": self.total, "coverage": self.coverage}
+
+
+@dataclass
+class AnalogyResult:
+    path: str
+    sections: list
+    semantic: Section
+    syntactic: Section
+    overall: Section
+    skipped_lines: list = field(default_factory=list)
+
+    def to_json(self):
+        return {
+            "file": self.path,
+            "overall": self.overall.to_json(),
+            "semantic": self.semantic.to_json(),
+            "syntactic": self.syntactic.to_json(),
+            "sections": [s.to_json() for s in self.sections],
+            "skipped_lines": self.skipped_lines,
+        }
+
+
+@dataclass
+class PairResult:
+    path: str
+    spearman: float
+    pearson: float
+    pairs: int
+    oov: int
+    skipped_lines: list = field(default_factory=list)
+
+    @property
+    def oov_share(self):
+        total = self.pairs + self.oov
+        return self.oov / total if total else 0.0
+
+    def to_json(self):
+        return {"file": self.path, "spearman": self.spearman, "pearson": self.pearson,
+                "pairs": self.pairs, "oov": self.oov, "oov_share": self.oov_share,
+                "skipped_lines": self.skipped_lines}
+
+
+def known_words(words, restrict=DEFAULT_RESTRICT, case_sensitive=False):
+    """Return {word or its upper case: row} over the first `restrict` words, first wins."""
+    known = {}
+    for row, word in enumerate(words[:restrict]):
+        known.setdefault(word if case_sensitive else word.upper(), row)
+    return known
+
+
+def _read_lines(path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise EvaluationError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise EvaluationError(f"{path}: line {line}, byte offset {error.start}: invalid UTF-8") from None
+    return text.lstrip("\ufeff").splitlines()
+
+
+def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False, method="3cosadd"):
+    """Return an AnalogyResult for the questions-words file at `path`."""
+    restrict = min(restrict, len(model))
+    known = known_words(model.words, restrict, case_sensitive)
+    sections = []
+    questions = []  # (section number, row a, row b, row c, expected, inputs)
+    skipped = []
+    for number, line in enumerate(_read_lines(path), 1):
+        if line.startswith(":"):
+            sections.append(Section(line[1:].strip()))
+            continue
+        fields = line.split()
+        if not fields:
+            continue
+        if not sections:
+            raise EvaluationError(f"{path}: line {number}: a question before the first ': section' line")
+        if len(fields) != 4:
+            skipped.append(number)
+            continue
+        if not case_sensitive:
+            fields = [word.upper() for word in fields]
+        if any(word not in known for word in fields):
+            sections[-1].oov += 1
+            continue
+        a, b, c, expected = fields
+        questions.append((len(sections) - 1, known[a], known[b], known[c], expected, {a, b, c}))
+    if not sections:
+        raise EvaluationError(f"{path}: no ': section' line; expected the questions-words format")
+    zero_rows = set(np.flatnonzero(model.inverse_norms[:restrict] == 0).tolist())
+    for start in range(0, len(questions), _ANALOGY_BLOCK):
+        block = questions[start : start + _ANALOGY_BLOCK]
+        rows = np.array([q[1:4] for q in block], dtype=np.int64)
+        # gensim scores a zero row NaN, which never ranks, so leave zero rows out too.
+        answers = model.analogy_of_rows(rows, _ANALOGY_TOP, method, exclude_inputs=True, restrict=restrict,
+                                        skip_zero_rows=True)
+        for (section, a, b, c, expected, inputs), answer in zip(block, answers):
+            if zero_rows and {a, b, c} & zero_rows:
+                # An all-zero input has no direction, so gensim's scores are NaN: count it wrong.
+                sections[section].incorrect += 1
+                continue
+            predicted = None
+            for word, _ in answer:
+                predicted = word if case_sensitive else word.upper()
+                if predicted not in inputs:
+                    break
+            if predicted == expected:
+                sections[section].correct += 1
+            else:
+                sections[section].incorrect += 1
+    semantic, syntactic, overall = Section("semantic"), Section("syntactic"), Section("overall")
+    for section in sections:
+        group = syntactic if section.name.lower().startswith("gram") else semantic
+        for total in (group, overall):
+            total.correct += section.correct
+            total.incorrect += section.incorrect
+            total.oov += section.oov
+    return AnalogyResult(str(path), sections, semantic, syntactic, overall, skipped)
+
+
+def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False):
+    """Return a PairResult for the word-pair file at `path` (word, word, score per line)."""
+    restrict = min(restrict, len(model))
+    known = known_words(model.words, restrict, case_sensitive)
+    rows1, rows2, gold = [], [], []
+    oov = 0
+    skipped = []
+    for number, line in enumerate(_read_lines(path), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        fields = [f.strip() for f in fields]
+        try:
+            first, second, score = fields
+            score = float(score)
+        except ValueError:
+            skipped.append(number)
+            continue
+        if not case_sensitive:
+            first, second = first.upper(), second.upper()
+        if first not in known or second not in known:
+            oov += 1
+            continue
+        rows1.append(known[first])
+        rows2.append(known[second])
+        gold.append(score)
+    if not gold:
+        raise EvaluationError(
+            f"{path}: no pair has both words among the first {restrict:,} words of the model"
+            + (f" ({len(skipped)} lines were not 'word word score')" if skipped else "")
+        )
+    predicted = model.similarity_of_rows(rows1, rows2)
+    gold = np.asarray(gold, dtype=np.float64)
+    return PairResult(str(path), spearman(gold, predicted), pearson(gold, predicted), len(gold), oov, skipped)
+
+
+def pearson(x, y):
+    """Return Pearson's correlation of two equal-length arrays (0.0 if one is constant)."""
+    x = np.asarray(x, dtype=np.float64) - np.mean(x)
+    y = np.asarray(y, dtype=np.float64) - np.mean(y)
+    denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
+    return float(np.dot(x, y) / denominator) if denominator > 0 else 0.0
+
+
+def average_ranks(values):
+    """Return the 1-based ranks of `values`, tied values sharing their average rank."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    group_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return ranks
+
+
+def spearman(x, y):
+    """Return Spearman's rank correlation: Pearson's correlation of the average ranks."""
+    return pearson(average_ranks(x), average_ranks(y))

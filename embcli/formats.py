@@ -1,0 +1,780 @@
+"""Read and write word vectors in the field's file formats.
+
+Readers:
+- `word2vec`: text, a `count dim` header line, then `word v1 ... vD` per line. fastText's
+  `.vec` files are this format (their trailing space is allowed).
+- `word2vec-binary`: the header line, then per entry the UTF-8 word, one space and D
+  little-endian float32 values. word2vec.c ends each entry with a newline and gensim
+  does not; both are read.
+- `glove`: text without a header; D is the number of values on the first line.
+- `npy`: a 2-D float `.npy` matrix plus a word list (one word per line, or
+  `word<TAB>count` lines as in a model's vocab.tsv), never unpickled.
+
+In text files, fields are separated by ASCII spaces only, as word2vec.c writes them, so
+a word may contain a tab. A word may also contain spaces: the last D fields are the
+values and the text before them is the word, unless the field just before them is a
+number too, which makes the row ragged (too many values) instead.
+
+Readers validate as they go and raise VectorFileError naming the file, the line (text)
+or entry and byte offset (binary), and the word: a header count that disagrees with the
+rows, ragged rows, duplicate words, non-finite values, truncation, invalid UTF-8. With
+`lenient=True` they record a warning instead and go on: a bad row is skipped, a
+duplicate keeps its first vector (as gensim does), a word with invalid UTF-8 gets U+FFFD
+in place of the bad bytes, and the rows present are kept whatever count the header declares.
+
+Writers produce files that gensim's `load_word2vec_format` reads (word2vec text and
+binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector's
+`vectors.tsv` plus `metadata.tsv`. Text values are written with 9 significant digits,
+enough for every float32 to read back bit for bit.
+"""
+
+import mmap
+import os
+import re
+import uuid
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embcli.errors import VectorFileError
+
+READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy")
+WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "projector")
+NPY_MAGIC = b"\x93NUMPY"
+MAX_WARNINGS = 20
+_HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
+_TEXT_BLOCK_LINES = 8192
+_BINARY_CHUNK = 16 << 20
+_VALUE_FORMAT = "%.9g"
+
+
+@dataclass
+class Vectors:
+    """Words and their (V, D) float32 matrix as read from one file."""
+
+    words: list
+    matrix: np.ndarray
+    format: str
+    counts: object = None  # int64 array when the word list carries counts, else None
+    warnings: list = field(default_factory=list)
+    warning_count: int = 0
+
+
+class _Warnings:
+    """Collect lenient-mode warnings, keeping the first MAX_WARNINGS messages."""
+
+    def __init__(self, lenient, path):
+        self.lenient = lenient
+        self.path = path
+        self.messages = []
+        self.count = 0
+
+    def problem(self, message):
+        """Raise VectorFileError for `message`, or record it when lenient."""
+        if not self.lenient:
+            raise VectorFileError(f"{self.path}: {message}")
+        self.count += 1
+        if len(self.messages) < MAX_WARNINGS:
+            self.messages.append(f"{self.path}: {message}")
+
+
+def detect_format(path):
+    """Return the format of the vector file at `path`: word2vec, word2vec-binary, glove or npy."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(1 << 16)
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    if start.startswith(NPY_MAGIC):
+        return "npy"
+    if not start.strip():
+        raise VectorFileError(f"{path}: the file is empty")
+    first, newline, rest = start.partition(b"\n")
+    header = _HEADER.match(first)
+    if not header:
+        return "glove"
+    dim = int(header.group(2))
+    if not newline or not rest:
+        return "word2vec"
+    # A text entry is a line whose last D space-separated fields are numbers; binary
+    # float32 bytes after the word almost never form such a line.
+    line = rest.split(b"\n", 1)[0].rstrip(b" \t\r")
+    fields = line.split(b" ")
+    if len(fields) > dim and _all_numbers(fields[len(fields) - dim :]):
+        return "word2vec"
+    # A damaged text row is still text: readable UTF-8 without control bytes.
+    sample = rest[:4096]
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError as error:
+        text = sample[: error.start].decode("utf-8") if error.start > len(sample) - 4 else None
+    if text is not None and not any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text):
+        return "word2vec"
+    return "word2vec-binary"
+
+
+def _plural(count, noun):
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def _is_pickle_error(error):
+    message = str(error)
+    return "pickle" in message or "Object arrays" in message or "Python objects" in message
+
+
+def _all_numbers(fields):
+    try:
+        for value in fields:
+            float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_vectors(path, format=None, lenient=False, words_path=None, progress=None):
+    """Read the vector file `path` and return a Vectors.
+
+    `format` is one of READ_FORMATS or None to detect it. `words_path` names the word
+    list of an `.npy` matrix. `progress(bytes_read)` is called now and then.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise VectorFileError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise VectorFileError(f"{path}: is a directory, not a vector file")
+    detected = detect_format(path)
+    if format is None:
+        format = detected
+    elif format == "fasttext":
+        format = "word2vec"
+    elif format not in READ_FORMATS:
+        raise VectorFileError(f"unknown vector format {format!r}; choose one of {', '.join(READ_FORMATS)}")
+    report = _Warnings(lenient, path)
+    if format == "npy":
+        if detected != "npy":
+            raise VectorFileError(f"{path}: not a .npy file (it does not start with the .npy magic bytes)")
+        vectors = _read_npy(path, words_path, report)
+    elif format == "word2vec-binary":
+        vectors = _read_binary(path, report, progress)
+    else:
+        if detected == "npy":
+            raise VectorFileError(f"{path}: is a .npy file, not {format} text; read it as npy with a word list")
+        vectors = _read_text(path, format, report, progress)
+    vectors.warnings = report.messages
+    vectors.warning_count = report.count
+    if not vectors.words:
+        raise VectorFileError(f"{path}: contains no vectors")
+    return vectors
+
+
+# Text formats: word2vec (with header) and GloVe (without).
+
+
+def _text_lines(path, report, progress):
+    """Yield (line number, byte offset, decoded line without its line ending)."""
+    size = os.path.getsize(path)
+    number = 0
+    offset = 0
+    carry = b""
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(_BINARY_CHUNK)
+            data = carry + chunk
+            if not chunk:
+                if data:
+                    number += 1
+                    yield number, offset, _decode_line(data, number, offset, report)
+                break
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            block = data[:cut]
+            try:
+                text = block.decode("utf-8")
+                decoded = text.split("\n")[:-1]
+            except UnicodeDecodeError:
+                decoded = None
+            raw_lines = block.split(b"\n")[:-1]
+            for index, raw in enumerate(raw_lines):
+                number += 1
+                if decoded is not None:
+                    line = decoded[index]
+                else:
+                    line = _decode_line(raw, number, offset, report)
+                yield number, offset, line
+                offset += len(raw) + 1
+            if progress is not None:
+                progress(min(offset, size))
+
+
+def _decode_line(raw, number, offset, report):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        word = raw.split(b" ", 1)[0]
+        report.problem(
+            f"line {number}, byte offset {offset + error.start}: invalid UTF-8 "
+            f"in {word[:60]!r}"
+        )
+        return raw.decode("utf-8", errors="replace")
+
+
+def _split_row(line, dim):
+    """Return (word, values text, value count) of one text row with `dim` values.
+
+    The value count differs from `dim` when the row is ragged.
+    """
+    parts = line.rsplit(" ", dim)
+    if len(parts) <= dim:
+        return parts[0], None, len(parts) - 1
+    word = parts[0]
+    if " " in word:
+        head = word.split(" ")
+        extra = 0
+        while extra < len(head) - 1 and _is_number(head[len(head) - 1 - extra]):
+            extra += 1
+        if extra:
+            return " ".join(head[: len(head) - extra]), None, dim + extra
+    return word, line[len(word) + 1 :], dim
+
+
+def _glove_dim(line):
+    """Return the number of values on the first line of a headerless file."""
+    fields = line.split(" ")
+    count = 0
+    while count < len(fields) - 1 and _is_number(fields[len(fields) - 1 - count]):
+        count += 1
+    return count
+
+
+def _read_text(path, format, report, progress):
+    declared = None
+    dim = None
+    words = []
+    index = {}
+    blocks = []
+    pending_words = []
+    pending_lines = []
+    pending_values = []
+    rows_seen = 0
+    first_line_header = None
+
+    def flush():
+        if not pending_words:
+            return
+        matrix = _parse_values(pending_values, pending_words, pending_lines, dim, report)
+        keep = np.ones(len(pending_words), dtype=bool)
+        finite = np.isfinite(matrix).all(axis=1)
+        for i in np.flatnonzero(~finite):
+            report.problem(f"line {pending_lines[i]}: {pending_words[i]!r} has a NaN or infinite value")
+            keep[i] = False
+        for i, word in enumerate(pending_words):
+            if not keep[i]:
+                continue
+            if word in index:
+                report.problem(f"line {pending_lines[i]}: duplicate word {word!r} (first seen on line {index[word]})")
+                keep[i] = False
+                continue
+            index[word] = pending_lines[i]
+            words.append(word)
+        blocks.append(matrix[keep] if not keep.all() else matrix)
+        pending_words.clear()
+        pending_lines.clear()
+        pending_values.clear()
+
+    for number, offset, line in _text_lines(path, report, progress):
+        if number == 1 and line.startswith("\ufeff"):
+            line = line[1:]
+        line = line.rstrip(" \r")
+        if number == 1 and format == "word2vec":
+            header = _HEADER.match(line.encode("utf-8", errors="replace"))
+            if not header:
+                raise VectorFileError(
+                    f"{path}: line 1 is not a word2vec 'count dim' header: {line[:80]!r}; "
+                    "if the file has no header, read it in the glove format"
+                )
+            declared, dim = int(header.group(1)), int(header.group(2))
+            if dim < 1:
+                raise VectorFileError(f"{path}: line 1: the header declares {dim} dimensions")
+            continue
+        if not line.strip():
+            continue
+        if dim is None:
+            dim = _glove_dim(line)
+            if _HEADER.match(line.encode("utf-8", errors="replace")):
+                first_line_header = line
+            if dim < 1:
+                raise VectorFileError(f"{path}: line {number}: no values after the word: {line[:80]!r}")
+        if declared is not None and rows_seen == declared:
+            report.problem(
+                f"the header declares {_plural(declared, 'vector')} but more rows follow at line {number}"
+            )
+        rows_seen += 1
+        word, values, count = _split_row(line, dim)
+        if values is None or not word:
+            if first_line_header and number == 2:
+                raise VectorFileError(
+                    f"{path}: line 1 looks like a word2vec 'count dim' header ({first_line_header!r}); "
+                    "read the file in the word2vec format"
+                )
+            if not word:
+                report.problem(f"line {number}: the row has no word before its values")
+            else:
+                report.problem(f"line {number}: {word!r} has {count} values, expected {dim}")
+            continue
+        pending_words.append(word)
+        pending_lines.append(number)
+        pending_values.append(values)
+        if len(pending_words) >= _TEXT_BLOCK_LINES:
+            flush()
+    flush()
+    if declared is not None and rows_seen < declared:
+        report.problem(f"the header declares {_plural(declared, 'vector')} but the file contains {_plural(rows_seen, 'row')}")
+    if dim is None:
+        raise VectorFileError(f"{path}: contains no vectors")
+    matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
+    return Vectors(words, matrix, format)
+
+
+def _parse_values(values, words, lines, dim, report):
+    """Return the (n, dim) float32 matrix of the value texts of n rows."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # older numpy warns instead of raising
+            flat = np.fromstring(" ".join(values), dtype=np.float32, sep=" ")
+    except ValueError:
+        flat = np.zeros(0, dtype=np.float32)
+    if flat.size == len(values) * dim:
+        return flat.reshape(len(values), dim)
+    # Some value is not a number: parse row by row to name it.
+    matrix = np.zeros((len(values), dim), dtype=np.float32)
+    for i, text in enumerate(values):
+        fields = text.split(" ")
+        try:
+            matrix[i] = [float(value) for value in fields]
+        except ValueError:
+            bad = next(value for value in fields if not _is_number(value))
+            report.problem(f"line {lines[i]}: {words[i]!r} has an invalid value {bad[:40]!r}")
+            matrix[i] = np.nan  # dropped as non-finite, without a second message
+            if report.lenient:
+                report.count -= 1
+    return matrix
+
+
+# word2vec binary.
+
+
+def _read_binary(path, report, progress):
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        first = handle.readline(256)
+        header = _HEADER.match(first)
+        if not header or not first.endswith(b"\n"):
+            raise VectorFileError(
+                f"{path}: line 1 is not a word2vec 'count dim' header: "
+                f"{first[:80].decode('utf-8', errors='replace')!r}"
+            )
+        declared, dim = int(header.group(1)), int(header.group(2))
+        if dim < 1:
+            raise VectorFileError(f"{path}: line 1: the header declares {dim} dimensions")
+        start = len(first)
+        width = 4 * dim
+        if width + 2 > size - start:
+            if declared > 0:
+                raise VectorFileError(
+                    f"{path}: the header declares {dim:,} dimensions, so one entry takes "
+                    f"{width + 2:,} bytes, but only {size - start:,} bytes follow the header"
+                )
+            return Vectors([], np.zeros((0, dim), dtype=np.float32), "word2vec-binary")
+        # The map stays open while numpy views of it live; it closes when they are freed.
+        # MAP_POPULATE maps the whole file at once instead of one page fault at a time.
+        if hasattr(mmap, "MAP_POPULATE"):
+            data = mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+        else:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return _parse_binary(path, data, start, declared, dim, report, progress)
+
+
+def _parse_binary(path, data, start, declared, dim, report, progress):
+    """Parse the entries of a word2vec binary file mapped as `data`, after its header.
+
+    An entry's word runs from its start to the next space, since a word cannot contain
+    one. The vector's bytes may contain spaces, so entries are found by following the
+    chain from the first word: the next entry starts after the vector (and after the
+    newline that word2vec.c writes), and its word ends at the first space from there.
+    Every space of the file is located at once with numpy, which keeps the per-entry
+    work in Python to a few list operations.
+    """
+    size = len(data)
+    width = 4 * dim
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    spaces = _positions(buffer, 0x20, start, progress)
+    after = spaces + 1 + width  # where the next entry starts
+    inside = after < size
+    after[inside] += buffer[after[inside]] == 0x0A
+    successor = np.searchsorted(spaces, after).tolist()
+    first = start
+    while first < size and buffer[first] == 0x0A:
+        first += 1
+    chain = []
+    position = int(np.searchsorted(spaces, first))
+    count = len(spaces)
+    while position < count:
+        chain.append(position)
+        position = successor[position]
+    chain = np.asarray(chain, dtype=np.int64)
+    word_ends = spaces[chain] if len(chain) else np.zeros(0, dtype=np.int64)
+    word_starts = np.concatenate([[first], after[chain[:-1]]]).astype(np.int64) if len(chain) else word_ends
+    complete = word_ends + 1 + width <= size
+    long_words = np.flatnonzero(word_ends - word_starts > 4096)
+    # Where the chain stops: the end of the last vector, or the start of a cut entry.
+    entries = int(np.argmin(complete)) if not complete.all() else len(chain)
+    if len(long_words) and long_words[0] < entries:
+        entries = int(long_words[0])
+        report.problem(
+            f"entry {entries + 1}, byte offset {word_starts[entries]}: no space after the word within "
+            "4,096 bytes; the file is not word2vec binary or is damaged"
+        )
+        tail_start = None
+    else:
+        tail_start = int(after[chain[entries - 1]]) if entries else first
+    words = _binary_words(data, word_starts[:entries], word_ends[:entries], declared, report)
+    keep = np.array([word is not None for word in words], dtype=bool)
+    if tail_start is not None and tail_start < size and data[tail_start:].strip(b"\n"):
+        tail = data[tail_start : tail_start + 60].split(b" ")[0]
+        if entries >= declared:
+            report.problem(
+                f"the header declares {_plural(declared, 'vector')} but {size - tail_start:,} "
+                f"more bytes follow at byte offset {tail_start}, too few for an entry"
+            )
+        else:
+            report.problem(
+                f"truncated: {entries:,} of {declared:,} entries are complete; the file ends at "
+                f"byte offset {size} inside entry {entries + 1} (starting at byte offset {tail_start}, "
+                f"word {tail.decode('utf-8', 'replace')!r})"
+            )
+    elif entries < declared and tail_start is not None:
+        report.problem(f"the header declares {_plural(declared, 'vector')} but the file contains {entries:,} "
+                       + ("entry" if entries == 1 else "entries"))
+    vector_starts = word_ends[:entries][keep] + 1
+    if len(vector_starts):
+        # Row i of `windows` is the `width` bytes from offset i: gathering rows copies each vector once.
+        windows = np.lib.stride_tricks.as_strided(buffer, shape=(size - width + 1, width), strides=(1, 1))
+        matrix = windows[vector_starts].view("<f4").reshape(len(vector_starts), dim)
+    else:
+        matrix = np.zeros((0, dim), dtype="<f4")
+    words = [word for word in words if word is not None]
+    matrix = matrix.astype(np.float32, copy=False)
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        entry_numbers = np.flatnonzero(keep) + 1
+        for i in np.flatnonzero(~finite)[:MAX_WARNINGS]:
+            report.problem(f"entry {entry_numbers[i]}: {words[i]!r} has a NaN or infinite value")
+        matrix = matrix[finite]
+        words = [w for w, ok in zip(words, finite) if ok]
+    return Vectors(words, np.ascontiguousarray(matrix), "word2vec-binary")
+
+
+def _positions(buffer, byte, start, progress, chunk=_BINARY_CHUNK):
+    """Return the offsets of every `byte` in `buffer` from `start` on, as int64."""
+    found = []
+    for begin in range(start, len(buffer), chunk):
+        found.append(np.flatnonzero(buffer[begin : begin + chunk] == byte) + begin)
+        if progress is not None:
+            progress(min(begin + chunk, len(buffer)))
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+
+
+def _binary_words(data, starts, ends, declared, report):
+    """Decode the words of the entries; None marks one skipped in lenient mode."""
+    raw = [data[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+    joined = b"\0".join(raw)
+    words = None
+    if len(raw) <= declared and b"\n" not in joined:
+        try:
+            words = joined.decode("utf-8").split("\0")
+        except UnicodeDecodeError:
+            words = None
+        if words is not None and (len(words) != len(raw) or not all(words)):
+            words = None
+        if words is not None and len(set(words)) == len(words):
+            return words
+    # Something needs a closer look: check entry by entry, in file order.
+    result = []
+    seen = {}
+    for entry, (chunk, offset) in enumerate(zip(raw, starts.tolist()), 1):
+        if entry == declared + 1:
+            report.problem(
+                f"the header declares {_plural(declared, 'vector')} but more data follows at "
+                f"byte offset {offset} (entry {entry})"
+            )
+        stripped = chunk.lstrip(b"\n")
+        offset += len(chunk) - len(stripped)
+        try:
+            word = stripped.decode("utf-8")
+        except UnicodeDecodeError as error:
+            report.problem(
+                f"entry {entry} of {declared:,}, byte offset {offset + error.start}: "
+                f"the word {stripped[:60]!r} is not valid UTF-8"
+            )
+            word = stripped.decode("utf-8", errors="replace")
+        if not word:
+            report.problem(f"entry {entry}, byte offset {offset}: empty word")
+            result.append(None)
+            continue
+        if word in seen:
+            report.problem(
+                f"entry {entry}, byte offset {offset}: duplicate word {word!r} (first seen in entry {seen[word]})"
+            )
+            result.append(None)
+            continue
+        seen[word] = entry
+        result.append(word)
+    return result
+
+
+# .npy matrix with a word list.
+
+
+def _read_npy(path, words_path, report):
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        if _is_pickle_error(error):
+            raise VectorFileError(
+                f"{path}: contains an object (pickled) array, which embcli rejects because "
+                "unpickling can run code; expected a 2-D float array"
+            ) from None
+        raise VectorFileError(f"{path}: not a valid .npy file ({error})") from None
+    except Exception as error:  # numpy raises many kinds on a damaged header
+        raise VectorFileError(f"{path}: not a valid .npy file ({type(error).__name__}: {error})") from None
+    if not isinstance(matrix, np.ndarray) or matrix.dtype.hasobject:
+        raise VectorFileError(f"{path}: expected a 2-D float array")
+    if matrix.ndim != 2:
+        raise VectorFileError(f"{path}: expected a 2-D matrix, found shape {matrix.shape}")
+    if matrix.dtype.kind != "f":
+        raise VectorFileError(f"{path}: expected float values, found {matrix.dtype}")
+    if matrix.shape[1] < 1:
+        raise VectorFileError(f"{path}: the matrix has no columns")
+    if words_path is None:
+        raise VectorFileError(f"{path}: a .npy matrix needs a word list, one word per line, in row order")
+    words, counts = read_word_list(words_path)
+    if len(words) != matrix.shape[0]:
+        raise VectorFileError(
+            f"{path} has {matrix.shape[0]:,} rows but {words_path} has {len(words):,} words; "
+            "they must match row for row"
+        )
+    values = np.array(matrix, dtype=np.float32)
+    finite = np.isfinite(values).all(axis=1)
+    keep = finite.copy()
+    for i in np.flatnonzero(~finite):
+        report.problem(f"row {i + 1}: {words[i]!r} has a NaN or infinite value")
+    seen = {}
+    for i, word in enumerate(words):
+        if not keep[i]:
+            continue
+        if word in seen:
+            report.problem(f"{words_path}: line {i + 1}: duplicate word {word!r} (first seen on line {seen[word]})")
+            keep[i] = False
+        else:
+            seen[word] = i + 1
+    if not keep.all():
+        values = values[keep]
+        words = [w for w, ok in zip(words, keep) if ok]
+        counts = counts[keep] if counts is not None else None
+    return Vectors(words, values, "npy", counts=counts)
+
+
+def read_word_list(path):
+    """Return (words, counts or None) from a word list: one word per line, or word<TAB>count."""
+    path = str(path)
+    if path.endswith(".npy"):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            if _is_pickle_error(error):
+                raise VectorFileError(
+                    f"{path}: contains an object (pickled) array, which embcli rejects because "
+                    "unpickling can run code; expected a 1-D array of strings"
+                ) from None
+            raise VectorFileError(f"{path}: not a valid .npy file ({error})") from None
+        except Exception as error:
+            raise VectorFileError(f"{path}: not a valid .npy file ({type(error).__name__}: {error})") from None
+        if array.ndim != 1 or array.dtype.kind != "U":
+            raise VectorFileError(f"{path}: expected a 1-D array of strings, found {array.dtype} {array.shape}")
+        return [str(word) for word in array], None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot read the word list ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise VectorFileError(f"{path}: line {line}, byte offset {error.start}: invalid UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line.rstrip("\r") for line in lines]
+    for number, line in enumerate(lines, 1):
+        if not line:
+            raise VectorFileError(f"{path}: line {number} is empty; each line must hold one word")
+    # vocab.tsv layout: every line ends in <TAB> and an integer count.
+    split = [line.rpartition("\t") for line in lines]
+    if lines and all(tab and word and count.isdigit() for word, tab, count in split):
+        return [word for word, _, _ in split], np.array([int(c) for _, _, c in split], dtype=np.int64)
+    return lines, None
+
+
+# Writers.
+
+
+def check_words(words, format):
+    """Raise VectorFileError if a word cannot be written in `format` and read back."""
+    if format == "projector":
+        forbidden = ("\t", "\n", "\r")
+    elif format == "word2vec-binary":
+        forbidden = (" ", "\n")
+    else:
+        forbidden = (" ", "\n", "\r")
+    for number, word in enumerate(words, 1):
+        if not word or any(ch in word for ch in forbidden):
+            raise VectorFileError(
+                f"word {number} {word!r} is empty or contains "
+                f"{' or '.join(repr(ch) for ch in forbidden)}, which the {format} format "
+                "cannot hold"
+            )
+
+
+def write_vectors(path, words, matrix, format, progress=None):
+    """Write `words` and their (V, D) `matrix` to `path` in `format` (see WRITE_FORMATS).
+
+    For `projector`, `path` is a directory that receives vectors.tsv and metadata.tsv.
+    Each file is written under a temporary name and renamed, so a failed export leaves
+    no partial file. Returns the list of paths written.
+    """
+    if format not in WRITE_FORMATS:
+        raise VectorFileError(f"unknown export format {format!r}; choose one of {', '.join(WRITE_FORMATS)}")
+    words = list(words)
+    if len(words) != matrix.shape[0]:
+        raise ValueError(f"{len(words)} words for {matrix.shape[0]} rows")
+    check_words(words, format)
+    if format == "projector":
+        os.makedirs(path, exist_ok=True)
+        vectors_path = os.path.join(path, "vectors.tsv")
+        metadata_path = os.path.join(path, "metadata.tsv")
+        _write_atomic(vectors_path, _text_rows(None, matrix, "\t", progress))
+        _write_atomic(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
+                                      for i in range(0, len(words), 65536)))
+        return [vectors_path, metadata_path]
+    header = f"{len(words)} {matrix.shape[1]}\n".encode("ascii")
+    if format == "word2vec-binary":
+        chunks = _binary_rows(header, words, matrix, progress)
+    elif format == "word2vec":
+        chunks = _text_rows(header, matrix, " ", progress, words)
+    else:
+        chunks = _text_rows(b"", matrix, " ", progress, words)
+    _write_atomic(path, chunks)
+    return [path]
+
+
+def _write_atomic(path, chunks):
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+    try:
+        with open(temporary, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot write ({error.strerror or error})") from None
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _text_rows(header, matrix, separator, progress, words=None, block=4096):
+    if header:
+        yield header
+    row_format = separator.join([_VALUE_FORMAT] * matrix.shape[1])
+    for start in range(0, matrix.shape[0], block):
+        rows = np.asarray(matrix[start : start + block], dtype=np.float32).tolist()
+        if words is None:
+            lines = [row_format % tuple(row) for row in rows]
+        else:
+            lines = [f"{word} {row_format % tuple(row)}" for word, row in zip(words[start : start + block], rows)]
+        yield ("\n".join(lines) + "\n").encode("utf-8")
+        if progress is not None:
+            progress(min(start + block, matrix.shape[0]))
+
+
+def _binary_rows(header, words, matrix, progress, block=65536):
+    yield header
+    for start in range(0, matrix.shape[0], block):
+        rows = np.asarray(matrix[start : start + block], dtype="<f4")
+        parts = []
+        for word, row in zip(words[start : start + block], rows):
+            parts.append(word.encode("utf-8") + b" ")
+            parts.append(row.tobytes())
+            parts.append(b"\n")
+        yield b"".join(parts)
+        if progress is not None:
+            progress(min(start + block, matrix.shape[0]))
+
+
+# Model directories.
+
+
+def import_model(model_dir, vectors, source_path, lenient=False, replace=False):
+    """Write `vectors` as the model directory `model_dir` (vocab.tsv, embeddings.npy, meta.json).
+
+    Imported models are queried with the whitespace tokenizer and case kept, so a query
+    matches the file's words as they are. Counts are those of the word list, if it had
+    them, else 0 (unknown); row order is the file's. Raises VectorFileError if
+    `model_dir` already contains a model and `replace` is False.
+    """
+    from embcli import store
+
+    if os.path.exists(os.path.join(model_dir, store.META)) and not replace:
+        raise VectorFileError(
+            f"{model_dir} already contains a model; choose another model directory, or replace it"
+        )
+    store.ensure_directory(model_dir)
+    counts = vectors.counts if vectors.counts is not None else np.zeros(len(vectors.words), dtype=np.int64)
+    vocab_tmp = store.save_vocab_temp(model_dir, vectors.words, counts)
+    embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.matrix.astype(np.float32, copy=False))
+    meta = store.new_meta({"name": "whitespace", "lowercase": False})
+    meta["vocab"] = {
+        "size": len(vectors.words),
+        "min_count": None,
+        "order": "as in the imported file",
+        "counts": "from the word list" if vectors.counts is not None else "unknown (0)",
+    }
+    meta["dim"] = int(vectors.matrix.shape[1])
+    meta["imported"] = {
+        "path": os.path.abspath(source_path),
+        "format": vectors.format,
+        "bytes": os.path.getsize(source_path),
+        "lenient": lenient,
+        "warnings": vectors.warning_count,
+    }
+    meta["files"] = {store.VOCAB: store.fingerprint(vocab_tmp), store.EMBEDDINGS: store.fingerprint(embeddings_tmp)}
+    norms_tmp = store.save_norms_temp(model_dir, vectors.matrix, meta)
+    meta_tmp = store.meta_temp(model_dir, meta)
+    stale = [name for name in (store.TOKENS,) if os.path.exists(os.path.join(model_dir, name))]
+    store.commit(model_dir, {store.VOCAB: vocab_tmp, store.EMBEDDINGS: embeddings_tmp, store.NORMS: norms_tmp,
+                             store.META: meta_tmp}, remove=stale)
+    return meta

@@ -1,0 +1,266 @@
+"""fastText's character n-grams: hashing, n-gram extraction and word vectors (numpy only).
+
+A subword model represents a word by its own row plus one row per character n-gram of
+the word wrapped in '<' and '>' (Bojanowski et al. 2017, "Enriching Word Vectors with
+Subword Information"). N-grams are hashed into a fixed number of buckets exactly as
+fastText 0.9 does (src/dictionary.cc), so bucket ids agree with fastText's:
+- the hash is 32-bit FNV-1a over the UTF-8 bytes, except that each byte is
+  sign-extended before the XOR (fastText casts it through `int8_t`), so bytes >= 0x80
+  hash differently from textbook FNV-1a;
+- n counts characters (UTF-8 code points), not bytes;
+- with n = 1, the lone '<' and '>' are skipped;
+- bucket = hash % buckets, stored at row vocabulary size + bucket of the input matrix.
+
+The word's vector is the mean (fastText) or the sum of those rows. A word outside the
+vocabulary gets the same combination of its n-gram rows alone, as fastText's
+`get_word_vector` does.
+"""
+
+import numpy as np
+
+from embcli.errors import EmbcliError
+
+HASH_NAME = "fasttext-fnv1a-32"
+FNV_OFFSET = 2166136261
+FNV_PRIME = 16777619
+BOW = "<"
+EOW = ">"
+COMBINATIONS = ("mean", "sum")
+DEFAULT_MIN_N = 3
+DEFAULT_MAX_N = 6
+DEFAULT_BUCKETS = 2_000_000
+# fastText's 2 M buckets; see the Subwords section of docs/benchmarks.md for the measurement.
+SUBWORDS = "subwords.npy"
+
+
+def parse_range(text):
+    """Return (min_n, max_n) from 'MIN-MAX' such as '3-6'; '0' or 'off' gives (0, 0)."""
+    value = str(text).strip().lower()
+    if value in ("0", "off", "none"):
+        return 0, 0
+    low, dash, high = value.partition("-")
+    try:
+        min_n, max_n = int(low), int(high if dash else low)
+    except ValueError:
+        raise EmbcliError(f"n-gram range {text!r} is not MIN-MAX, for example 3-6") from None
+    if not 1 <= min_n <= max_n:
+        raise EmbcliError(f"n-gram range {text!r} needs 1 <= MIN <= MAX, for example 3-6")
+    return min_n, max_n
+
+
+def fnv1a(data):
+    """Return fastText's 32-bit hash of `data` (bytes or str, str as UTF-8) as an int."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    h = FNV_OFFSET
+    for byte in data:
+        # fastText XORs int8_t(byte) widened to uint32: bytes >= 0x80 carry 24 high ones.
+        h ^= byte | 0xFFFFFF00 if byte >= 0x80 else byte
+        h = (h * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def ngrams(word, min_n, max_n):
+    """Return the character n-grams of '<' + word + '>' in fastText's order (a list of str)."""
+    wrapped = BOW + word + EOW
+    found = []
+    for start in range(len(wrapped)):
+        for n in range(1, max_n + 1):
+            stop = start + n
+            if stop > len(wrapped):
+                break
+            if n >= min_n and not (n == 1 and (start == 0 or stop == len(wrapped))):
+                found.append(wrapped[start:stop])
+    return found
+
+
+def ngram_hashes(words, min_n, max_n):
+    """Return (offsets, hashes) for the n-grams of each word, in `ngrams`' order.
+
+    `hashes` (uint32) holds the fastText hashes of all words' n-grams one word after
+    another; word i owns hashes[offsets[i]:offsets[i + 1]]. Vectorized over all words:
+    every character start is extended one byte at a time, because FNV-1a of a longer
+    n-gram continues from the hash of its prefix.
+    """
+    encoded = [(BOW + word + EOW).encode("utf-8") for word in words]
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    word_of_byte = np.repeat(np.arange(len(encoded), dtype=np.int64), lengths)
+    word_end = np.cumsum(lengths)  # one past each word's last byte
+    word_start = word_end - lengths
+    is_char_start = (data & 0xC0) != 0x80
+    starts = np.flatnonzero(is_char_start)
+    signed = data.astype(np.int8).astype(np.int32).astype(np.uint32)
+
+    # Column k holds the hash of the bytes starts..starts+k, the character count so far,
+    # and whether an n-gram of that many characters ends at that byte.
+    hashes = np.full(len(starts), FNV_OFFSET, dtype=np.uint32)
+    chars = np.zeros(len(starts), dtype=np.int64)
+    ends = word_end[word_of_byte[starts]]
+    begins = word_start[word_of_byte[starts]]
+    found_start, found_n, found_hash = [], [], []
+    alive = np.ones(len(starts), dtype=bool)
+    position = starts.copy()
+    for _ in range(4 * max_n):
+        alive &= position < ends
+        if not alive.any():
+            break
+        index = np.flatnonzero(alive)
+        byte_at = position[index]
+        chars[index] += is_char_start[byte_at]
+        alive[index] &= chars[index] <= max_n
+        index = index[chars[index] <= max_n]
+        byte_at = position[index]
+        hashes[index] = (hashes[index] ^ signed[byte_at]) * np.uint32(FNV_PRIME)
+        following = byte_at + 1
+        complete = following >= ends[index]
+        complete[~complete] = is_char_start[following[~complete]]
+        n = chars[index]
+        keep = complete & (n >= min_n)
+        keep &= ~((n == 1) & ((starts[index] == begins[index]) | (following >= ends[index])))
+        found_start.append(starts[index[keep]])
+        found_n.append(n[keep])
+        found_hash.append(hashes[index[keep]].copy())
+        position += 1
+
+    found_start = np.concatenate(found_start) if found_start else np.zeros(0, np.int64)
+    found_n = np.concatenate(found_n) if found_n else np.zeros(0, np.int64)
+    found_hash = np.concatenate(found_hash) if found_hash else np.zeros(0, np.uint32)
+    order = np.lexsort((found_n, found_start))
+    found_hash = found_hash[order]
+    owner = word_of_byte[found_start[order]]
+    counts = np.bincount(owner, minlength=len(encoded))
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets, found_hash
+
+
+class SubwordTable:
+    """The rows that make up each vocabulary word: its own row, then its n-gram buckets.
+
+    A CSR layout over the input matrix of shape (vocabulary size + buckets, dim): word i
+    owns rows[offsets[i]:offsets[i + 1]], whose first entry is i itself.
+    """
+
+    def __init__(self, offsets, rows, vocab_size, min_n, max_n, buckets, combination="mean"):
+        self.offsets = offsets  # (V + 1,) int64
+        self.rows = rows  # (offsets[-1],) int64
+        self.vocab_size = vocab_size
+        self.min_n = min_n
+        self.max_n = max_n
+        self.buckets = buckets
+        self.combination = combination
+
+    @classmethod
+    def build(cls, words, min_n, max_n, buckets, combination="mean"):
+        check_settings(min_n, max_n, buckets, combination)
+        vocab_size = len(words)
+        offsets, hashes = ngram_hashes(words, min_n, max_n)
+        buckets_of = (hashes % np.uint32(buckets)).astype(np.int64) + vocab_size
+        counts = np.diff(offsets) + 1
+        table_offsets = np.zeros(vocab_size + 1, dtype=np.int64)
+        np.cumsum(counts, out=table_offsets[1:])
+        rows = np.empty(table_offsets[-1], dtype=np.int64)
+        rows[table_offsets[:-1]] = np.arange(vocab_size)
+        is_ngram = np.ones(len(rows), dtype=bool)
+        is_ngram[table_offsets[:-1]] = False
+        rows[is_ngram] = buckets_of
+        return cls(table_offsets, rows, vocab_size, min_n, max_n, buckets, combination)
+
+    def to_meta(self):
+        return subword_meta(self.min_n, self.max_n, self.buckets, self.combination)
+
+
+def check_settings(min_n, max_n, buckets, combination):
+    if not 1 <= min_n <= max_n:
+        raise EmbcliError(f"n-gram range {min_n}-{max_n} needs 1 <= MIN <= MAX")
+    if buckets < 1:
+        raise EmbcliError(f"the number of buckets must be at least 1, not {buckets}")
+    if combination not in COMBINATIONS:
+        raise EmbcliError(f"combination must be mean or sum, not {combination!r}")
+
+
+def subword_meta(min_n, max_n, buckets, combination):
+    """Return the meta.json record that queries need to rebuild n-gram vectors."""
+    return {
+        "file": SUBWORDS,
+        "hash": HASH_NAME,
+        "hash_parameters": {"offset_basis": FNV_OFFSET, "prime": FNV_PRIME, "bytes": "int8 sign-extended"},
+        "min_n": min_n,
+        "max_n": max_n,
+        "buckets": buckets,
+        "bow": BOW,
+        "eow": EOW,
+        "combination": combination,
+    }
+
+
+def combine_rows(matrix, offsets, rows, combination, block_words=8192):
+    """Return the (W, D) float32 vectors that combine matrix[rows] per word of a CSR table.
+
+    Words with no rows get zero vectors. Works in blocks of words, so the gathered rows
+    never take much more memory than the result.
+    """
+    count = len(offsets) - 1
+    result = np.zeros((count, matrix.shape[1]), dtype=np.float32)
+    for first in range(0, count, block_words):
+        last = min(first + block_words, count)
+        lo, hi = offsets[first], offsets[last]
+        if hi == lo:
+            continue
+        gathered = np.asarray(matrix[rows[lo:hi]], dtype=np.float32)
+        sizes = np.diff(offsets[first : last + 1])
+        nonempty = sizes > 0
+        sums = np.add.reduceat(gathered, offsets[first:last][nonempty] - lo, axis=0)
+        if combination == "mean":
+            sums /= sizes[nonempty][:, None]
+        result[first:last][nonempty] = sums
+    return result
+
+
+class SubwordVectors:
+    """Vectors for words outside the vocabulary, from a model's n-gram bucket matrix."""
+
+    def __init__(self, buckets_matrix, settings):
+        self.matrix = buckets_matrix  # (buckets, D) float32, memory-mapped
+        self.min_n = int(settings["min_n"])
+        self.max_n = int(settings["max_n"])
+        self.buckets = int(settings["buckets"])
+        self.combination = settings.get("combination", "mean")
+        if settings.get("hash") != HASH_NAME:
+            raise EmbcliError(f"unknown n-gram hash {settings.get('hash')!r}; expected {HASH_NAME}")
+
+    def bucket_ids(self, word):
+        """Return the bucket ids (int64) of the n-grams of `word`."""
+        _, hashes = ngram_hashes([word], self.min_n, self.max_n)
+        return (hashes % np.uint32(self.buckets)).astype(np.int64)
+
+    def vector(self, word):
+        """Return (vector, n-gram count) for `word`; the vector is None without n-grams."""
+        ids = self.bucket_ids(word)
+        if len(ids) == 0:
+            return None, 0
+        rows = np.asarray(self.matrix[np.sort(ids)], dtype=np.float32)
+        total = rows.sum(axis=0)
+        if self.combination == "mean":
+            total /= len(ids)
+        return total, len(ids)
+
+
+def write_vec(path, words, matrix):
+    """Write vectors in fastText's .vec text format: a 'count dim' line, then one
+    'word v1 v2 ...' line per word, values space-separated. Returns the word count.
+
+    NOTE: a minimal writer kept here until the model export module takes it over; it
+    writes plain files (not through embcli.store), because an export target is not a
+    model directory.
+    """
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(f"{len(words)} {matrix.shape[1]}\n")
+        for start in range(0, len(words), 4096):
+            block = np.asarray(matrix[start : start + 4096], dtype=np.float32)
+            lines = []
+            for word, row in zip(words[start : start + 4096], block):
+                lines.append(word + " " + " ".join(f"{value:.6g}" for value in row.tolist()) + "\n")
+            handle.write("".join(lines))
+    return len(words)

@@ -1,0 +1,132 @@
+"""Train fastText-style subword vectors on the word2vec engine of embcli.train.
+
+The input matrix has one row per vocabulary word followed by one row per n-gram bucket,
+shape (V + buckets, D). A word's input vector combines its own row with the rows of its
+character n-grams (embcli.subwords). The output matrix stays (V, D). With the
+mean, as in fastText 0.9 (src/model.cc), the gradient of the combined vector is added
+in full to each row that went into it.
+
+What differs from fastText, and why:
+- Skip-gram pairs are grouped by center word, whose n-grams form the input, as in
+  fastText. All pairs of a step are scored before any update, and the input vector of
+  each distinct word in a step is combined once and updated once with the sum of its
+  gradients. fastText recombines and updates the n-gram rows after every (center,
+  context) pair, which costs the n-gram gather and scatter once per pair; this costs it
+  once per distinct word per step.
+- N-gram rows are updated after every step, not deferred. Deferring them to the end of
+  each chunk of the corpus used 2.6 times less CPU than fastText, but the sum of many
+  words' changes to a shared n-gram row, made without seeing each other, diverged, and
+  their mean lost most of the accuracy (analogies 16 % instead of 49 % on a 5 M-token
+  text; the Subwords section of docs/benchmarks.md has the numbers).
+- Negatives are shared per block, as in the word-level trainer.
+- CBOW averages the context words' combined vectors, where fastText averages all the
+  n-gram rows of all context words together, so long words weigh more in fastText.
+"""
+
+import torch
+
+from embcli.train import Trainer
+
+
+def init_subword_vectors(vocab_size, buckets, dim, seed):
+    """fastText's initialisation: input rows uniform in ±1/dim, output rows zero."""
+    generator = torch.Generator().manual_seed(seed)
+    # The matrix moves to shared memory before it is filled in place, so it never exists
+    # twice. Hogwild workers need it there anyway.
+    input_vectors = torch.empty(vocab_size + buckets, dim)
+    input_vectors.share_memory_()
+    input_vectors.uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
+    output_vectors = torch.zeros(vocab_size, dim)
+    return input_vectors, output_vectors
+
+
+class SubwordTrainer(Trainer):
+    """A Trainer whose input vector for a word is the mean or sum of its subword rows."""
+
+    def __init__(self, config, corpus, input_vectors, output_vectors, device, worker=0, workers=1,
+                 table=None):
+        super().__init__(config, corpus, input_vectors, output_vectors, device, worker, workers)
+        self.row_offsets = torch.from_numpy(table.offsets[:-1]).to(device)
+        self.row_counts = torch.from_numpy(table.offsets[1:] - table.offsets[:-1]).to(device)
+        self.rows = torch.from_numpy(table.rows).to(device)
+        self.mean = table.combination == "mean"
+
+    def _word_rows(self, words):
+        """Return (rows, owner) for distinct `words`: their input-matrix rows, and the
+        position in `words` that each row belongs to."""
+        counts = self.row_counts.index_select(0, words)
+        owner = torch.repeat_interleave(torch.arange(words.shape[0], device=self.device), counts)
+        # Row k of the result is entry (k - first row of its word) of that word's list.
+        shift = self.row_offsets.index_select(0, words) - (torch.cumsum(counts, 0) - counts)
+        position = torch.arange(owner.shape[0], device=self.device) + shift.index_select(0, owner)
+        return self.rows.index_select(0, position), owner, counts
+
+    def _combine(self, words):
+        """Return (distinct words' vectors (U, D), inverse (len(words),), rows, owner, counts)."""
+        distinct, inverse = torch.unique(words, return_inverse=True)
+        rows, owner, counts = self._word_rows(distinct)
+        gathered = self.input_vectors.index_select(0, rows)
+        combined = torch.zeros(distinct.shape[0], gathered.shape[1], device=self.device)
+        combined.index_add_(0, owner, gathered)
+        if self.mean:
+            combined /= counts[:, None]
+        return combined, inverse, rows, owner, counts
+
+    def _scatter(self, grad, inverse, rows, owner, counts):
+        """Add the gradient of each input occurrence to every row of its word.
+
+        With the sum, each row gets the gradient divided by the word's row count, so a
+        step moves the sum as far as it moves the mean. The full gradient on each of
+        n rows moves the sum n times as far, and training diverged at lr 0.025.
+        """
+        per_word = torch.zeros(counts.shape[0], grad.shape[1], device=self.device)
+        per_word.index_add_(0, inverse, grad)
+        if not self.mean:
+            per_word /= counts[:, None]
+        self.input_vectors.index_add_(0, rows, per_word.index_select(0, owner))
+
+    def center_pairs(self, ids, sentence, core, generator):
+        """Return (centers, contexts), grouped by center position, for skip-gram."""
+        n = ids.shape[0]
+        window = self.config.window
+        reduced = torch.randint(1, window + 1, (n,), generator=generator, device=self.device)
+        offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)]).to(self.device)
+        position = torch.arange(n, device=self.device)[:, None] + offsets[None, :]  # (n, 2W)
+        inside = (position >= 0) & (position < n)
+        position = position.clamp(0, max(n - 1, 0))
+        mask = inside & (offsets.abs()[None, :] <= reduced[:, None]) & core[:, None]
+        mask &= sentence[position] == sentence[:, None]
+        center_index, slot = mask.nonzero(as_tuple=True)
+        return ids.index_select(0, center_index), ids[position[center_index, slot]]
+
+    def train_skipgram_chunk(self, ids, sentence, core, lr, generator):
+        inputs, outputs = self.center_pairs(ids, sentence, core, generator)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        batch = self.config.batch
+        for begin in range(0, inputs.shape[0], batch):
+            combined, inverse, rows, owner, counts = self._combine(inputs[begin : begin + batch])
+            hidden = combined.index_select(0, inverse)
+            grad, step_loss = self._negative_step(hidden, outputs[begin : begin + batch], lr, generator)
+            self._scatter(grad, inverse, rows, owner, counts)
+            loss += step_loss
+        return loss, inputs.shape[0]
+
+    def train_cbow_chunk(self, ids, sentence, core, lr, generator):
+        context, mask, centers = self.cbow_windows(ids, sentence, core, generator)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        batch = max(1, self.config.batch // (2 * self.config.window) * 2)
+        dim = self.input_vectors.shape[1]
+        for begin in range(0, centers.shape[0], batch):
+            words = context[begin : begin + batch]
+            used = mask[begin : begin + batch]
+            flat = words[used]
+            sizes = used.sum(1)
+            example = torch.repeat_interleave(torch.arange(words.shape[0], device=self.device), sizes)
+            combined, inverse, rows, owner, counts = self._combine(flat)
+            hidden = torch.zeros(words.shape[0], dim, device=self.device)
+            hidden.index_add_(0, example, combined.index_select(0, inverse))
+            hidden /= sizes[:, None]
+            grad, step_loss = self._negative_step(hidden, centers[begin : begin + batch], lr, generator)
+            self._scatter(grad.index_select(0, example), inverse, rows, owner, counts)
+            loss += step_loss
+        return loss, centers.shape[0]

@@ -1,0 +1,199 @@
+"""Distributed training: 2 ranks through torchrun and gloo on 127.0.0.1, on a small real text."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import embcli
+from embcli.distributed import load_checkpoint
+from embcli.errors import ModelCorrupt
+from embcli.tokenize import Tokenizer
+from embcli.train import TrainConfig, train_model
+from embcli.vocab import build_vocab
+
+SETTINGS = dict(dim=32, epochs=3, seed=3)
+# kjv_small has about 115 k tokens, so each of 2 ranks trains 57 k per epoch. The ranks
+# synchronize a few times per epoch, and the one-process reference uses chunks of the same size.
+SYNC_TOKENS = 16384
+
+
+def free_port():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def loopback_env():
+    return dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+                OMP_WAIT_POLICY="PASSIVE")
+
+
+def torchrun_command(model_dir, ranks, *options):
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+            "-m", "embcli", "train", "-m", model_dir, *options]
+
+
+def torchrun(model_dir, ranks, *options):
+    return subprocess.run(torchrun_command(model_dir, ranks, *options), env=loopback_env(),
+                          capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def vocab_dir(tmp_path_factory, small_corpus_path):
+    path = str(tmp_path_factory.mktemp("dist") / "vocab")
+    build_vocab(path, [small_corpus_path], Tokenizer(), min_count=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_corpus_path():
+    return os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt")
+
+
+def copy_model(vocab_dir, target):
+    shutil.copytree(vocab_dir, target)
+    return str(target)
+
+
+def one_process(vocab_dir, target, seed):
+    model_dir = copy_model(vocab_dir, target)
+    settings = dict(SETTINGS, seed=seed)
+    train_model(model_dir, TrainConfig(threads=1, chunk_tokens=SYNC_TOKENS, **settings))
+    return embcli.load(model_dir)
+
+
+def neighbour_overlap(first, second, words):
+    shared = [len({w for w, _ in first.neighbors(word, 10)} & {w for w, _ in second.neighbors(word, 10)})
+              for word in words]
+    return sum(shared) / (10 * len(words))
+
+
+def test_two_ranks_match_one_process(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "two")
+    result = torchrun(model_dir, 2, "--dim", "32", "--epochs", "3", "--seed", "3",
+                      "--sync-tokens", str(SYNC_TOKENS))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 ranks" in result.stderr
+
+    reference = one_process(vocab_dir, tmp_path / "one-seed3", 3)
+    assert sorted(os.listdir(model_dir)) == sorted(os.listdir(reference.path))
+    model = embcli.load(model_dir)
+    assert model.matrix.shape == reference.matrix.shape
+    assert np.isfinite(model.matrix).all()
+    record = model.meta["training"]["distributed"]
+    assert record["world_size"] == 2
+    assert record["backend"] == "gloo"
+    assert record["synchronizations"] >= 6
+
+    # Another seed of the one-process run sets the scale: how far two good models differ.
+    other_seed = one_process(vocab_dir, tmp_path / "one-seed4", 4)
+    words = reference.words[20:120]
+    baseline = neighbour_overlap(reference, other_seed, words)
+    distributed = neighbour_overlap(reference, model, words)
+    assert baseline > 0.3
+    assert distributed >= 0.6 * baseline, (distributed, baseline)
+
+
+def test_one_rank_equals_one_process(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "rank")
+    result = torchrun(model_dir, 1, "--dim", "16", "--epochs", "1", "--seed", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = copy_model(vocab_dir, tmp_path / "process")
+    train_model(reference, TrainConfig(dim=16, epochs=1, seed=5, threads=1))
+    with open(os.path.join(model_dir, "embeddings.npy"), "rb") as first:
+        with open(os.path.join(reference, "embeddings.npy"), "rb") as second:
+            assert first.read() == second.read()
+
+
+def test_interrupted_ranks_resume(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "resume")
+    process = subprocess.Popen(
+        torchrun_command(model_dir, 2, "--dim", "16", "--epochs", "8", "--sync-tokens", str(SYNC_TOKENS)),
+        env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        # Rank 0 prints this line once the ranks have met and installed their signal handlers.
+        started = time.time()
+        for line in process.stderr:
+            if "training on 2 ranks" in line or time.time() - started > 120:
+                break
+        os.killpg(process.pid, signal.SIGTERM)
+        rest = process.stderr.read()
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert "checkpoint saved" in rest
+    with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    assert state["workers"] == 2
+    assert state["distributed"]["sync_tokens"] == SYNC_TOKENS
+    assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
+
+    with open(os.path.join(model_dir, "meta.json"), encoding="utf-8") as handle:
+        meta = json.load(handle)
+    vocab_size = meta["vocab"]["size"]
+    with pytest.raises(ModelCorrupt, match="saved by 2 workers but this run has 1 rank"):
+        load_checkpoint(model_dir, meta, TrainConfig(), vocab_size, 1, SYNC_TOKENS)
+
+    resumed = torchrun(model_dir, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint.json" not in os.listdir(model_dir)
+    model = embcli.load(model_dir)
+    assert model.dim == 16
+    assert model.meta["training"]["settings"]["epochs"] == 8
+
+
+SYNC_CHECK = """
+import sys
+import numpy as np
+import torch
+import torch.distributed as dist
+from embcli.distributed import Replicas
+
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+first = torch.arange(12, dtype=torch.float32).view(6, 2)
+second = torch.zeros(6, 2)
+replicas = Replicas([first, second])
+# Rank 0 changes row 1 of the first matrix and rank 1 row 4; both change row 2 of the
+# first matrix and row 5 of the second.
+first[1 if rank == 0 else 4] += 10.0
+first[2] += 1.0 + rank
+second[5] -= 3.0
+replicas.synchronize()
+np.save(sys.argv[3], np.stack([first.numpy(), replicas.base[0].numpy(), second.numpy()]))
+dist.destroy_process_group()
+"""
+
+
+def test_synchronize_adds_every_rank_change(tmp_path):
+    port = str(free_port())
+    outputs = [str(tmp_path / f"rank{rank}.npy") for rank in (0, 1)]
+    processes = [subprocess.Popen([sys.executable, "-c", SYNC_CHECK, str(rank), port, outputs[rank]],
+                                  env=loopback_env(), stderr=subprocess.PIPE, text=True)
+                 for rank in (0, 1)]
+    for process in processes:
+        _, errors = process.communicate(timeout=120)
+        assert process.returncode == 0, errors[-2000:]
+    expected_first = np.arange(12, dtype=np.float32).reshape(6, 2)
+    expected_first[1] += 10.0
+    expected_first[4] += 10.0
+    expected_first[2] += 3.0
+    expected_second = np.zeros((6, 2), dtype=np.float32)
+    expected_second[5] = -6.0
+    for output in outputs:
+        first, base, second = np.load(output, allow_pickle=False)
+        np.testing.assert_array_equal(first, expected_first)
+        np.testing.assert_array_equal(base, expected_first)
+        np.testing.assert_array_equal(second, expected_second)

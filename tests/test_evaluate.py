@@ -1,0 +1,131 @@
+"""evaluate: analogy accuracy, pair correlations, cutoff and case rules, table and JSON."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from embcli.cli import app
+from embcli.evaluate import average_ranks, pearson, spearman
+from embcli.formats import write_vectors
+
+runner = CliRunner()
+
+WORDS = ["king", "queen", "man", "woman", "apple", "pear", "King", "walk", "walked", "talk", "talked"]
+VECTORS = np.array([
+    [0.5, 0.5, 0.7, 0.0], [0.2, 0.9, 0.6, 0.0], [0.9, 0.1, 0.0, 0.0], [0.8, 0.3, 0.0, 0.0],
+    [-0.5, 0.1, -0.8, 0.0], [-0.4, 0.2, -0.9, 0.0], [0.0, 0.0, 0.0, 1.0],
+    [0.1, -0.9, 0.1, 0.1], [0.1, -0.9, 0.1, 0.9], [0.3, -0.8, 0.0, 0.1], [0.3, -0.8, 0.0, 0.9],
+], dtype=np.float32)
+
+QUESTIONS = """: family
+man king woman queen
+MAN KING WOMAN QUEEN
+man king woman unicornword
+king queen man
+: gram-past-tense
+walk walked talk talked
+talk talked walk walked
+"""
+
+PAIRS = """# comment line
+king\tqueen\t8.5
+man\twoman\t8.3
+apple\tpear\t7.9
+king\tapple\t1.0
+walk talk 5.0
+king\tunicornword\t3.0
+"""
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "vectors.txt"
+    write_vectors(str(path), WORDS, VECTORS, "word2vec")
+    directory = str(tmp_path / "model")
+    assert runner.invoke(app, ["import", str(path), "-m", directory, "-q"]).exit_code == 0
+    (tmp_path / "questions.txt").write_text(QUESTIONS, encoding="utf-8")
+    (tmp_path / "pairs.txt").write_text(PAIRS, encoding="utf-8")
+    return directory
+
+
+def evaluate(model, tmp_path, *extra):
+    result = runner.invoke(app, ["evaluate", "-m", model, "--analogies", str(tmp_path / "questions.txt"),
+                                 "--similarity", str(tmp_path / "pairs.txt"), *extra])
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def test_analogy_sections_and_coverage(model, tmp_path):
+    report = json.loads(evaluate(model, tmp_path, "--json"))
+    analogies = report["analogies"][0]
+    family, tense = analogies["sections"]
+    assert family["section"] == "family"
+    assert family["questions"] == 3  # the three-word line is skipped, not a question
+    assert family["answered"] == 2
+    assert family["correct"] == 2
+    assert tense["correct"] == 2
+    assert analogies["semantic"]["answered"] == 2
+    assert analogies["syntactic"]["answered"] == 2
+    assert analogies["overall"]["accuracy"] == 1.0
+    assert analogies["overall"]["coverage"] == pytest.approx(4 / 5)
+    assert analogies["skipped_lines"] == [5]
+
+
+def test_pairs_report_oov_share(model, tmp_path):
+    pairs = json.loads(evaluate(model, tmp_path, "--json"))["similarity"][0]
+    assert pairs["pairs"] == 5
+    assert pairs["oov"] == 1
+    assert pairs["oov_share"] == pytest.approx(1 / 6)
+    assert -1 <= pairs["spearman"] <= 1
+
+
+def test_case_sensitive_and_cutoff_change_coverage(model, tmp_path):
+    report = json.loads(evaluate(model, tmp_path, "--json", "--case-sensitive"))
+    assert report["case_sensitive"] is True
+    assert report["analogies"][0]["sections"][0]["answered"] == 1
+    report = json.loads(evaluate(model, tmp_path, "--json", "--restrict", "4"))
+    assert report["vocabulary_cutoff"] == 4
+    assert report["analogies"][0]["overall"]["answered"] == 2
+
+
+def test_upper_case_takes_first_variant(tmp_path):
+    # "King" comes first and points away from queen, so KING must take its vector and
+    # the analogy then answers apple or pear, which the lower-case rows would not.
+    directory = tmp_path / "m"
+    words = ["King", "king", "queen", "man", "woman", "apple", "pear"]
+    vectors = np.concatenate([-VECTORS[[1]], VECTORS[[0, 1, 2, 3, 4, 5]]])
+    path = tmp_path / "v.txt"
+    write_vectors(str(path), words, vectors, "word2vec")
+    assert runner.invoke(app, ["import", str(path), "-m", str(directory), "-q"]).exit_code == 0
+    (tmp_path / "q.txt").write_text(": family\nman king woman queen\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", str(directory), "--analogies", str(tmp_path / "q.txt"), "--json"])
+    assert json.loads(result.stdout)["analogies"][0]["overall"]["correct"] == 0
+    result = runner.invoke(app, ["analogy", "-m", str(directory), "man", "King", "woman", "-k", "1"])
+    assert result.stdout.split("\t")[0] in ("apple", "pear")
+    result = runner.invoke(app, ["analogy", "-m", str(directory), "man", "king", "woman", "-k", "1"])
+    assert result.stdout.split("\t")[0] == "queen"
+
+
+def test_table_names_cutoff_and_case(model, tmp_path):
+    table = evaluate(model, tmp_path)
+    assert "vocabulary cutoff: the 11 most frequent words (--restrict 300,000, vocabulary 11)" in table
+    assert "case: case-insensitive (words compared in upper case)" in table
+    assert "overall" in table and "semantic" in table and "syntactic" in table
+    assert "spearman" in table
+
+
+def test_evaluate_needs_a_file(model):
+    result = runner.invoke(app, ["evaluate", "-m", model])
+    assert result.exit_code == 2
+
+
+def test_correlations_match_scipy():
+    rng = np.random.default_rng(4)
+    gold = rng.integers(0, 5, 60).astype(float)  # many ties
+    predicted = gold + rng.standard_normal(60)
+    assert spearman(gold, predicted) == pytest.approx(stats.spearmanr(gold, predicted).statistic, abs=1e-12)
+    assert pearson(gold, predicted) == pytest.approx(stats.pearsonr(gold, predicted).statistic, abs=1e-12)
+    np.testing.assert_allclose(average_ranks(gold), stats.rankdata(gold))

@@ -1,0 +1,312 @@
+"""Subword (character n-gram) vectors: fastText's hash, training, and out-of-vocabulary queries."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embcli import subwords
+from embcli.cli import app
+
+runner = CliRunner()
+
+# Bucket ids (hash % buckets) of the n-grams (3 to 6 characters) of each word, in
+# fastText's order, as fastText 0.9.2 (the fasttext-wheel package) returned them from
+# `model.get_subwords(word)`, minus the vocabulary size.
+FASTTEXT_BUCKETS_2M = {
+    "where": [167652, 989715, 1526707, 1071586, 420941, 312621, 969176, 121234, 1473420, 1540811,
+              114991, 1529033, 1568469, 867498],
+    "naïve": [1806890, 1907692, 878190, 933201, 1590546, 1719404, 832043, 156687, 356832, 1223007,
+              1505331, 1711570, 1788548, 1088654],
+    "café": [916747, 1991831, 794639, 17187, 369661, 454601, 761685, 960362, 1966012, 1609697],
+    "日本語": [758587, 4581, 524609, 35559, 928923, 1674355],
+    "мир": [903527, 576678, 515400, 743496, 399042, 883374],
+    "a": [1087600],
+    "x😀y": [295204, 1977447, 1144987, 473085, 662393, 1501927],
+    "walked": [724319, 1882441, 909446, 828121, 734299, 853648, 1236527, 79377, 433713, 1002300,
+               106632, 1350146, 1708319, 1925537, 1550925, 588027, 23711, 477174],
+}
+# The same words' n-grams with 2**24 buckets: the low 24 bits of each 32-bit hash.
+FASTTEXT_BUCKETS_2_24 = {
+    "naïve": [9515690, 14155756, 483182, 10133073, 11587858, 5873772, 1502763, 1624847, 1255392,
+              2569823, 12229299, 1772242, 9580932, 3199886],
+    "日本語": [15636923, 457573, 16625729, 6045671, 3703451, 760307],
+    "x😀y": [11950756, 1116647, 13795483, 7321085, 14361081, 11458791],
+}
+# fastText's n-grams of 1 to 3 characters: a lone '<' or '>' is never an n-gram.
+FASTTEXT_NGRAMS_1_3 = {
+    "naïve": ["<n", "<na", "n", "na", "naï", "a", "aï", "aïv", "ï", "ïv", "ïve", "v", "ve", "ve>",
+              "e", "e>"],
+    "日本語": ["<日", "<日本", "日", "日本", "日本語", "本", "本語", "本語>", "語", "語>"],
+}
+
+
+@pytest.mark.parametrize("word", sorted(FASTTEXT_BUCKETS_2M))
+def test_hash_matches_fasttext_2m_buckets(word):
+    _, hashes = subwords.ngram_hashes([word], 3, 6)
+    assert [int(h) % 2_000_000 for h in hashes] == FASTTEXT_BUCKETS_2M[word]
+    assert [subwords.fnv1a(g) % 2_000_000 for g in subwords.ngrams(word, 3, 6)] == FASTTEXT_BUCKETS_2M[word]
+
+
+@pytest.mark.parametrize("word", sorted(FASTTEXT_BUCKETS_2_24))
+def test_hash_matches_fasttext_2_24_buckets(word):
+    _, hashes = subwords.ngram_hashes([word], 3, 6)
+    assert [int(h) % 2**24 for h in hashes] == FASTTEXT_BUCKETS_2_24[word]
+
+
+def test_hash_sign_extends_high_bytes():
+    # Textbook FNV-1a XORs the byte 0xc3 as 0x000000c3, fastText as 0xffffffc3.
+    textbook = ((2166136261 ^ 0xC3) * 16777619) & 0xFFFFFFFF
+    quirk = ((2166136261 ^ 0xFFFFFFC3) * 16777619) & 0xFFFFFFFF
+    assert subwords.fnv1a(b"\xc3") == quirk
+    assert subwords.fnv1a(b"\xc3") != textbook
+    assert subwords.fnv1a(b"a") == ((2166136261 ^ 0x61) * 16777619) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("word", sorted(FASTTEXT_NGRAMS_1_3))
+def test_ngrams_skip_lone_markers(word):
+    assert subwords.ngrams(word, 1, 3) == FASTTEXT_NGRAMS_1_3[word]
+
+
+def test_vectorized_hashes_match_reference():
+    words = ["where", "naïve", "日本語", "a", "", "über-cool", "x😀y", "ab", "zzzzzzzzzzzzzzzzzz"]
+    offsets, hashes = subwords.ngram_hashes(words, 2, 5)
+    for i, word in enumerate(words):
+        expected = [subwords.fnv1a(g) for g in subwords.ngrams(word, 2, 5)]
+        assert hashes[offsets[i] : offsets[i + 1]].tolist() == expected, word
+
+
+def test_table_rows_start_with_word():
+    table = subwords.SubwordTable.build(["where", "a"], 3, 6, 2_000_000)
+    assert table.rows[table.offsets[0] : table.offsets[1]].tolist() == [0] + [2 + b for b in FASTTEXT_BUCKETS_2M["where"]]
+    assert table.rows[table.offsets[1] : table.offsets[2]].tolist() == [1, 2 + FASTTEXT_BUCKETS_2M["a"][0]]
+
+
+@pytest.mark.parametrize("text, expected", [("3-6", (3, 6)), ("2", (2, 2)), ("off", (0, 0)), ("0", (0, 0))])
+def test_parse_range(text, expected):
+    assert subwords.parse_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["6-3", "x", "0-4", "3-"])
+def test_parse_range_rejects(text):
+    with pytest.raises(subwords.EmbcliError, match="MIN"):
+        subwords.parse_range(text)
+
+
+def test_combine_rows_mean_and_sum():
+    matrix = np.arange(12, dtype=np.float32).reshape(6, 2)
+    offsets = np.array([0, 2, 2, 5])
+    rows = np.array([0, 1, 2, 3, 5])
+    mean = subwords.combine_rows(matrix, offsets, rows, "mean", block_words=2)
+    total = subwords.combine_rows(matrix, offsets, rows, "sum", block_words=2)
+    np.testing.assert_allclose(mean, [[1, 2], [0, 0], [20 / 3, 23 / 3]])
+    np.testing.assert_allclose(total, [[2, 4], [0, 0], [20, 23]])
+
+
+# -- trained models ---------------------------------------------------------------------
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, list(args), input=input)
+
+
+@pytest.fixture(scope="module")
+def subword_model(tmp_path_factory):
+    """A skip-gram subword model trained once on kjv_small.txt (dim 48, 100,000 buckets)."""
+    from embcli.tokenize import Tokenizer
+    from embcli.train import TrainConfig, train_model
+    from embcli.vocab import build_vocab
+
+    model_dir = str(tmp_path_factory.mktemp("subwords") / "kjv")
+    corpus = os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt")
+    build_vocab(model_dir, [corpus], Tokenizer(), min_count=3)
+    config = TrainConfig(dim=48, epochs=5, threads=1, seed=3, min_n=3, max_n=6, buckets=100_000)
+    train_model(model_dir, config)
+    return model_dir
+
+
+def corpus_words():
+    from embcli.tokenize import Tokenizer
+
+    text = open(os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt"), encoding="utf-8").read()
+    return set(Tokenizer().tokenize(text))
+
+
+def test_subword_model_files(subword_model):
+    meta = json.load(open(os.path.join(subword_model, "meta.json"), encoding="utf-8"))
+    words = open(os.path.join(subword_model, "vocab.tsv"), encoding="utf-8").read().splitlines()
+    embeddings = np.load(os.path.join(subword_model, "embeddings.npy"), allow_pickle=False)
+    buckets = np.load(os.path.join(subword_model, "subwords.npy"), allow_pickle=False)
+    assert embeddings.shape == (len(words), 48)
+    assert buckets.shape == (100_000, 48)
+    assert buckets.dtype == np.float32
+    assert np.isfinite(buckets).all()
+    assert meta["subwords"]["hash"] == "fasttext-fnv1a-32"
+    assert (meta["subwords"]["min_n"], meta["subwords"]["max_n"]) == (3, 6)
+    assert meta["subwords"]["buckets"] == 100_000
+    assert meta["subwords"]["combination"] == "mean"
+    assert "subwords.npy" in meta["files"]
+
+
+def test_embeddings_hold_word_plus_ngrams(subword_model):
+    from embcli.model import Model
+
+    model = Model.open(subword_model)
+    buckets = np.load(os.path.join(subword_model, "subwords.npy"), allow_pickle=False)
+    word = "tabernacle"
+    own = model.vector(word)
+    ngram_rows = buckets[model.subwords.bucket_ids(word)]
+    # The stored vector is the mean of the word's own row and its n-gram rows, so it
+    # points close to the mean of the n-gram rows alone.
+    ngram_mean = ngram_rows.mean(axis=0)
+    cosine = own @ ngram_mean / np.linalg.norm(own) / np.linalg.norm(ngram_mean)
+    assert cosine > 0.5
+
+
+@pytest.mark.parametrize("unseen, known", [("tabernacles", "tabernacle"), ("famines", "famine"),
+                                           ("wildernesses", "wilderness")])
+def test_unseen_inflection_neighbors(subword_model, unseen, known):
+    from embcli.model import Model
+
+    assert unseen not in corpus_words()
+    model = Model.open(subword_model)
+    assert unseen not in model.index
+    assert known in model.index
+    neighbors = [word for word, _ in model.neighbors(unseen, k=10)]
+    assert known in neighbors
+
+
+def test_lookup_unseen_word_notes_on_stderr(subword_model):
+    result = invoke("lookup", "-m", subword_model, "tabernacles")
+    assert result.exit_code == 0, result.stderr
+    fields = result.stdout.rstrip("\n").split("\t")
+    assert fields[0] == "tabernacles"
+    assert len(fields) == 49
+    assert "tabernacles: not in vocabulary" in result.stderr
+    assert "n-grams" in result.stderr
+
+
+def test_lookup_known_word_has_no_note(subword_model):
+    result = invoke("lookup", "-m", subword_model, "tabernacle")
+    assert result.exit_code == 0
+    assert result.stderr == ""
+
+
+def test_no_subwords_rejects_unseen_word(subword_model):
+    result = invoke("lookup", "-m", subword_model, "--no-subwords", "tabernacles")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "tabernacles: not in vocabulary" in result.stderr
+    result = invoke("neighbors", "-m", subword_model, "--no-subwords", "tabernacles")
+    assert result.exit_code == 1
+
+
+def test_neighbors_unseen_word_cli(subword_model):
+    result = invoke("neighbors", "-m", subword_model, "tabernacles", "-k", "5")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5
+    assert "not in vocabulary" in result.stderr
+
+
+def test_neighbors_unseen_word_without_torch(subword_model):
+    code = (
+        "import sys\n"
+        "from embcli.cli import app\n"
+        "try:\n"
+        f"    app(['neighbors', '-m', {subword_model!r}, 'tabernacles', '-k', '3'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert len(result.stdout.splitlines()) == 3
+    assert result.stderr.strip().endswith("NO-TORCH")
+
+
+def test_vec_export_reads_back_in_gensim(subword_model, tmp_path):
+    from gensim.models import KeyedVectors
+
+    from embcli.model import Model
+
+    model = Model.open(subword_model)
+    path = str(tmp_path / "model.vec")
+    assert subwords.write_vec(path, model.words, model.matrix) == len(model.words)
+    loaded = KeyedVectors.load_word2vec_format(path, binary=False)
+    assert loaded.index_to_key == model.words
+    np.testing.assert_allclose(loaded.vectors, model.matrix, rtol=1e-5, atol=1e-6)
+
+
+def test_cbow_with_subwords_and_retrain_without(small_corpus):
+    assert invoke("build-vocab", small_corpus, "--min-count", "3", "--quiet").exit_code == 0
+    result = invoke("train", "--method", "cbow", "--subwords", "3-5", "--buckets", "5000", "--dim", "16",
+                    "--epochs", "1", "--threads", "2", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    meta = json.load(open("embcli-model/meta.json", encoding="utf-8"))
+    assert meta["subwords"]["max_n"] == 5
+    assert np.load("embcli-model/subwords.npy").shape == (5000, 16)
+    assert np.isfinite(np.load("embcli-model/embeddings.npy")).all()
+
+    result = invoke("train", "--dim", "16", "--epochs", "1", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    meta = json.load(open("embcli-model/meta.json", encoding="utf-8"))
+    assert "subwords" not in meta
+    assert "subwords.npy" not in meta["files"]
+    assert not os.path.exists("embcli-model/subwords.npy")
+    result = invoke("lookup", "tabernacles")
+    assert result.exit_code == 1
+
+
+def test_sum_combination_trains(small_corpus):
+    assert invoke("build-vocab", small_corpus, "--min-count", "3", "--quiet").exit_code == 0
+    result = invoke("train", "--subwords", "3-4", "--combination", "sum", "--buckets", "3000", "--dim", "8",
+                    "--epochs", "1", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    meta = json.load(open("embcli-model/meta.json", encoding="utf-8"))
+    assert meta["subwords"]["combination"] == "sum"
+    assert np.isfinite(np.load("embcli-model/embeddings.npy")).all()
+    result = invoke("lookup", "tabernacles")
+    assert result.exit_code == 0
+    assert "not in vocabulary" in result.stderr
+
+
+def test_train_rejects_bad_subword_range(small_corpus):
+    assert invoke("build-vocab", small_corpus, "--min-count", "3", "--quiet").exit_code == 0
+    result = invoke("train", "--subwords", "6-3", "--quiet")
+    assert result.exit_code == 2
+    assert "--subwords" in result.stderr
+
+
+def test_resume_subwords_matches_uninterrupted(tmp_path, small_corpus):
+    import shutil
+    import signal
+
+    from embcli.errors import TrainingInterrupted
+    from embcli.tokenize import Tokenizer
+    from embcli.train import TrainConfig, train_model
+    from embcli.vocab import build_vocab
+
+    settings = dict(dim=8, epochs=2, threads=1, seed=5, chunk_tokens=8192, min_n=3, max_n=5, buckets=4000)
+    model_dir = str(tmp_path / "model")
+    build_vocab(model_dir, [small_corpus], Tokenizer(), min_count=3)
+    reference = str(tmp_path / "reference")
+    shutil.copytree(model_dir, reference)
+    train_model(reference, TrainConfig(**settings))
+
+    calls = [0]
+
+    def interrupt(words, total, examples, loss, lr):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(model_dir, TrainConfig(**settings), progress=interrupt)
+    train_model(model_dir, TrainConfig(dim=8, threads=1), resume=True)
+    for name in ("embeddings.npy", "subwords.npy"):
+        resumed = np.load(os.path.join(model_dir, name), allow_pickle=False)
+        uninterrupted = np.load(os.path.join(reference, name), allow_pickle=False)
+        assert np.array_equal(resumed, uninterrupted), name
