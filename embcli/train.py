@@ -262,7 +262,7 @@ class Trainer:
         draw = torch.rand(shape, generator=generator, device=self.device, dtype=torch.float64)
         return torch.searchsorted(self.cdf, draw).clamp_(max=self.vocab_size - 1)
 
-    def _negative_step(self, hidden, targets, lr, generator, with_loss):
+    def _negative_step(self, hidden, targets, lr, generator, with_loss=True):
         """Update the output vectors for `hidden` (B, D) predicting `targets` (B).
 
         Return (the gradient for `hidden`, the summed loss or None unless `with_loss`).
