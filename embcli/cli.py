@@ -7,6 +7,7 @@ error, 130 interrupted by SIGINT, 143 by SIGTERM.
 
 import functools
 import json
+import math
 import os
 import sys
 from typing import List, Optional
@@ -20,6 +21,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help text: rich markup would eat bracketed text such as 'embcli[zh]'.
+    rich_markup_mode=None,
     help="Build, train and query word embeddings.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -270,6 +273,18 @@ def train(
 
     STATE["quiet"] = STATE["quiet"] or quiet
     model_dir = resolve_model_path(model)
+    for value, name, choices in ((method, "--method", ("skipgram", "cbow")),
+                                 (negatives, "--negatives", ("shared", "per-pair"))):
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N", param_hint="--device")
+    if not math.isfinite(ns_exponent):
+        raise typer.BadParameter(f"{ns_exponent} is not a finite number", param_hint="--ns-exponent")
+    cores = os.cpu_count() or 1
+    if threads > 4 * cores:
+        raise typer.BadParameter(f"{threads} worker processes on {cores} cores would only slow training",
+                                 param_hint="--threads")
 
     from embcli.subwords import parse_range
     from embcli.train import TrainConfig, train_model
@@ -298,7 +313,7 @@ def train(
     finally:
         finish()
     note(
-        f"trained {stats.epochs_done} epochs over {stats.words // stats.epochs_done:,} words in {stats.seconds:.1f} s "
+        f"trained {stats.epochs_done} epoch{'s' if stats.epochs_done != 1 else ''} over {stats.words // stats.epochs_done:,} words in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
@@ -1033,9 +1048,35 @@ def _limit_blas_threads(argv):
             os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
+def _hoist_global_flags(argv):
+    """Move --debug, and --quiet for commands that lack their own, before the command.
+
+    Users append them to any command (`embcli neighbors king --debug`), and messages
+    suggest doing so, but typer only accepts them before the command name.
+    """
+    if not argv or argv[0].startswith("-"):
+        return argv
+    own_quiet = argv[0] in ("build-vocab", "train", "import", "index", "export")
+    hoisted, rest = [], [argv[0]]
+    for position, argument in enumerate(argv[1:], 1):
+        if argument == "--":
+            rest.extend(argv[position:])
+            break
+        if argument == "--debug" or (argument in ("--quiet", "-q") and not own_quiet):
+            hoisted.append(argument)
+        else:
+            rest.append(argument)
+    return hoisted + rest
+
+
 def main():
     """Console entry point."""
     import signal
+
+    if sys.stdout is None or sys.stderr is None:
+        # Started with stdout or stderr closed (`>&-`): there is nowhere to write.
+        sys.exit(1)
+    sys.argv[1:] = _hoist_global_flags(sys.argv[1:])
 
     # Training routes SIGTERM to its own handler while it runs, and restores this one.
     signal.signal(signal.SIGTERM, _raise_terminated)

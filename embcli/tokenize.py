@@ -134,7 +134,9 @@ class _Tables:
             f"[{_HAN}{_HIRAGANA}]"
             f"|[{_KATAKANA}][{_KATAKANA}\u3099\u309a]*"
             r"|\d+(?:[.,]\d+)+"
-            f"|[^{not_word}]+(?:{mark}+[^{not_word}]*)*"
+            # U+FFFD stands for a byte that could not be decoded: it stays inside the
+            # word, so that a damaged word never merges with an intact one.
+            f"|(?:[^{not_word}]|\ufffd)+(?:{mark}+(?:[^{not_word}]|\ufffd)*)*"
         )
 
 

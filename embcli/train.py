@@ -101,6 +101,8 @@ class TrainConfig:
             raise EmbcliError(f"shared_negatives must be at least 1, not {self.shared_negatives}")
         if self.resolved_lr() <= 0 or not math.isfinite(self.resolved_lr()):
             raise EmbcliError(f"learning rate must be a positive number, not {self.lr}")
+        if not math.isfinite(self.ns_exponent):
+            raise EmbcliError(f"ns_exponent must be a finite number, not {self.ns_exponent}")
         if self.sample < 0:
             raise EmbcliError(f"sample must be 0 (off) or positive, not {self.sample}")
         if self.min_n:
@@ -403,10 +405,13 @@ class Trainer:
                 with torch.no_grad():
                     loss, examples = train_chunk(ids, sentence, core, lr, generator)
                 loss_value = float(loss)
-                if not math.isfinite(loss_value):
+                # A fresh model's loss per example is ln 2 per score (about 4.2 with 5
+                # negatives); 50 times that only happens when the updates blow up.
+                diverging = examples and loss_value / examples > 50 * math.log(2) * (1 + config.negative)
+                if not math.isfinite(loss_value) or diverging:
                     raise TrainingError(
-                        f"training diverged in epoch {epoch + 1} (the loss became "
-                        f"{loss_value}); lower the learning rate (it was {self.lr0:g})"
+                        f"training diverged in epoch {epoch + 1} (the loss per example became "
+                        f"{loss_value / max(examples, 1):.4g}); lower the learning rate (it was {self.lr0:g})"
                     )
                 if report is not None:
                     report(words, examples, loss_value, lr)
@@ -785,9 +790,10 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
 
 def _check_trained(vectors, config, examples):
     """Raise TrainingError if training diverged or had nothing to learn from."""
-    if not np.isfinite(vectors).all():
+    # Trained word2vec values stay within a few units; 1e4 means the updates blew up.
+    if not np.isfinite(vectors).all() or np.abs(vectors).max(initial=0.0) > 1e4:
         raise TrainingDiverged(
-            "training diverged (the vectors hold NaN or infinite values); lower the "
+            "training diverged (the vectors hold NaN, infinite or huge values); lower the "
             f"learning rate (it was {config.resolved_lr():g}); nothing was written"
         )
     if examples == 0:

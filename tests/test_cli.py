@@ -116,3 +116,20 @@ def test_every_command_has_help():
         result = invoke(command, "--help")
         assert result.exit_code == 0
         assert "Usage" in result.stdout
+
+
+def test_global_flags_may_follow_the_command():
+    from embcli.cli import _hoist_global_flags
+
+    assert _hoist_global_flags(["neighbors", "king", "--debug", "-q"]) == ["--debug", "-q", "neighbors", "king"]
+    # train has its own --quiet; a word after -- is never taken for a flag.
+    assert _hoist_global_flags(["train", "-q", "--debug"]) == ["--debug", "train", "-q"]
+    assert _hoist_global_flags(["lookup", "--", "--debug"]) == ["lookup", "--", "--debug"]
+
+
+def test_train_rejects_bad_option_values_as_usage_errors(trained_model):
+    for option, value in (("--method", "foo"), ("--device", "tpu"), ("--negatives", "none"),
+                          ("--ns-exponent", "inf")):
+        result = invoke("train", "-m", trained_model, option, value)
+        assert result.exit_code == 2, (option, result.stderr)
+        assert option in result.stderr
