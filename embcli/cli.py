@@ -894,15 +894,13 @@ def evaluate(
     for result in analogy_results:
         out.append("")
         out.append(f"analogies: {result.path} ({method})")
-        rows = [(s.name, f"{100 * s.accuracy:.1f}%", f"{s.correct:,}", f"{s.answered:,}", f"{s.total:,}",
-                 f"{100 * s.coverage:.1f}%") for s in result.sections]
+        rows = [_analogy_row(section) for section in result.sections]
         rows.append(None)
-        for total in (result.semantic, result.syntactic, result.overall):
-            rows.append((total.name, f"{100 * total.accuracy:.1f}%", f"{total.correct:,}", f"{total.answered:,}",
-                         f"{total.total:,}", f"{100 * total.coverage:.1f}%"))
+        rows.extend(_analogy_row(total) for total in (result.semantic, result.syntactic, result.overall))
         out.extend(_table(("section", "accuracy", "correct", "answered", "questions", "coverage"), rows))
         if result.skipped_lines:
-            out.append(f"skipped {len(result.skipped_lines)} lines without four words")
+            note(f"warning: {result.path}: skipped {len(result.skipped_lines)} lines without four words, "
+                 f"the first is line {result.skipped_lines[0]}")
     if pair_results:
         out.append("")
         out.append("similarity:")
@@ -910,6 +908,13 @@ def evaluate(
                 for r in pair_results]
         out.extend(_table(("file", "spearman", "pearson", "pairs", "oov"), rows))
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def _analogy_row(section):
+    """Return one table row; accuracy is n/a when no question of the section was answered."""
+    accuracy = f"{100 * section.accuracy:.1f}%" if section.answered else "n/a"
+    return (section.name, accuracy, f"{section.correct:,}", f"{section.answered:,}", f"{section.total:,}",
+            f"{100 * section.coverage:.1f}%")
 
 
 def _table(header, rows):

@@ -153,6 +153,12 @@ def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=Fa
         questions.append((len(sections) - 1, known[a], known[b], known[c], expected, {a, b, c}))
     if not sections:
         raise EvaluationError(f"{path}: no ': section' line; expected the questions-words format")
+    # Answered questions are counted below, so here a section's total is only its unknown ones.
+    if not questions and not any(section.oov for section in sections):
+        raise EvaluationError(
+            f"{path}: no question of four words"
+            + (f" ({len(skipped)} lines did not have four words)" if skipped else "")
+        )
     zero_rows = set(np.flatnonzero(model.inverse_norms[:restrict] == 0).tolist())
     for start in range(0, len(questions), _ANALOGY_BLOCK):
         block = questions[start : start + _ANALOGY_BLOCK]

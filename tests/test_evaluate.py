@@ -129,3 +129,20 @@ def test_correlations_match_scipy():
     assert spearman(gold, predicted) == pytest.approx(stats.spearmanr(gold, predicted).statistic, abs=1e-12)
     assert pearson(gold, predicted) == pytest.approx(stats.pearsonr(gold, predicted).statistic, abs=1e-12)
     np.testing.assert_allclose(average_ranks(gold), stats.rankdata(gold))
+
+
+def test_analogy_file_without_questions_fails(model, tmp_path):
+    (tmp_path / "broken.txt").write_text(": sec\nman king woman\nfoo\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", model, "--analogies", str(tmp_path / "broken.txt")])
+    assert result.exit_code == 1
+    assert "no question of four words (2 lines did not have four words)" in result.stderr
+    assert result.stdout == ""
+
+
+def test_unanswered_section_shows_no_accuracy(model, tmp_path):
+    (tmp_path / "unknown.txt").write_text(": sec\nzzz yyy xxx www\nbad line\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", model, "--analogies", str(tmp_path / "unknown.txt")])
+    assert result.exit_code == 0, result.stderr
+    overall = [line for line in result.stdout.splitlines() if line.startswith("overall")]
+    assert overall[0].split()[1] == "n/a"
+    assert "skipped 1 lines without four words, the first is line 3" in result.stderr

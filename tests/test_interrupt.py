@@ -260,17 +260,18 @@ def test_worker_processes_interrupt_and_resume(vocab_dir):
     """Two Hogwild workers: SIGINT saves both positions, and --resume finishes the run."""
     import json
 
-    # Forked workers start at once: 20 epochs keep them busy past the second progress call.
-    settings = dict(dim=8, epochs=20, threads=2, seed=5, chunk_tokens=4096)
+    # Forked workers start at once and progress is polled every 0.25 s: on an idle machine
+    # 20 epochs ended before the second poll, so stop at the first one, with 40 epochs.
+    settings = dict(dim=8, epochs=40, threads=2, seed=5, chunk_tokens=4096)
     with pytest.raises(TrainingInterrupted) as stopped:
-        train_model(vocab_dir, TrainConfig(**settings), progress=interrupt_after(2, signal.SIGINT))
+        train_model(vocab_dir, TrainConfig(**settings), progress=interrupt_after(1, signal.SIGINT))
     assert stopped.value.exit_code == 130
     state = json.load(open(os.path.join(vocab_dir, "checkpoint.json")))
     assert state["workers"] == 2
     assert len(state["positions"]) == 4
 
     stats = train_model(vocab_dir, TrainConfig(threads=1), resume=True)
-    assert stats.epochs_done == 20
+    assert stats.epochs_done == 40
     training = store.read_meta(vocab_dir)["training"]
     assert training["workers"] == 2
     assert training["reproducible"] is False
