@@ -583,6 +583,11 @@ def info(
         lines.append(("corpus", f"{source['path']} ({source['size']} bytes)" if source["size"] is not None else source["path"]))
     if "vocab" in meta and "imported" not in meta:
         lines.append(("tokens", f"{vocab.get('tokens_read', 0):,} read, {vocab.get('tokens_covered', 0):,} in vocabulary"))
+    trained_on = (meta.get("training") or {}).get("corpus") or []
+    if trained_on and trained_on != meta.get("corpus", {}).get("sources", []):
+        # `train CORPUS` trained on other files than the ones the vocabulary came from.
+        for source in trained_on:
+            lines.append(("trained on", source.get("path", "?")))
     training = meta.get("training")
     if training:
         settings = training["settings"]

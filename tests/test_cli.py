@@ -133,3 +133,13 @@ def test_train_rejects_bad_option_values_as_usage_errors(trained_model):
         result = invoke("train", "-m", trained_model, option, value)
         assert result.exit_code == 2, (option, result.stderr)
         assert option in result.stderr
+
+
+def test_info_names_corpus_given_to_train(small_corpus, tmp_path):
+    other = tmp_path / "other.txt"
+    lines = open(small_corpus, encoding="utf-8").read().splitlines()
+    other.write_text("\n".join(lines[:1500]) + "\n", encoding="utf-8")
+    assert invoke("build-vocab", small_corpus, "--min-count", "3", "-q").exit_code == 0
+    assert invoke("train", str(other), "--dim", "8", "--epochs", "1", "--threads", "1", "-q").exit_code == 0
+    result = invoke("info")
+    assert f"trained on\t{other}" in result.stdout
