@@ -35,7 +35,7 @@ _ASCII_SPACE = b" \t\x0b\x0c"
 
 @dataclass
 class SourceInfo:
-    """What build-vocab records about one corpus input."""
+    """The path, size and modification time of one corpus input, as build-vocab records them."""
 
     path: str
     size: int | None

@@ -422,13 +422,7 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
     position belongs to its slice, which depends on the number of ranks).
     """
     path = os.path.join(model_dir, train.CHECKPOINT)
-    try:
-        with open(path, "rb") as handle:
-            state = json.loads(handle.read())
-    except FileNotFoundError:
-        raise ModelNotFound(f"{model_dir} has no checkpoint to resume from; train without resuming") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ModelCorrupt(f"{path}: not valid JSON ({error}); train without resuming") from None
+    state = train.read_checkpoint_state(model_dir)
     if state.get("workers") != world_size:
         raise ModelCorrupt(
             f"{path} was saved by {state.get('workers')} workers but this run has {world_size} "

@@ -499,7 +499,7 @@ def _check_npy_header(path):
         raise ModelCorrupt(f"{path}: not a valid .npy file ({type(error).__name__}: {error})") from None
     if dtype.hasobject:
         raise ModelCorrupt(
-            f"{path} holds an object (pickled) array, which embcli never loads "
+            f"{path} contains an object (pickled) array, which embcli never loads "
             "because unpickling can run code; expected a 2-D float array"
         )
 
@@ -517,7 +517,7 @@ def load_matrix(path, expected_rows=None, mmap=True):
     except ValueError as error:
         if "pickle" in str(error) or "Object arrays" in str(error):
             raise ModelCorrupt(
-                f"{path} holds an object (pickled) array, which embcli never loads "
+                f"{path} contains an object (pickled) array, which embcli never loads "
                 "because unpickling can run code; expected a 2-D float array"
             ) from None
         raise ModelCorrupt(f"{path}: not a valid .npy file ({error})") from None

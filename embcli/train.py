@@ -763,7 +763,9 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
         for source in meta.get("corpus", {}).get("sources", []):
             check_unchanged(source)
         if not os.path.exists(os.path.join(model_dir, store.TOKENS)):
-            raise ModelNotFoundError(model_dir)
+            from embcli.errors import ModelNotFound
+
+            raise ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
         store.check_fingerprint(model_dir, meta, store.TOKENS)
         corpus_record = meta.get("corpus", {}).get("sources", [])
     torch.manual_seed(config.seed)
@@ -803,12 +805,6 @@ def _check_trained(vectors, config, examples):
             "or turn subsampling off with sample 0; nothing was written",
             options=("sample",),
         )
-
-
-def ModelNotFoundError(model_dir):
-    from embcli.errors import ModelNotFound
-
-    return ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
 
 
 def _open_corpus(tokens_path, counts):
@@ -1092,18 +1088,26 @@ def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors,
     return os.path.join(model_dir, CHECKPOINT)
 
 
-def _load_checkpoint(model_dir, meta, config, vocab_size):
-    """Return the _Resume that the checkpoint in `model_dir` describes."""
+def read_checkpoint_state(model_dir):
+    """Return the parsed checkpoint.json of `model_dir`, or raise ModelNotFound or ModelCorrupt."""
     from embcli.errors import ModelCorrupt, ModelNotFound
 
     path = os.path.join(model_dir, CHECKPOINT)
     try:
         with open(path, "rb") as handle:
-            state = json.loads(handle.read())
+            return json.loads(handle.read())
     except FileNotFoundError:
         raise ModelNotFound(f"{model_dir} has no checkpoint to resume from; train without resuming") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise ModelCorrupt(f"{path}: not valid JSON ({error}); train without resuming") from None
+
+
+def _load_checkpoint(model_dir, meta, config, vocab_size):
+    """Return the _Resume that the checkpoint in `model_dir` describes."""
+    from embcli.errors import ModelCorrupt
+
+    path = os.path.join(model_dir, CHECKPOINT)
+    state = read_checkpoint_state(model_dir)
     try:
         version = state["checkpoint_version"]
         saved_vocab = state["vocab"]

@@ -127,7 +127,7 @@ def order_words(words, counts, min_count=5, max_size=None):
     return kept
 
 
-def remap_ids(ids_path, lookup, out_path, length):
+def remap_ids(ids_path, lookup, out_path):
     """Write `out_path` as a uint32 .npy of `lookup[id]` for every id, dropping misses.
 
     `lookup` maps provisional id -> final id, or -1 for a dropped word. LINE_END markers
@@ -266,7 +266,7 @@ def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encodi
         lookup[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
         tokens_tmp = store.temp_path(model_dir, store.TOKENS)
         temporaries.append(tokens_tmp)
-        cached = remap_ids(scan.ids_path, lookup, tokens_tmp, None)
+        cached = remap_ids(scan.ids_path, lookup, tokens_tmp)
         words = [scan.words[i] for i in kept]
         counts = scan.counts[np.asarray(kept)]
         vocab_tmp = store.save_vocab_temp(model_dir, words, counts)
@@ -330,7 +330,7 @@ def encode_corpus(model_dir, paths, tokenizer, words, encoding="utf-8", errors="
     try:
         lookup = np.arange(len(words), dtype=np.int64)
         tokens_tmp = store.temp_path(model_dir, store.TOKENS)
-        cached = remap_ids(scan.ids_path, lookup, tokens_tmp, None)
+        cached = remap_ids(scan.ids_path, lookup, tokens_tmp)
     finally:
         os.remove(scan.ids_path)
     return tokens_tmp, cached, scan

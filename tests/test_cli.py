@@ -33,7 +33,8 @@ def test_pipeline_build_train_lookup_neighbors(small_corpus):
     result = invoke("lookup", "lord")
     assert result.exit_code == 0
     fields = result.stdout.rstrip("\n").split("\t")
-    assert fields[0] == "lord" and len(fields) == 25
+    assert fields[0] == "lord"
+    assert len(fields) == 25
     np.testing.assert_allclose([float(v) for v in fields[1:]], matrix[words.index("lord")], rtol=1e-5)
 
     result = invoke("neighbors", "lord", "-k", "5")
@@ -80,7 +81,8 @@ def test_query_that_splits_names_tokens(trained_model):
     result = invoke("lookup", "-m", trained_model, "lord's")
     assert result.exit_code == 1
     assert "lord t" not in result.stderr
-    assert "2 tokens" in result.stderr and "lord s" in result.stderr
+    assert "2 tokens" in result.stderr
+    assert "lord s" in result.stderr
 
 
 def test_missing_model_says_what_to_run(tmp_path):
@@ -103,12 +105,14 @@ def test_environment_variable_selects_model(trained_model, monkeypatch):
 def test_info_and_version(trained_model):
     result = invoke("info", "-m", trained_model)
     assert result.exit_code == 0
-    assert "vocabulary\t" in result.stdout and "dim\t32" in result.stdout
+    assert "vocabulary\t" in result.stdout
+    assert "dim\t32" in result.stdout
     result = invoke("info", "-m", trained_model, "--json")
     meta = json.loads(result.stdout)
     assert meta["training"]["settings"]["dim"] == 32
     result = invoke("--version")
-    assert result.exit_code == 0 and result.stdout.startswith("embcli ")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("embcli ")
 
 
 def test_every_command_has_help():
