@@ -31,10 +31,10 @@ def test_reading_all_chunks_keeps_no_pages(tmp_path):
     path = str(tmp_path / "tokens.npy")
     values = np.arange(8 << 20, dtype=np.uint32)  # 32 MiB
     np.save(path, values)
-    # Hold the file in the page cache as a file that was read (not just written) is held:
-    # then a fault maps more neighbouring pages, on both sides, than right after the write.
+    # Evict the file and read it back, so that the page cache holds it as it holds a file
+    # that was read rather than just written. A fault then maps more neighbouring pages.
     # Reading each chunk with a margin before it then mapped about 6 MiB of pages again
-    # that release() had dropped (Linux 6.18, ext4), unless release() also drops the
+    # after release() had dropped them (Linux 6.18, ext4), unless release() also drops the
     # pages before the slice.
     descriptor = os.open(path, os.O_RDONLY)
     try:
