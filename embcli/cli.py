@@ -977,7 +977,7 @@ def import_vectors(
     """Make a model directory from a vector file, auto-detecting its format."""
     import time
 
-    from embcli.formats import READ_FORMATS, import_model, read_vectors
+    from embcli.formats import READ_FORMATS, import_file
     from embcli.store import resolve_model_path
 
     STATE["quiet"] = STATE["quiet"] or quiet
@@ -995,14 +995,14 @@ def import_vectors(
     else:
         update, finish = None, (lambda: None)
     try:
-        vectors = read_vectors(path, None if format == "auto" else format, lenient, words, progress=update)
+        vectors = import_file(model_dir, path, None if format == "auto" else format, lenient, words, progress=update,
+                              replace=force)
     finally:
         finish()
     for message in vectors.warnings:
         note(f"warning: {message}")
     if vectors.warning_count > len(vectors.warnings):
         note(f"warning: {vectors.warning_count - len(vectors.warnings):,} more problems were skipped")
-    import_model(model_dir, vectors, path, lenient, replace=force)
     note(f"imported {len(vectors.words):,} words x {vectors.matrix.shape[1]} dimensions ({vectors.format}) "
          f"from {path} into {model_dir} in {time.perf_counter() - started:.1f} s")
 
