@@ -382,14 +382,56 @@ def _note_out_of_vocabulary(word, ngram_count):
     note(f"embcli: note: {word}: not in vocabulary; its vector combines {ngram_count} character n-grams")
 
 
-def _read_stdin_queries():
-    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+def _flush_stdout():
+    sys.stdout.flush()
+
+
+def _stdin_descriptor():
+    """Return the file descriptor of stdin if select() can poll it, else None."""
+    if os.name == "nt":
+        return None  # NOTE: select() polls only sockets on Windows, so stdin is read line by line there.
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # a stdin without a descriptor, for example in tests
+        return None
+
+
+def _stdin_raw_lines():
+    """Yield the lines of stdin as bytes.
+
+    Before a read that would wait for more input, call STATE["stdin_wait"]. Batch
+    commands answer the queries read so far there and flush stdout, so a user or a
+    program that writes one query and waits for its answer gets it, while input that
+    is already there (a file, a fast pipe) is still answered in large blocks.
+    """
     stream = getattr(sys.stdin, "buffer", None)
+    descriptor = _stdin_descriptor()
     if stream is None:  # a text-only stdin, for example in tests
-        lines = (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
-    else:
-        lines = iter(stream.readline, b"")
-    for number, raw in enumerate(lines, 1):
+        yield from (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        return
+    if descriptor is None:
+        yield from iter(stream.readline, b"")
+        return
+    import select
+
+    rest = b""
+    while True:
+        ready, _, _ = select.select([descriptor], [], [], 0)
+        if not ready:
+            STATE.get("stdin_wait", _flush_stdout)()
+        chunk = os.read(descriptor, 1 << 16)
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _stdin_lines():
+    """Yield (line number, text) for the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+    for number, raw in enumerate(_stdin_raw_lines(), 1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as failure:
@@ -400,7 +442,13 @@ def _read_stdin_queries():
         line = line.removeprefix("\ufeff") if number == 1 else line
         line = line.rstrip("\r\n")
         if line.strip():
-            yield line
+            yield number, line
+
+
+def _read_stdin_queries():
+    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+    for _, line in _stdin_lines():
+        yield line
 
 
 def _queries(words):
@@ -656,6 +704,9 @@ def _answer_in_blocks(opened, queries, resolve, answer, emit, block=QUERY_BLOCK)
     pending = []
 
     def flush():
+        if not pending:
+            sys.stdout.flush()
+            return
         resolved = [item for item in pending if not isinstance(item[1], EmbcliError)]
         results = iter(answer([value for _, value in resolved]) if resolved else [])
         for query, value in pending:
@@ -667,18 +718,27 @@ def _answer_in_blocks(opened, queries, resolve, answer, emit, block=QUERY_BLOCK)
         sys.stdout.flush()
         pending.clear()
 
-    for count, query in enumerate(queries):
-        if count == 32:
-            # Past a few queries, a word -> row dict is cheaper than byte searches.
-            opened.vocabulary.build_index()
-        try:
-            pending.append((query, resolve(query)))
-        except EmbcliError as failure:
-            pending.append((query, failure))
-            failed += 1
-        if len(pending) >= block:
-            flush()
-    flush()
+    # Reading stdin calls this before it waits for input: answer what was read so far.
+    waiting = STATE.get("stdin_wait")
+    STATE["stdin_wait"] = flush
+    try:
+        for count, query in enumerate(queries):
+            if count == 32:
+                # Past a few queries, a word -> row dict is cheaper than byte searches.
+                opened.vocabulary.build_index()
+            try:
+                pending.append((query, resolve(query)))
+            except EmbcliError as failure:
+                pending.append((query, failure))
+                failed += 1
+            if len(pending) >= block:
+                flush()
+        flush()
+    finally:
+        if waiting is None:
+            STATE.pop("stdin_wait", None)
+        else:
+            STATE["stdin_wait"] = waiting
     return failed
 
 
@@ -712,7 +772,8 @@ def _vector_neighbors(opened, vector, k, restrict, as_json):
     import numpy as np
 
     if vector == "-":
-        queries = ((number, line) for number, line in enumerate(sys.stdin, 1) if line.strip())
+        STATE["stdin_failures"] = 0
+        queries = _stdin_lines()
         batch = True
     else:
         queries = [(1, vector)]
