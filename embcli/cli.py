@@ -400,9 +400,9 @@ def _stdin_raw_lines():
     """Yield the lines of stdin as bytes.
 
     Before a read that would wait for more input, call STATE["stdin_wait"]. Batch
-    commands answer the queries read so far there and flush stdout, so a user or a
-    program that writes one query and waits for its answer gets it, while input that
-    is already there (a file, a fast pipe) is still answered in large blocks.
+    commands print the results of the queries read so far there and flush stdout, so
+    a user or a program that writes one query and waits gets its result. Input that is
+    already available (a file, a fast pipe) is still searched in full blocks.
     """
     stream = getattr(sys.stdin, "buffer", None)
     descriptor = _stdin_descriptor()
@@ -718,7 +718,7 @@ def _answer_in_blocks(opened, queries, resolve, answer, emit, block=QUERY_BLOCK)
         sys.stdout.flush()
         pending.clear()
 
-    # Reading stdin calls this before it waits for input: answer what was read so far.
+    # Reading stdin calls this before it waits for input, so the queries read so far get their results.
     waiting = STATE.get("stdin_wait")
     STATE["stdin_wait"] = flush
     try:

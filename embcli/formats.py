@@ -446,16 +446,16 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
     """Parse the entries of `binary` in file order and yield (words, rows, norms) per block.
 
     `rows` is a (n, dim) float32 array that the next block overwrites, so copy or write
-    it before asking for the next one; `norms` are its rows' L2 norms. Entries that
+    it before asking for the next one. `norms` are its rows' L2 norms. Entries that
     lenient mode skips are left out of all three.
 
     An entry's word runs from its start to the next space, since a word cannot contain
     one. The vector's bytes may contain spaces, so entries are found by following the
     chain from the first word: the next entry starts after the vector (and after the
     newline that word2vec.c writes), and its word ends at the first space from there.
-    The vectors of a block are copied as float32 values: a vector starts at any byte
-    offset, so the file is viewed as float32 at each of the 4 byte shifts and each
-    vector is taken from the view whose shift matches its offset.
+    The vectors of a block are copied as float32 values. A vector may start at any byte
+    offset, so the file is viewed as float32 at each of the 4 byte shifts, and each
+    vector is copied from the view whose shift matches its offset.
     """
     data, declared, dim = binary.data, binary.declared, binary.dim
     size = len(data)
@@ -466,7 +466,7 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
     position = binary.start
     while position < size and data[position] == 0x0A:
         position += 1
-    seen = {}
+    seen = _SeenWords()
     entries = 0  # entries read so far, kept or skipped
     released = 0  # the map before this offset is dropped from this process's memory
     while True:
@@ -578,12 +578,53 @@ def _gather_vectors(views, vector_starts, out):
             out[chosen] = views[shift][vector_starts[chosen] >> 2]
 
 
+class _SeenWords:
+    """The words of the entries read so far, for duplicate checks.
+
+    While no block needs a closer look, a set is enough and cheaper than a dict. The
+    entry number of each word, which only an error message needs, is indexed from the
+    recorded blocks the first time it is asked for, and kept up to date from then on.
+    """
+
+    def __init__(self):
+        self._words = set()
+        self._blocks = []  # (first entry number, words) of each block added while only the set is kept
+        self._entry_of = None  # word -> entry number, once built
+
+    def add_if_new(self, words, first_entry):
+        """Add the block `words` if no word in it was seen before or repeats; return whether it was added."""
+        if self._entry_of is not None:
+            numbered = dict(zip(words, range(first_entry, first_entry + len(words))))
+            if len(numbered) < len(words) or not self._entry_of.keys().isdisjoint(numbered):
+                return False
+            self._entry_of.update(numbered)
+            return True
+        if not self._words.isdisjoint(words):
+            return False
+        size = len(self._words)
+        self._words.update(words)
+        if len(self._words) < size + len(words):
+            self._words.difference_update(words)  # a word repeats within the block; all of them were new
+            return False
+        self._blocks.append((first_entry, words))
+        return True
+
+    def entry_numbers(self):
+        """Return the dict word -> entry number of the first entry with that word; callers may add to it."""
+        if self._entry_of is None:
+            self._entry_of = {}
+            for first_entry, words in self._blocks:
+                self._entry_of.update(zip(words, range(first_entry, first_entry + len(words))))
+            self._words = self._blocks = None
+        return self._entry_of
+
+
 def _binary_words(raw, ends, first_entry, declared, seen, report):
     """Decode the words `raw` (bytes) of one block of entries; None marks one skipped in lenient mode.
 
     `ends` are the byte offsets of the spaces after the words. `first_entry` is the
-    1-based number of the block's first entry, and `seen` maps each word of the earlier
-    blocks to its entry number; the block's words are added to it.
+    1-based number of the block's first entry. `seen` (a _SeenWords) contains the
+    words of the earlier blocks, and the block's words are added to it.
     """
     last_entry = first_entry + len(raw) - 1
     joined = b"\0".join(raw)
@@ -592,12 +633,10 @@ def _binary_words(raw, ends, first_entry, declared, seen, report):
             words = joined.decode("utf-8").split("\0")
         except UnicodeDecodeError:
             words = None
-        if words is not None and len(words) == len(raw) and all(words):
-            numbered = dict(zip(words, range(first_entry, last_entry + 1)))
-            if len(numbered) == len(words) and seen.keys().isdisjoint(numbered):
-                seen.update(numbered)
-                return words
+        if words is not None and len(words) == len(raw) and all(words) and seen.add_if_new(words, first_entry):
+            return words
     # Something needs a closer look: check entry by entry, in file order.
+    seen = seen.entry_numbers()
     result = []
     for entry, (chunk, end) in enumerate(zip(raw, ends), first_entry):
         offset = end - len(chunk)

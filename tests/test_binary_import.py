@@ -165,3 +165,16 @@ def test_npy_row_writer_removes_file_on_error(tmp_path):
             writer.append(np.zeros((2, 3), dtype=np.float32))
             raise RuntimeError("stop")
     assert os.listdir(tmp_path) == []
+
+
+def test_duplicate_within_first_block(tmp_path):
+    words, matrix = sample(5)
+    words[30] = "w12"
+    path = write_binary(tmp_path / "v.bin", words, matrix)
+    with pytest.raises(VectorFileError) as error:
+        read_vectors(path)
+    assert "entry 31, byte offset" in str(error.value)
+    assert "duplicate word 'w12' (first seen in entry 13)" in str(error.value)
+    vectors = read_vectors(path, lenient=True)
+    assert vectors.words == words[:30] + words[31:]
+    np.testing.assert_array_equal(vectors.matrix, np.delete(matrix, 30, axis=0))

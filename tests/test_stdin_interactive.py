@@ -1,4 +1,4 @@
-"""Batch queries on stdin are answered as they arrive when the writer waits for each answer."""
+"""Batch queries on stdin get their results as they arrive when the writer waits for each result."""
 
 import queue
 import subprocess
@@ -18,15 +18,15 @@ woman 0.45 0.15 0.2
 apple 0.1 0.05 0.95
 pear 0.12 0.1 0.9
 """
-# Each waits for its answer before sending the next line. The arguments after the
-# model give two answer lines per query.
+# Each case sends one query, waits for its result lines, then sends the next. With -k 2,
+# a neighbors or analogy query prints two lines and a similarity query prints one.
 CASES = {
     "neighbors": (["neighbors", "-", "-k", "2"], ["king", "apple"]),
     "neighbors --vector": (["neighbors", "--vector", "-", "-k", "2"], ["1 1 0", "0 0 1"]),
     "analogy": (["analogy", "-", "-k", "2"], ["man king woman", "apple pear king"]),
     "similarity": (["similarity", "-"], ["king\tqueen", "apple\tpear", "man\twoman", "king\tpear"]),
 }
-TIMEOUT = 60  # seconds to wait for one answer line on a loaded machine
+TIMEOUT = 60  # seconds to wait for one result line on a loaded machine
 
 
 @pytest.fixture
@@ -121,3 +121,12 @@ def test_unknown_word_answered_then_next(model):
     finally:
         if session.process.poll() is None:
             session.process.kill()
+
+
+def test_vector_stdin_reports_invalid_utf8(model):
+    result = subprocess.run([sys.executable, "-m", "embcli", "neighbors", "--vector", "-", "-k", "1", "-m", model],
+                            input=b"\xff 1 0\n1 1 0\n", capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert b"line 1: invalid UTF-8" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stdout.startswith(b"2\tking\t")
