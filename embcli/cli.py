@@ -404,6 +404,8 @@ def _stdin_raw_lines():
     a user or a program that writes one query and waits gets its result. Input that is
     already available (a file, a fast pipe) is still searched in full blocks.
     """
+    if sys.stdin is None:  # started with stdin closed
+        return
     stream = getattr(sys.stdin, "buffer", None)
     descriptor = _stdin_descriptor()
     if stream is None:  # a text-only stdin, for example in tests
@@ -419,7 +421,11 @@ def _stdin_raw_lines():
         ready, _, _ = select.select([descriptor], [], [], 0)
         if not ready:
             STATE.get("stdin_wait", _flush_stdout)()
-        chunk = os.read(descriptor, 1 << 16)
+        try:
+            chunk = os.read(descriptor, 1 << 16)
+        except BlockingIOError:  # the parent left stdin in non-blocking mode
+            select.select([descriptor], [], [])
+            continue
         if not chunk:
             break
         lines = (rest + chunk).split(b"\n")

@@ -19,12 +19,13 @@ apple 0.1 0.05 0.95
 pear 0.12 0.1 0.9
 """
 # Each case sends one query, waits for its result lines, then sends the next. With -k 2,
-# a neighbors or analogy query prints two lines and a similarity query prints one.
+# a neighbors or analogy query prints two lines; a similarity or lookup query prints one.
 CASES = {
     "neighbors": (["neighbors", "-", "-k", "2"], ["king", "apple"]),
     "neighbors --vector": (["neighbors", "--vector", "-", "-k", "2"], ["1 1 0", "0 0 1"]),
     "analogy": (["analogy", "-", "-k", "2"], ["man king woman", "apple pear king"]),
     "similarity": (["similarity", "-"], ["king\tqueen", "apple\tpear", "man\twoman", "king\tpear"]),
+    "lookup": (["lookup", "-"], ["king", "pear"]),
 }
 TIMEOUT = 60  # seconds to wait for one result line on a loaded machine
 
@@ -75,7 +76,7 @@ class Session:
 @pytest.mark.parametrize("name", CASES)
 def test_each_query_answered_before_next(name, model):
     arguments, queries = CASES[name]
-    per_query = 1 if name == "similarity" else 2
+    per_query = 1 if name in ("similarity", "lookup") else 2
     session = Session(arguments, model)
     try:
         for query in queries:
