@@ -469,14 +469,16 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
     seen = _SeenWords()
     entries = 0  # entries read so far, kept or skipped
     released = 0  # the map before this offset is dropped from this process's memory
+    last_space = size - 1 - width  # the last offset where a word's space leaves room for its vector
     while True:
         raw_words, ends = [], []
+        add_word, add_end = raw_words.append, ends.append  # bound once: this loop runs once per entry
         for _ in range(block):
             end = find(b" ", position, position + _MAX_WORD_BYTES + 1)
-            if end < 0 or end + 1 + width > size:
+            if end < 0 or end > last_space:
                 break
-            raw_words.append(data[position:end])
-            ends.append(end)
+            add_word(data[position:end])
+            add_end(end)
             position = end + 1 + width
             if position < size and data[position] == 0x0A:
                 position += 1
