@@ -462,13 +462,17 @@ class _RemoteTraceback(Exception):
 
 
 def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, output_vectors,
-                 positions, shared_stats, stop_flag, errors, parent_pid, table=None):
+                 positions, shared_stats, stop_flag, errors, parent_pid, table=None,
+                 save_orphaned=None):
     """Entry point of one Hogwild worker process.
 
     The worker shares no lock with the others or with the parent (`positions`,
     `shared_stats` and `stop_flag` are lock-free shared arrays, and each worker writes
     only its own slots), so a worker killed at any moment, for example by the kernel's
     out-of-memory killer, cannot leave a lock held that would hang the rest.
+
+    If the parent dies (SIGKILL), every worker stops after its chunk, and worker 0 calls
+    `save_orphaned(positions, words, examples)` to save a checkpoint in its place.
     """
     import traceback
 
@@ -511,6 +515,12 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
         epoch, chunk = trainer.run(int(epoch), int(chunk), report, should_stop)
         positions[2 * worker + 1] = chunk
         positions[2 * worker] = epoch
+        if worker == 0 and save_orphaned is not None and os.getppid() != parent_pid:
+            # Another worker may still be inside a chunk: its position is that of its last
+            # finished chunk, which a resumed run trains again.
+            words = sum(shared_stats[4 * w] for w in range(workers))
+            examples = sum(shared_stats[4 * w + 1] for w in range(workers))
+            save_orphaned([int(p) for p in positions], words, examples)
     except TrainingError as error:
         errors.put(("training", str(error), ""))
         stop_flag[0] = 1
@@ -694,6 +704,9 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             if checkpoints.due():
                 checkpoints.save(positions, input_vectors, output_vectors, words, examples)
 
+        def save_orphaned(positions, words, examples):
+            checkpoints.save_orphaned(positions, input_vectors, output_vectors, words, examples)
+
         # Signals stay routed to `stop` until the embeddings or the checkpoint are
         # committed, so a second Ctrl-C cannot cut a save short.
         with _signals_to(stop):
@@ -705,7 +718,8 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                 else:
                     positions, totals, failure = _run_workers(
                         workers, config, tokens_path, counts, input_vectors, output_vectors,
-                        positions, stop, progress, words_total, save_if_due, table)
+                        positions, stop, progress, words_total, save_if_due, table,
+                        save_orphaned)
             except TrainingError as error:
                 # Trainer.run reports a non-finite loss as TrainingError "training diverged".
                 if "diverged" in str(error) and not isinstance(error, TrainingDiverged):
@@ -812,6 +826,23 @@ class _Checkpointer:
             self.new_cache = None
         self.last_save = time.monotonic()
         return path
+
+    def save_orphaned(self, positions, input_vectors, output_vectors, words, examples):
+        """Save a checkpoint from worker 0 after the parent process died; never raise.
+
+        This runs in the worker, on the copy of this object made when it was forked. The
+        worker still holds the write lock, because it shares the parent's open `.lock`
+        file, and a lock on it lasts until the last process holding it exits.
+        """
+        try:
+            store.recover(self.model_dir)  # a commit that the parent left half applied
+            if self.new_cache is not None and not os.path.exists(self.new_cache):
+                # A checkpoint the parent saved after the fork renamed the encoded corpus.
+                self.start.tokens_name = CHECKPOINT_TOKENS
+                self.new_cache = None
+            self.save(positions, input_vectors, output_vectors, words, examples)
+        except Exception:  # nobody is left to report to; the previous state stays as it was
+            pass
 
 
 def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress):
@@ -1004,11 +1035,12 @@ class _WorkerFailure:
 
 
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
-                 stop, progress, words_total, every_poll=None, table=None):
+                 stop, progress, words_total, every_poll=None, table=None, save_orphaned=None):
     """Train with `workers` Hogwild processes on shared vectors until done or stopped.
 
     `every_poll(positions, words, examples)` is called about four times a second. The
     workers go on updating the vectors while it reads them, which Hogwild tolerates.
+    `save_orphaned` runs in worker 0 if this process dies (see _worker_main).
 
     Returns (positions, [words, examples, recent mean loss], failure). `failure` is None,
     or a _WorkerFailure when a worker died (for example killed by the kernel's
@@ -1031,7 +1063,8 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         context.Process(
             target=_worker_main,
             args=(w, workers, config, tokens_path, np.asarray(counts), input_vectors, output_vectors,
-                  shared_positions, shared_stats, stop_flag, errors, os.getpid(), table),
+                  shared_positions, shared_stats, stop_flag, errors, os.getpid(), table,
+                  save_orphaned),
             daemon=True,
         )
         for w in range(workers)

@@ -7,6 +7,7 @@ after a sleep, so it behaves the same on an idle and on a busy machine.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,7 +85,7 @@ def run_cli(*args):
 
 
 def assert_resumes_and_answers(model_dir, before, via_cli=False):
-    """Check that resuming finishes the run and that the new model answers a query."""
+    """Check that resuming finishes the run and that the new model returns neighbors."""
     if via_cli:
         resumed = run_cli("train", "--resume", "-m", model_dir, "-q")
         assert resumed.returncode == 0, resumed.stderr
@@ -129,15 +130,17 @@ def test_killed_worker_saves_resumable_checkpoint(trained_dir, moment):
     assert_resumes_and_answers(trained_dir, before)
 
 
-def test_killed_parent_leaves_resumable_state(trained_dir):
+def test_killed_parent_is_saved_by_worker(trained_dir):
+    """Worker 0 saves the checkpoint that the killed parent cannot."""
     before = committed_files(trained_dir)
-    process = subprocess.Popen(TRAIN + FREQUENT_CHECKPOINTS + ["-m", trained_dir])
+    # No periodic checkpoint, so a checkpoint can only come from the worker.
+    process = subprocess.Popen(TRAIN + ["--checkpoint-every", "0", "-m", trained_dir])
     workers = wait_for_workers(process)
-    wait_for_checkpoint(trained_dir, process)
     process.kill()
     process.wait(timeout=TIMEOUT)
     # The orphaned workers notice that their parent is gone and stop after their chunk.
     wait_gone(workers)
+    assert os.path.exists(os.path.join(trained_dir, store.CHECKPOINT))
     assert_earlier_model_intact(trained_dir, before)
 
     fresh = run_cli("train", "-m", trained_dir, "-q")
@@ -171,3 +174,43 @@ def test_killed_worker_in_process_run(tmp_path, small_corpus):
     model = Model.open(model_dir)
     assert model.meta["training"]["workers"] == 2
     assert not set(os.listdir(model_dir)) & set(store.CHECKPOINT_FILES)
+
+
+def torchrun_command(model_dir, *options):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+            "--master-addr", "127.0.0.1", "--master-port", str(port),
+            "-m", "embcli", "train", "-m", model_dir, *options]
+
+
+def test_killed_rank_saves_last_synchronization(trained_dir):
+    """torchrun: rank 0 saves the replicas of the last synchronization when rank 1 dies."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    command = torchrun_command(trained_dir, "--dim", "8", "--epochs", "8", "--sync-tokens", "16384",
+                               *FREQUENT_CHECKPOINTS)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        ranks = wait_for_workers(process)
+        # Rank 0 saves a checkpoint after each synchronization: one has completed.
+        wait_for_checkpoint(trained_dir, process)
+        rank_1 = next(pid for pid in ranks if psutil.Process(pid).environ().get("RANK") == "1")
+        os.kill(rank_1, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert "the ranks lost contact during training" in stderr
+    assert f"the work up to the last synchronization is saved in {trained_dir}/checkpoint.json" in stderr
+    assert not os.path.exists(os.path.join(trained_dir, store.JOURNAL))
+
+    resumed = subprocess.run(torchrun_command(trained_dir, "--resume"), env=env, capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not set(os.listdir(trained_dir)) & set(store.CHECKPOINT_FILES)
+    model = Model.open(trained_dir)
+    assert model.meta["training"]["settings"]["epochs"] == 8
+    assert model.meta["training"]["resumed"] is True
