@@ -326,7 +326,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
                 break
     except RuntimeError as error:
         # A collective failed: gloo raises when another rank's connection closes, for
-        # example because that rank was killed. Replicas.base still holds the matrices of
+        # example because that rank was killed. Replicas.base still contains the matrices of
         # the last synchronization, the same on every rank, so rank 0 saves those.
         if launch.world_size == 1:
             raise

@@ -488,9 +488,9 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
                  save_orphaned=None):
     """Entry point of one Hogwild worker process.
 
-    The worker shares no lock with the others or with the parent (`positions`,
+    The worker shares no lock with the others or with the parent: `positions`,
     `shared_stats` and `stop_flag` are lock-free shared arrays, and each worker writes
-    only its own slots), so a worker killed at any moment, for example by the kernel's
+    only its own slots. So a worker killed at any moment, for example by the kernel's
     out-of-memory killer, cannot leave a lock held that would hang the rest.
 
     If the parent dies (SIGKILL), every worker stops after its chunk, and worker 0 calls
@@ -780,7 +780,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
 
 def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors, totals, stop,
                           failure, fraction_done):
-    """Save a checkpoint of an unfinished run, then raise the error that says how to resume.
+    """Save a checkpoint of an unfinished run, then raise an error that names the resume command.
 
     Raises TrainingInterrupted after a signal, and TrainingError (or RuntimeError with the
     worker's traceback, for an unexpected exception in a worker) after a failure. If the
@@ -863,7 +863,9 @@ class _Checkpointer:
                 self.start.tokens_name = CHECKPOINT_TOKENS
                 self.new_cache = None
             self.save(positions, input_vectors, output_vectors, words, examples)
-        except Exception:  # nobody is left to report to; the previous state stays as it was
+        except Exception:
+            # NOTE: no process is left to report a failed save to, so it goes unreported.
+            # The previous checkpoint, if any, stays as it was.
             pass
 
 
@@ -1050,7 +1052,7 @@ def _signals_held():
 
 @dataclass
 class _WorkerFailure:
-    """Why a worker process ended before its slice of the corpus was done."""
+    """The cause of a worker process ending before its slice of the corpus was done."""
 
     message: str
     traceback: str = ""  # the worker's traceback of an unexpected exception, else empty
@@ -1221,7 +1223,7 @@ def _config_from_json(data, current):
 
 
 def _all_finite(matrix, block_rows=1 << 14):
-    """Return True if `matrix` holds no NaN or infinity.
+    """Return True if `matrix` contains no NaN or infinity.
 
     Checks blocks of rows, so the temporary mask stays small when memory is short (a
     checkpoint is often saved just after a worker was killed for lack of memory).
