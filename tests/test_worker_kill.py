@@ -70,11 +70,18 @@ def wait_for_checkpoint(model_dir, process):
     wait_until(lambda: os.path.exists(path), process, "the first checkpoint")
 
 
+def is_running(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_gone(pids):
     """Wait until the processes `pids` have exited (orphans are reaped by init)."""
     deadline = time.monotonic() + TIMEOUT
     for pid in pids:
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        while is_running(pid):
             assert time.monotonic() < deadline, f"process {pid} is still running"
             time.sleep(0.01)
 
