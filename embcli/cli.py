@@ -298,7 +298,8 @@ def train(
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:
-        stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens)
+        stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens,
+                                   checkpoint_every * 60)
         note(
             f"trained {stats.words:,} words ({stats.epochs_done} epochs) on {launch.world_size} ranks in "
             f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s, final loss "
@@ -327,7 +328,7 @@ def _distributed_launch():
     return launched()
 
 
-def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens):
+def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens, checkpoint_seconds):
     from embcli.distributed import train_distributed
 
     if corpus:
@@ -344,7 +345,8 @@ def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens):
     progress, finish = _training_progress()
     try:
         return train_distributed(model_dir, config, launch, resume=resume, progress=progress,
-                                 started=started, sync_tokens=sync_tokens)
+                                 started=started, sync_tokens=sync_tokens,
+                                 checkpoint_seconds=checkpoint_seconds)
     finally:
         finish()
 
