@@ -99,20 +99,25 @@ def report(label, model, wall):
 
 
 def print_table(rows):
+    """Print every run, then each run against the first run of its seed."""
     print("\n| run | words/s | wall s | analogy % | WS-353 | SimLex | syncs |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    first = None
     for label, _, _ in rows:
         stats, scores, wall = RESULTS[label]
         speed = stats["stats"]["words_per_second"]
-        first = first or (speed, scores["analogy"])
         syncs = stats.get("distributed", {}).get("synchronizations", "-")
         print(f"| {label} | {speed:,.0f} | {wall:.1f} | {scores['analogy']:.2f} | {scores['ws353']:.3f} "
               f"| {scores['simlex']:.3f} | {syncs} |")
-    for label, _, _ in rows[1:]:
+    first_of_seed = {}
+    for label, _, _ in rows:
+        seed = label.rsplit("seed ", 1)[-1]
         stats, scores, _ = RESULTS[label]
-        print(f"{label} vs first row: {stats['stats']['words_per_second'] / first[0]:.2f}x words/s, "
-              f"analogy {scores['analogy'] - first[1]:+.2f} points")
+        if seed not in first_of_seed:
+            first_of_seed[seed] = (label, stats["stats"]["words_per_second"], scores["analogy"])
+            continue
+        first_label, first_speed, first_analogy = first_of_seed[seed]
+        print(f"{label} vs {first_label}: {stats['stats']['words_per_second'] / first_speed:.2f}x words/s, "
+              f"analogy {scores['analogy'] - first_analogy:+.2f} points")
 
 
 if __name__ == "__main__":
