@@ -124,7 +124,29 @@ def pick_device(name):
 
 
 def default_threads():
-    return max(1, min(os.cpu_count() or 1, 8))
+    """Return the number of worker processes for `--threads 0`: the usable cores, at most 8.
+
+    Usable means the cores this process may run on (taskset, cpusets) and, under a
+    cgroup v2 CPU quota (containers), no more cores than the quota pays for.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, round(quota)))
+    return max(1, min(cores, 8))
+
+
+def _cgroup_cpu_quota(path="/sys/fs/cgroup/cpu.max"):
+    """Return the cgroup v2 CPU quota in cores, or None when there is none or no such file."""
+    try:
+        with open(path) as handle:
+            limit, period = handle.read().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 class Corpus:
