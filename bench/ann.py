@@ -74,8 +74,8 @@ def main():
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--kind", choices=["ivf", "hnsw"], default="ivf")
     parser.add_argument("--nlist", type=int, help="ivf: lists (default: embcli's default for the row count)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[64, 128, 256, 384])
-    parser.add_argument("--rerank", type=int, nargs="+", default=[100, 200],
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[128, 256, 384, 512])
+    parser.add_argument("--rerank", type=int, nargs="+", default=[200, 400, 800],
                         help="ivf: candidates re-scored exactly")
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=100)

@@ -60,12 +60,15 @@ DEFAULT_EF_SEARCH = 64
 # rows / 39, and training uses at most this many rows per centroid.
 MIN_TRAINING_ROWS_PER_LIST = 39
 TRAINING_ROWS_PER_LIST = 40
-# Dimensions per product-quantizer code of 4 bits; rows are zero-padded to a multiple.
+# Dimensions per product-quantizer code of 4 bits. Rows are zero-padded to a multiple.
 DIMENSIONS_PER_CODE = 4
-DEFAULT_RERANK = 100
-# A share of the lists, not a count: on bench/ann.py's data, recall depends mainly on
-# the share of the rows scanned.
-DEFAULT_NPROBE_SHARE = 0.25
+# On the synthetic 1,000,000 x 300 model of bench/ann.py (nlist 1000), nprobe 256 with
+# 400 re-scored candidates reached recall@10 0.95 at 11-13x the speed of exact search,
+# and 200 candidates only 0.92. docs/benchmarks.md (section Scale) has the table.
+DEFAULT_RERANK = 400
+# A share of the lists, not a count, because on that data recall depends mainly on the
+# share of the rows scanned.
+DEFAULT_NPROBE_SHARE = 0.3
 
 
 def default_nlist(rows):
@@ -169,14 +172,20 @@ def build_index(model, kind=DEFAULT_KIND, nlist=None, m=DEFAULT_M, ef_constructi
 
 def _build_ivf(faiss, model, nlist, threads, progress):
     rows, dim = model.matrix.shape
+    if rows < MIN_TRAINING_ROWS_PER_LIST:
+        raise EmbcliError(
+            f"{model.path} has {rows} words, too few to train an ivf index (at least "
+            f"{MIN_TRAINING_ROWS_PER_LIST}); 'embcli neighbors' without --approx searches them exactly"
+        )
     if nlist is None:
         nlist = default_nlist(rows)
     if nlist < 1:
         raise EmbcliError(f"nlist must be at least 1, not {nlist}")
-    if nlist * MIN_TRAINING_ROWS_PER_LIST > rows:
+    largest = rows // MIN_TRAINING_ROWS_PER_LIST
+    if nlist > largest:
         raise EmbcliError(
             f"nlist {nlist} is too large for {rows:,} words: k-means needs at least "
-            f"{MIN_TRAINING_ROWS_PER_LIST} rows per list, so use --nlist {max(1, rows // MIN_TRAINING_ROWS_PER_LIST)} or less"
+            f"{MIN_TRAINING_ROWS_PER_LIST} rows per list, so use --nlist {largest} or less"
         )
     if threads:
         faiss.omp_set_num_threads(threads)

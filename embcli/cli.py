@@ -465,14 +465,18 @@ def neighbors(
                                           "(more is slower and more exact). [default: 64]"),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1,
                                          help="With --approx on an ivf index: lists scanned per query "
-                                              "(more is slower and more exact). [default: 64]"),
+                                              "(more is slower and more exact). [default: 30% of the lists]"),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1,
+                                         help="With --approx on an ivf index: candidates re-scored exactly "
+                                              "against the embeddings (more is slower and more exact). "
+                                              "[default: 400]"),
     no_subwords: bool = NoSubwordsOption,
 ):
     """Print the k nearest words by cosine similarity, leaving the query word out."""
-    _neighbors(words, k, restrict, vector, model, as_json, approx, (ef, nprobe), subwords=not no_subwords)
+    _neighbors(words, k, restrict, vector, model, as_json, approx, (ef, nprobe, rerank), subwords=not no_subwords)
 
 
-def _approximate_neighbors(opened, words, k, ef, nprobe, as_json):
+def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
     """Answer word queries from the approximate index; return how many failed."""
     from embcli.ann import open_index
 
@@ -480,15 +484,17 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, as_json):
     if approximate.kind == "ivf" and ef is not None:
         raise typer.BadParameter(f"{opened.path} has an ivf index, which takes --nprobe, not --ef",
                                  param_hint="--ef")
-    if approximate.kind == "hnsw" and nprobe is not None:
-        raise typer.BadParameter(f"{opened.path} has an hnsw index, which takes --ef, not --nprobe",
-                                 param_hint="--nprobe")
+    for value, flag in ((nprobe, "--nprobe"), (rerank, "--rerank")):
+        if approximate.kind == "hnsw" and value is not None:
+            raise typer.BadParameter(f"{opened.path} has an hnsw index, which takes --ef, not {flag}",
+                                     param_hint=flag)
     effort = nprobe if approximate.kind == "ivf" else ef
+    settings = {} if rerank is None else {"rerank": rerank}
     queries, batch = _queries(words)
     failed = 0
     for word in queries:
         try:
-            result = approximate.neighbors_batch([word], k, effort)[0]
+            result = approximate.neighbors_batch([word], k, effort, **settings)[0]
         except EmbcliError as failure:
             sys.stdout.flush()
             error(str(failure))
@@ -505,7 +511,7 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, as_json):
     return failed
 
 
-def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts=(None, None), subwords=True):
+def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts=(None, None, None), subwords=True):
     import numpy as np
 
     from embcli.errors import QueryError
@@ -515,8 +521,8 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
         raise typer.BadParameter("give query words or --vector, not both", param_hint="--vector")
     if vector is None and not words:
         raise typer.BadParameter("give at least one query word, - for stdin, or --vector", param_hint="WORDS")
-    if not approx and efforts != (None, None):
-        raise typer.BadParameter("--ef and --nprobe tune the approximate search, so they need --approx",
+    if not approx and efforts != (None, None, None):
+        raise typer.BadParameter("--ef, --nprobe and --rerank tune the approximate search, so they need --approx",
                                  param_hint="--approx")
     if approx and vector is not None:
         raise typer.BadParameter("--vector searches exactly, so it cannot be combined with --approx",

@@ -104,7 +104,7 @@ def test_ivf_recall_grows_with_nprobe(synthetic_model, tmp_path):
     assert one_list < default <= every_list
     assert default >= 0.8
     # With every list scanned, a neighbour is missed only when its 4-bit code score
-    # ranks it below the 100 candidates that are re-scored exactly.
+    # ranks it below the 400 candidates that are re-scored exactly.
     assert every_list >= 0.95
 
 
@@ -149,6 +149,7 @@ def test_missing_index_names_command(model_copy):
         (["neighbors", "lord", "--approx", "--restrict", "100"], "--restrict"),
         (["neighbors", "lord", "--nprobe", "4"], "--approx"),
         (["neighbors", "lord", "--ef", "4"], "--approx"),
+        (["neighbors", "lord", "--rerank", "50"], "--approx"),
         (["neighbors", "--vector", "1 2", "--approx"], "--vector"),
         (["index", "--kind", "lsh"], "--kind"),
         (["index", "--kind", "hnsw", "--nlist", "8"], "--nlist"),
@@ -169,6 +170,17 @@ def test_tuning_flag_must_match_index_kind(model_copy, kind, wrong, right):
     assert rejected.exit_code == 2
     assert f"takes {right}" in rejected.stderr
     accepted = invoke("neighbors", "-m", str(model_copy), "lord", "--approx", right, "8", "-k", "3")
+    assert accepted.exit_code == 0, accepted.stderr
+    assert len(accepted.stdout.splitlines()) == 3
+
+
+def test_rerank_applies_to_ivf_only(model_copy):
+    assert invoke("index", "-m", str(model_copy), "--kind", "hnsw", "-q").exit_code == 0
+    rejected = invoke("neighbors", "-m", str(model_copy), "lord", "--approx", "--rerank", "50")
+    assert rejected.exit_code == 2
+    assert "not --rerank" in rejected.stderr
+    assert invoke("index", "-m", str(model_copy), "--kind", "ivf", "-q").exit_code == 0
+    accepted = invoke("neighbors", "-m", str(model_copy), "lord", "--approx", "--rerank", "50", "-k", "3")
     assert accepted.exit_code == 0, accepted.stderr
     assert len(accepted.stdout.splitlines()) == 3
 
