@@ -477,7 +477,7 @@ def neighbors(
 
 
 def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
-    """Answer word queries from the approximate index; return how many failed."""
+    """Print the approximate neighbours of each query word; return how many queries failed."""
     from embcli.ann import open_index
 
     approximate = open_index(opened)
@@ -635,7 +635,7 @@ def index(
     model: Optional[str] = ModelOption,
     kind: str = typer.Option("ivf", "--kind", help="Index kind: ivf (faiss inverted file) or hnsw (hnswlib graph)."),
     nlist: Optional[int] = typer.Option(None, "--nlist", min=1,
-                                        help="ivf: number of k-means lists. [default: about 4 * sqrt(words)]"),
+                                        help="ivf: number of k-means lists. [default: about sqrt(words)]"),
     m: Optional[int] = typer.Option(None, "--m", min=2,
                                     help="hnsw: links per word in the graph (more: better recall, larger index). "
                                          "[default: 16]"),

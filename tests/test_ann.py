@@ -261,3 +261,15 @@ def test_rebuilding_other_kind_removes_old_index(model_copy):
     assert INDEX_FILES["ivf"] not in names
     with open(model_copy / "ann.json", encoding="utf-8") as handle:
         assert json.load(handle)["kind"] == "hnsw"
+
+
+def test_format_1_description_opens_as_hnsw(model_copy):
+    assert invoke("index", "-m", str(model_copy), "--kind", "hnsw", "-q").exit_code == 0
+    path = model_copy / "ann.json"
+    description = json.loads(path.read_text(encoding="utf-8"))
+    del description["kind"]
+    description["format_version"] = 1
+    path.write_text(json.dumps(description), encoding="utf-8")
+    result = invoke("neighbors", "-m", str(model_copy), "lord", "--approx", "-k", "3")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
