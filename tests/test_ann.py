@@ -30,12 +30,9 @@ def model_copy(trained_model, tmp_path):
     return shutil.copytree(trained_model, tmp_path / "model")
 
 
-@pytest.fixture(scope="module")
-def synthetic_model(tmp_path_factory):
-    """A 4,000 x 48 model: random mixes of 12 directions plus noise, as in bench/ann.py."""
-    directory = str(tmp_path_factory.mktemp("synthetic") / "model")
-    rows, dim = 4000, 48
-    generator = np.random.default_rng(5)
+def write_synthetic_model(directory, rows, dim=48, seed=5):
+    """Write a model of random mixes of 12 directions plus noise, as in bench/ann.py."""
+    generator = np.random.default_rng(seed)
     basis = generator.standard_normal((12, dim)).astype(np.float32) / np.sqrt(12)
     matrix = generator.standard_normal((rows, 12)).astype(np.float32) @ basis
     matrix += generator.standard_normal((rows, dim)).astype(np.float32) * 0.3
@@ -50,6 +47,12 @@ def synthetic_model(tmp_path_factory):
     meta["files"] = {name: store.fingerprint(os.path.join(directory, name))
                      for name in (store.VOCAB, store.EMBEDDINGS)}
     store.commit(directory, {store.META: store.meta_temp(directory, meta)})
+
+
+@pytest.fixture(scope="module")
+def synthetic_model(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("synthetic") / "model")
+    write_synthetic_model(directory, 4000)
     return directory
 
 
@@ -191,6 +194,15 @@ def test_nlist_too_large_is_rejected(model_copy):
     assert "nlist 100000 is too large" in result.stderr
     assert "--nlist" in result.stderr
     assert not (model_copy / "ann.json").exists()
+
+
+def test_ivf_on_tiny_model_is_rejected(tmp_path):
+    model_dir = str(tmp_path / "tiny")
+    write_synthetic_model(model_dir, 20)
+    result = invoke("index", "-m", model_dir)
+    assert result.exit_code == 1
+    assert "has 20 words, too few to train an ivf index" in result.stderr
+    assert invoke("index", "-m", model_dir, "--kind", "hnsw", "-q").exit_code == 0
 
 
 @pytest.mark.parametrize("module, package", [("faiss", "faiss-cpu"), ("hnswlib", "hnswlib")])
