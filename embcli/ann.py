@@ -189,6 +189,7 @@ def _build_ivf(faiss, model, nlist, threads, progress):
         )
     if threads:
         faiss.omp_set_num_threads(threads)
+
     # k-means trains on a random sample of rows, read in row order from the memory map.
     sample_size = min(rows, nlist * TRAINING_ROWS_PER_LIST)
     sample = np.sort(np.random.default_rng(1).choice(rows, size=sample_size, replace=False))
@@ -198,6 +199,7 @@ def _build_ivf(faiss, model, nlist, threads, progress):
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = 1
     index.train(_padded(_unit_rows(model.matrix[sample]), padded))
+
     for begin in range(0, rows, ADD_BLOCK_ROWS):
         block = _unit_rows(model.matrix[begin : begin + ADD_BLOCK_ROWS])
         index.add(_padded(block, padded))
