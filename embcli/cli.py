@@ -516,23 +516,41 @@ def neighbors(
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
     approx: bool = typer.Option(False, "--approx", help="Search the approximate index that 'embcli index' built."),
-    ef: int = typer.Option(64, "--ef", min=1, help="With --approx: candidates kept during the search (more is slower and more exact)."),
+    ef: Optional[int] = typer.Option(None, "--ef", min=1,
+                                     help="With --approx on an hnsw index: candidates kept during the search "
+                                          "(more is slower and more exact). [default: 64]"),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1,
+                                         help="With --approx on an ivf index: lists scanned per query "
+                                              "(more is slower and more exact). [default: 30% of the lists]"),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1,
+                                         help="With --approx on an ivf index: candidates re-scored exactly "
+                                              "against the embeddings (more is slower and more exact). "
+                                              "[default: 400]"),
     no_subwords: bool = NoSubwordsOption,
 ):
     """Print the k nearest words by cosine similarity, leaving the query word out."""
-    _neighbors(words, k, restrict, vector, model, as_json, approx, ef, subwords=not no_subwords)
+    _neighbors(words, k, restrict, vector, model, as_json, approx, (ef, nprobe, rerank), subwords=not no_subwords)
 
 
-def _approximate_neighbors(opened, words, k, ef, as_json):
-    """Answer word queries from the HNSW index; return how many failed."""
+def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
+    """Print the approximate neighbours of each query word; return how many queries failed."""
     from embcli.ann import open_index
 
     approximate = open_index(opened)
+    if approximate.kind == "ivf" and ef is not None:
+        raise typer.BadParameter(f"{opened.path} has an ivf index, which takes --nprobe, not --ef",
+                                 param_hint="--ef")
+    for value, flag in ((nprobe, "--nprobe"), (rerank, "--rerank")):
+        if approximate.kind == "hnsw" and value is not None:
+            raise typer.BadParameter(f"{opened.path} has an hnsw index, which takes --ef, not {flag}",
+                                     param_hint=flag)
+    effort = nprobe if approximate.kind == "ivf" else ef
+    settings = {} if rerank is None else {"rerank": rerank}
     queries, batch = _queries(words)
     failed = 0
     for word in queries:
         try:
-            result = approximate.neighbors_batch([word], k, ef)[0]
+            result = approximate.neighbors_batch([word], k, effort, **settings)[0]
         except EmbcliError as failure:
             sys.stdout.flush()
             error(str(failure))
@@ -549,7 +567,7 @@ def _approximate_neighbors(opened, words, k, ef, as_json):
     return failed
 
 
-def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64, subwords=True):
+def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts=(None, None, None), subwords=True):
     import numpy as np
 
     from embcli.errors import QueryError
@@ -559,6 +577,12 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64, 
         raise typer.BadParameter("give query words or --vector, not both", param_hint="--vector")
     if vector is None and not words:
         raise typer.BadParameter("give at least one query word, - for stdin, or --vector", param_hint="WORDS")
+    if not approx and efforts != (None, None, None):
+        raise typer.BadParameter("--ef, --nprobe and --rerank tune the approximate search, so they need --approx",
+                                 param_hint="--approx")
+    if approx and vector is not None:
+        raise typer.BadParameter("--vector searches exactly, so it cannot be combined with --approx",
+                                 param_hint="--approx")
     if approx and restrict is not None:
         raise typer.BadParameter("--restrict searches exactly, so it cannot be combined with --approx",
                                  param_hint="--approx")
@@ -566,7 +590,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64, 
     if vector is not None:
         failed = _vector_neighbors(opened, vector, k, restrict, as_json)
     elif approx:
-        failed = _approximate_neighbors(opened, words, k, ef, as_json)
+        failed = _approximate_neighbors(opened, words, k, *efforts, as_json)
     else:
         queries, batch = _queries(words)
 
@@ -665,21 +689,42 @@ def info(
 @handle_errors
 def index(
     model: Optional[str] = ModelOption,
-    m: int = typer.Option(16, "--m", min=2, help="Links per word in the HNSW graph (more: better recall, larger index)."),
-    ef_construction: int = typer.Option(100, "--ef-construction", min=1,
-                                        help="Candidates kept while building (more: better recall, slower build)."),
+    kind: str = typer.Option("ivf", "--kind", help="Index kind: ivf (faiss inverted file) or hnsw (hnswlib graph)."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", min=1,
+                                        help="ivf: number of k-means lists. [default: about sqrt(words)]"),
+    m: Optional[int] = typer.Option(None, "--m", min=2,
+                                    help="hnsw: links per word in the graph (more: better recall, larger index). "
+                                         "[default: 16]"),
+    ef_construction: Optional[int] = typer.Option(None, "--ef-construction", min=1,
+                                                  help="hnsw: candidates kept while building (more: better recall, "
+                                                       "slower build). [default: 100]"),
     threads: int = typer.Option(0, "--threads", min=0, help="Build threads. [default: 0, one per core]"),
     quiet: bool = QuietOption,
 ):
-    """Build an approximate nearest-neighbour index (HNSW) for 'neighbors --approx'."""
-    from embcli.ann import build_index
+    """Build an approximate nearest-neighbour index (IVF or HNSW) for 'neighbors --approx'."""
+    from embcli import ann
     from embcli.model import Model
 
+    if kind not in ann.KINDS:
+        raise typer.BadParameter(f"{kind!r} is not an index kind; choose ivf or hnsw", param_hint="--kind")
+    if kind == "ivf" and (m is not None or ef_construction is not None):
+        raise typer.BadParameter("--m and --ef-construction apply to --kind hnsw only", param_hint="--kind")
+    if kind == "hnsw" and nlist is not None:
+        raise typer.BadParameter("--nlist applies to --kind ivf only", param_hint="--kind")
     STATE["quiet"] = STATE["quiet"] or quiet
     opened = Model.open(model)
-    description = build_index(opened, m=m, ef_construction=ef_construction, threads=threads)
+    description = ann.build_index(
+        opened, kind=kind, nlist=nlist,
+        m=ann.DEFAULT_M if m is None else m,
+        ef_construction=ann.DEFAULT_EF_CONSTRUCTION if ef_construction is None else ef_construction,
+        threads=threads,
+    )
+    if kind == "ivf":
+        settings = f"ivf, nlist {description['nlist']}"
+    else:
+        settings = f"hnsw, M {description['M']}, ef_construction {description['ef_construction']}"
     note(
-        f"indexed {description['rows']:,} words (M {m}, ef_construction {ef_construction}) in "
+        f"indexed {description['rows']:,} words ({settings}) in "
         f"{description['build_seconds']:.1f} s; saved in {opened.path}"
     )
 
