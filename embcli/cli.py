@@ -251,6 +251,9 @@ def train(
                                   help="shared: each block of pairs shares its negatives (faster); per-pair: word2vec's objective."),
     seed: int = typer.Option(1, "--seed", help="Random seed. Runs with --threads 1 are reproducible."),
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
+    chunk_order: str = typer.Option("in-turn", "--chunk-order",
+                                    help="How worker processes split the corpus: in-turn (they read it side by side) "
+                                         "or slices (one contiguous slice each, as word2vec.c)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
     sync_tokens: int = typer.Option(65536, "--sync-tokens", min=1,
@@ -274,7 +277,8 @@ def train(
     STATE["quiet"] = STATE["quiet"] or quiet
     model_dir = resolve_model_path(model)
     for value, name, choices in ((method, "--method", ("skipgram", "cbow")),
-                                 (negatives, "--negatives", ("shared", "per-pair"))):
+                                 (negatives, "--negatives", ("shared", "per-pair")),
+                                 (chunk_order, "--chunk-order", ("in-turn", "slices"))):
         if value not in choices:
             raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
@@ -293,8 +297,16 @@ def train(
     config = TrainConfig(method=method, dim=dim, window=window, negative=negative, sample=sample,
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
                          seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
-                         buckets=buckets, combination=combination)
+                         buckets=buckets, combination=combination, chunk_order=chunk_order)
     launch = _distributed_launch()
+    if resume:
+        # A resumed run takes every training setting from its checkpoint.
+        settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
+                    "--ns-exponent", "--negatives", "--seed", "--threads", "--subwords", "--buckets",
+                    "--combination", "--chunk-order")
+        given = [flag for flag in settings if any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv)]
+        if given:
+            note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(given)}")
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:
