@@ -25,7 +25,7 @@ What differs from fastText, and why:
 
 import torch
 
-from embcli.train import Trainer
+from embcli.train import LOSS_EVERY, Trainer
 
 
 def init_subword_vectors(vocab_size, buckets, dim, seed):
@@ -42,6 +42,8 @@ def init_subword_vectors(vocab_size, buckets, dim, seed):
 
 class SubwordTrainer(Trainer):
     """A Trainer whose input vector for a word is the mean or sum of its subword rows."""
+
+    occurrence_mean = False
 
     def __init__(self, config, corpus, input_vectors, output_vectors, device, worker=0, workers=1,
                  table=None):
@@ -86,7 +88,8 @@ class SubwordTrainer(Trainer):
         self.input_vectors.index_add_(0, rows, per_word.index_select(0, owner))
 
     def center_pairs(self, ids, sentence, core, generator):
-        """Return (centers, contexts), grouped by center position, for skip-gram."""
+        """Return (center positions in `ids`, context ids) of a chunk's skip-gram pairs,
+        grouped by center position in text order."""
         n = ids.shape[0]
         window = self.config.window
         reduced = torch.randint(1, window + 1, (n,), generator=generator, device=self.device)
@@ -97,19 +100,89 @@ class SubwordTrainer(Trainer):
         mask = inside & (offsets.abs()[None, :] <= reduced[:, None]) & core[:, None]
         mask &= sentence[position] == sentence[:, None]
         center_index, slot = mask.nonzero(as_tuple=True)
-        return ids.index_select(0, center_index), ids[position[center_index, slot]]
+        return center_index, ids[position[center_index, slot]]
+
+    def _skipgram_plan(self, ids, sentence, core, generator):
+        """Lay out a chunk's skip-gram pairs as update steps of about `batch` pairs.
+
+        Pairs are grouped by center word, and each step takes whole center occurrences,
+        so a step holds between `batch` and `batch + 2 * window - 1` pairs. Within a step,
+        the occurrences of one word share one combined vector and one gradient, which
+        is the same update as combining each occurrence on its own, because all of a
+        step's scores read the vectors from before the step.
+
+        Returns a dict of index tensors for the whole chunk and `bounds`, a list of
+        (first pair, end pair, first word, end word, first row, end row) per step. The
+        "local" tensors index within their own step, so a step needs no arithmetic on
+        them.
+        """
+        device = self.device
+        batch = self.config.batch
+        center_position, outputs = self.center_pairs(ids, sentence, core, generator)
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        if center_position.shape[0] == 0:
+            return {"outputs": outputs}, []
+        # Occurrences: runs of pairs with the same center position.
+        occurrence_position, pair_counts = torch.unique_consecutive(center_position, return_counts=True)
+        pair_starts = torch.cumsum(pair_counts, 0) - pair_counts
+        occurrence_step = torch.div(pair_starts, batch, rounding_mode="floor")
+        # Distinct (step, word) keys, sorted by step, so each step's words are contiguous.
+        key = occurrence_step * self.vocab_size + ids.index_select(0, occurrence_position)
+        distinct, occurrence_word = torch.unique(key, return_inverse=True)
+        distinct_word = distinct % self.vocab_size
+        distinct_step = torch.div(distinct, self.vocab_size, rounding_mode="floor")
+        rows, row_owner, row_counts = self._word_rows(distinct_word)
+        pair_word = torch.repeat_interleave(occurrence_word, pair_counts)
+
+        steps = int(occurrence_step[-1]) + 1
+        step_ids = torch.arange(steps + 1, device=device)
+        word_bounds = torch.searchsorted(distinct_step, step_ids)
+        row_starts = torch.cumsum(row_counts, 0) - row_counts
+        row_bounds = torch.cat([row_starts, row_starts.new_tensor([rows.shape[0]])]).index_select(0, word_bounds)
+        pair_bounds = torch.cat([pair_starts, pair_starts.new_tensor([center_position.shape[0]])])
+        pair_bounds = pair_bounds.index_select(0, torch.searchsorted(occurrence_step, step_ids))
+        first_word = word_bounds.index_select(0, distinct_step)  # first word of each word's step
+        local_word = torch.arange(distinct.shape[0], device=device) - first_word
+        plan = {
+            "outputs": outputs,
+            "rows": rows,
+            "row_word": local_word.index_select(0, row_owner),
+            "bag_offsets": row_starts - row_bounds.index_select(0, distinct_step),
+            "pair_word": local_word.index_select(0, pair_word),
+            "inverse_counts": 1.0 / row_counts.to(self.input_vectors.dtype),
+        }
+        scale = torch.ones(distinct.shape[0], dtype=self.input_vectors.dtype, device=device)
+        if not self.mean:
+            scale /= row_counts.to(self.input_vectors.dtype)
+        if self.occurrence_mean:
+            occurrences = torch.bincount(occurrence_word, minlength=distinct.shape[0])
+            scale /= occurrences.to(self.input_vectors.dtype)
+        plan["scale"] = scale
+        bounds = torch.stack([pair_bounds[:-1], pair_bounds[1:], word_bounds[:-1], word_bounds[1:],
+                              row_bounds[:-1], row_bounds[1:]], 1).tolist()
+        return plan, bounds
 
     def train_skipgram_chunk(self, ids, sentence, core, lr, generator):
-        inputs, outputs = self.center_pairs(ids, sentence, core, generator)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        batch = self.config.batch
-        for begin in range(0, inputs.shape[0], batch):
-            combined, inverse, rows, owner, counts = self._combine(inputs[begin : begin + batch])
-            hidden = combined.index_select(0, inverse)
-            grad, step_loss = self._negative_step(hidden, outputs[begin : begin + batch], lr, generator)
-            self._scatter(grad, inverse, rows, owner, counts)
-            loss += step_loss
-        return loss, inputs.shape[0]
+        plan, bounds = self._skipgram_plan(ids, sentence, core, generator)
+        mode = "mean" if self.mean else "sum"
+        dim = self.input_vectors.shape[1]
+        losses, sampled = [], 0
+        for step, (p0, p1, w0, w1, r0, r1) in enumerate(bounds):
+            rows = plan["rows"][r0:r1]
+            # Gather and sum (or average) each word's rows in one kernel.
+            combined = torch.nn.functional.embedding_bag(rows, self.input_vectors, plan["bag_offsets"][w0:w1],
+                                                         mode=mode)
+            pair_word = plan["pair_word"][p0:p1]
+            hidden = combined.index_select(0, pair_word)
+            with_loss = step % LOSS_EVERY == 0
+            grad, loss = self._negative_step(hidden, plan["outputs"][p0:p1], lr, generator, with_loss)
+            per_word = torch.zeros(w1 - w0, dim, device=self.device).index_add_(0, pair_word, grad)
+            per_word *= plan["scale"][w0:w1, None]
+            self.input_vectors.index_add_(0, rows, per_word.index_select(0, plan["row_word"][r0:r1]))
+            if with_loss:
+                losses.append(loss)
+                sampled += p1 - p0
+        return self._chunk_loss(losses, sampled, plan["outputs"].shape[0]), plan["outputs"].shape[0]
 
     def train_cbow_chunk(self, ids, sentence, core, lr, generator):
         context, mask, centers = self.cbow_windows(ids, sentence, core, generator)
