@@ -140,6 +140,25 @@ def save_npy_temp(directory, name, array):
     return path
 
 
+def save_npy_blocks_temp(directory, name, shape, blocks):
+    """Write a float32 .npy of `shape` from consecutive row `blocks` under a temporary
+    name; return that path. The whole array is never in memory at once."""
+    path = temp_path(directory, name)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": tuple(shape)}
+    rows = 0
+    with removed_on_error(path), open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for block in blocks:
+            np.ascontiguousarray(block, dtype=np.float32).tofile(handle)
+            rows += len(block)
+        if rows != shape[0]:
+            raise ValueError(f"{path}: the blocks hold {rows} rows, not {shape[0]}")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
 def save_norms_temp(directory, matrix, meta):
     """Write the L2 norm of each row of `matrix` under a temporary name; return that path.
 

@@ -28,16 +28,61 @@ import torch
 from embcli.train import LOSS_EVERY, Trainer
 
 
-def init_subword_vectors(vocab_size, buckets, dim, seed):
-    """fastText's initialisation: input rows uniform in ±1/dim, output rows zero."""
+# Buckets are initialised in blocks of this many rows, each from its own generator, so
+# that the initial value of any bucket can be rebuilt without the whole matrix.
+INIT_BLOCK = 65536
+
+
+def initial_bucket_block(seed, dim, first, last):
+    """Return the initial (last - first, dim) rows of buckets first..last - 1.
+
+    `first` must be a multiple of INIT_BLOCK. Uniform in ±1/dim, fastText's
+    initialisation; the values depend only on (seed, dim, bucket).
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 1 + first // INIT_BLOCK)
+    return torch.empty(last - first, dim).uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
+
+
+def init_subword_vectors(table, dim, seed):
+    """fastText's initialisation: input rows uniform in ±1/dim, output rows zero.
+
+    The input matrix has the compact layout of `table`: the word rows, then one row per
+    used bucket, holding that bucket's initial value.
+    """
     generator = torch.Generator().manual_seed(seed)
     # The matrix moves to shared memory before it is filled in place, so it never exists
     # twice. Hogwild workers need it there anyway.
-    input_vectors = torch.empty(vocab_size + buckets, dim)
+    input_vectors = torch.empty(table.input_rows, dim)
     input_vectors.share_memory_()
-    input_vectors.uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
-    output_vectors = torch.zeros(vocab_size, dim)
+    input_vectors[: table.vocab_size].uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
+    for first, last, used, row in _used_buckets_by_block(table):
+        block = initial_bucket_block(seed, dim, first, last)
+        input_vectors[table.vocab_size + row : table.vocab_size + row + len(used)] = block[used - first]
+    output_vectors = torch.zeros(table.vocab_size, dim)
     return input_vectors, output_vectors
+
+
+def _used_buckets_by_block(table):
+    """Yield (first bucket, end bucket, used bucket ids in it, their first compact row)."""
+    ids = torch.from_numpy(table.bucket_ids)
+    for first in range(0, table.buckets, INIT_BLOCK):
+        last = min(first + INIT_BLOCK, table.buckets)
+        low, high = torch.searchsorted(ids, torch.tensor([first, last])).tolist()
+        yield first, last, ids[low:high], low
+
+
+def full_bucket_blocks(vectors, table, seed):
+    """Yield the (buckets, dim) bucket matrix of trained compact `vectors` in row blocks.
+
+    Used buckets take their trained rows; the others keep their initial values, as
+    fastText's untouched buckets do.
+    """
+    dim = vectors.shape[1]
+    trained = torch.from_numpy(vectors[table.vocab_size :])
+    for first, last, used, row in _used_buckets_by_block(table):
+        block = initial_bucket_block(seed, dim, first, last)
+        block[used - first] = trained[row : row + len(used)]
+        yield block.numpy()
 
 
 class SubwordTrainer(Trainer):
