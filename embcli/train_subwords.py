@@ -88,8 +88,6 @@ def full_bucket_blocks(vectors, table, seed):
 class SubwordTrainer(Trainer):
     """A Trainer whose input vector for a word is the mean or sum of its subword rows."""
 
-    occurrence_mean = False
-
     def __init__(self, config, corpus, input_vectors, output_vectors, device, worker=0, workers=1,
                  table=None):
         super().__init__(config, corpus, input_vectors, output_vectors, device, worker, workers)
@@ -194,14 +192,16 @@ class SubwordTrainer(Trainer):
             "row_word": local_word.index_select(0, row_owner),
             "bag_offsets": row_starts - row_bounds.index_select(0, distinct_step),
             "pair_word": local_word.index_select(0, pair_word),
-            "inverse_counts": 1.0 / row_counts.to(self.input_vectors.dtype),
         }
-        scale = torch.ones(distinct.shape[0], dtype=self.input_vectors.dtype, device=device)
+        # A word that occurs k times in a step gets the mean of its k summed gradients, not
+        # their sum: a rare word repeated within one article (k up to 10 in 1,024 pairs)
+        # otherwise moved its rows, and the n-gram rows it shares with other words, k
+        # times too far, and lr 0.05 (fastText's) diverged in the first chunks.
+        occurrences = torch.bincount(occurrence_word, minlength=distinct.shape[0])
+        scale = 1.0 / occurrences.to(self.input_vectors.dtype)
         if not self.mean:
+            # See _scatter: with the sum, each row takes the gradient / row count.
             scale /= row_counts.to(self.input_vectors.dtype)
-        if self.occurrence_mean:
-            occurrences = torch.bincount(occurrence_word, minlength=distinct.shape[0])
-            scale /= occurrences.to(self.input_vectors.dtype)
         plan["scale"] = scale
         bounds = torch.stack([pair_bounds[:-1], pair_bounds[1:], word_bounds[:-1], word_bounds[1:],
                               row_bounds[:-1], row_bounds[1:]], 1).tolist()
