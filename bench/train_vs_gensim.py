@@ -51,7 +51,7 @@ import gzip, json, re, sys, time
 import numpy as np
 from gensim.models import Word2Vec
 
-corpus, out, sg, dim, window, negative, sample, min_count, epochs, workers = sys.argv[1:]
+corpus, out, sg, dim, window, negative, sample, min_count, epochs, workers, seed = sys.argv[1:]
 token = re.compile(r"\w+")
 opener = gzip.open if corpus.endswith(".gz") else open
 sentences = []
@@ -62,7 +62,7 @@ with opener(corpus, "rt", encoding="utf-8", errors="replace") as handle:
             sentences.append(words[begin:begin + 10000])
 model = Word2Vec(vector_size=int(dim), window=int(window), negative=int(negative),
                  sample=float(sample), min_count=int(min_count), workers=int(workers),
-                 sg=int(sg), seed=1)
+                 sg=int(sg), seed=int(seed))
 model.build_vocab(sentences)
 started = time.time()
 model.train(sentences, total_examples=model.corpus_count, epochs=int(epochs))
@@ -151,13 +151,13 @@ def score(words, vectors):
     return {"analogy": analogy, "ws353": wordsim, "simlex": simlex}
 
 
-def run_gensim(corpus, method, workdir):
+def run_gensim(corpus, method, workdir, seed):
     out = Path(workdir) / f"gensim-{method}"
     out.mkdir()
     s = SETTINGS
     command = [sys.executable, "-c", GENSIM_SCRIPT, corpus, str(out), "1" if method == "skipgram" else "0",
                str(s["dim"]), str(s["window"]), str(s["negative"]), str(s["sample"]), str(s["min_count"]),
-               str(s["epochs"]), str(s["workers"])]
+               str(s["epochs"]), str(s["workers"]), str(seed)]
     wall, cpu, pss = run_measured(command)
     stats = json.loads((out / "stats.json").read_text())
     words = (out / "words.txt").read_text(encoding="utf-8").split("\n")[:-1]
@@ -166,7 +166,7 @@ def run_gensim(corpus, method, workdir):
             "vocab": stats["vocab"], **score(words, vectors)}
 
 
-def run_embcli(corpus, method, workdir, extra):
+def run_embcli(corpus, method, workdir, extra, seed):
     model = str(Path(workdir) / f"embcli-{method}")
     embcli = [sys.executable, "-m", "embcli"]
     s = SETTINGS
@@ -174,7 +174,7 @@ def run_embcli(corpus, method, workdir, extra):
     train = embcli + ["train", "-m", model, "--method", method, "--dim", str(s["dim"]),
                       "--window", str(s["window"]), "--negative", str(s["negative"]),
                       "--sample", str(s["sample"]), "--epochs", str(s["epochs"]),
-                      "--threads", str(s["workers"]), "--quiet"] + extra
+                      "--threads", str(s["workers"]), "--seed", str(seed), "--quiet"] + extra
     build_wall, build_cpu, build_pss = run_measured(build)
     train_wall, train_cpu, train_pss = run_measured(train)
     meta = json.loads(Path(model, "meta.json").read_text())
@@ -194,7 +194,8 @@ def main():
     parser.add_argument("--method", choices=["skipgram", "cbow", "both"], default="both")
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"],
                         help="Passes over the corpus for both trainers. [default: 5]")
-    parser.add_argument("--repeat", type=int, default=1, help="Runs of each trainer, interleaved.")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="Runs of each trainer, interleaved; run N uses seed N for both.")
     parser.add_argument("--embcli-args", default="", help="Extra options for embcli train, e.g. '--negatives per-pair'.")
     parser.add_argument("--eval-dir", default=str(EVAL_DIR[0]),
                         help="Folder with questions-words.txt, wordsim353.tsv and simlex999.txt.")
@@ -208,10 +209,12 @@ def main():
     print(f"corpus {args.corpus}; settings {SETTINGS}; bare 'import torch' PSS {baseline * mib:.0f} MiB")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     for method in methods:
+        runs = []
         for run in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix="embcli-bench-") as workdir:
-                gensim = run_gensim(args.corpus, method, workdir)
-                ours = run_embcli(args.corpus, method, workdir, args.embcli_args.split())
+                gensim = run_gensim(args.corpus, method, workdir, run + 1)
+                ours = run_embcli(args.corpus, method, workdir, args.embcli_args.split(), run + 1)
+            runs.append((gensim, ours))
             load = os.getloadavg()[0]
             print(f"\n{method} run {run + 1}/{args.repeat} (load average {load:.1f} after)")
             print(f"  {'':8} {'wall s':>8} {'CPU s':>8} {'loop words/s':>13} {'analogy':>8} {'WS-353':>7} "
@@ -231,6 +234,24 @@ def main():
             print(f"  embcli train memory above bare torch: {added * mib:.0f} MiB; bound "
                   f"{ours['memory_bound'] * mib:.0f} MiB ({added / ours['memory_bound']:.2f} of it)")
             sys.stdout.flush()
+        if len(runs) > 1:
+            print_summary(method, runs)
+
+
+def print_summary(method, runs):
+    """Print the mean and range of each score and ratio over the seeds."""
+    print(f"\n{method}, {len(runs)} runs (seeds 1-{len(runs)}): mean [min, max]")
+
+    def line(label, values, form):
+        values = np.array(values)
+        print(f"  {label:34} {form.format(values.mean())} [{form.format(values.min())}, {form.format(values.max())}]")
+
+    for name, side in (("gensim", 0), ("embcli", 1)):
+        line(f"{name} analogy %", [100 * r[side]["analogy"] for r in runs], "{:.2f}")
+        line(f"{name} WS-353", [r[side]["ws353"] for r in runs], "{:.3f}")
+    line("analogy difference, points", [100 * (o["analogy"] - g["analogy"]) for g, o in runs], "{:+.2f}")
+    line("WS-353 difference", [o["ws353"] - g["ws353"] for g, o in runs], "{:+.3f}")
+    line("speed ratio (whole commands)", [g["wall"] / o["wall"] for g, o in runs], "{:.2f}")
 
 
 if __name__ == "__main__":

@@ -70,12 +70,11 @@ def import_vectors(path, model=None, format=None, words=None, lenient=False, for
     `words` is the word list of an `.npy` matrix. Lenient warnings are in the model's
     meta["imported"]["warnings"] count.
     """
-    from embcli.formats import import_model, read_vectors
+    from embcli.formats import import_file
     from embcli.store import resolve_model_path
 
     model_dir = resolve_model_path(model)
-    vectors = read_vectors(path, format, lenient, words)
-    import_model(model_dir, vectors, path, lenient, replace=force)
+    import_file(model_dir, path, format, lenient, words, replace=force)
     return load(model_dir)
 
 

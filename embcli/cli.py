@@ -298,7 +298,8 @@ def train(
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:
-        stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens)
+        stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens,
+                                   checkpoint_every * 60)
         note(
             f"trained {stats.words:,} words ({stats.epochs_done} epochs) on {launch.world_size} ranks in "
             f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s, final loss "
@@ -327,7 +328,7 @@ def _distributed_launch():
     return launched()
 
 
-def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens):
+def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens, checkpoint_seconds):
     from embcli.distributed import train_distributed
 
     if corpus:
@@ -344,7 +345,8 @@ def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens):
     progress, finish = _training_progress()
     try:
         return train_distributed(model_dir, config, launch, resume=resume, progress=progress,
-                                 started=started, sync_tokens=sync_tokens)
+                                 started=started, sync_tokens=sync_tokens,
+                                 checkpoint_seconds=checkpoint_seconds)
     finally:
         finish()
 
@@ -382,14 +384,62 @@ def _note_out_of_vocabulary(word, ngram_count):
     note(f"embcli: note: {word}: not in vocabulary; its vector combines {ngram_count} character n-grams")
 
 
-def _read_stdin_queries():
-    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+def _flush_stdout():
+    sys.stdout.flush()
+
+
+def _stdin_descriptor():
+    """Return the file descriptor of stdin if select() can poll it, else None."""
+    if os.name == "nt":
+        return None  # NOTE: select() polls only sockets on Windows, so stdin is read line by line there.
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # a stdin without a descriptor, for example in tests
+        return None
+
+
+def _stdin_raw_lines():
+    """Yield the lines of stdin as bytes.
+
+    Before a read that would wait for more input, call STATE["stdin_wait"]. Batch
+    commands print the results of the queries read so far there and flush stdout, so
+    a user or a program that writes one query and waits gets its result. Input that is
+    already available (a file, a fast pipe) is still searched in full blocks.
+    """
+    if sys.stdin is None:  # started with stdin closed
+        return
     stream = getattr(sys.stdin, "buffer", None)
+    descriptor = _stdin_descriptor()
     if stream is None:  # a text-only stdin, for example in tests
-        lines = (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
-    else:
-        lines = iter(stream.readline, b"")
-    for number, raw in enumerate(lines, 1):
+        yield from (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        return
+    if descriptor is None:
+        yield from iter(stream.readline, b"")
+        return
+    import select
+
+    rest = b""
+    while True:
+        ready, _, _ = select.select([descriptor], [], [], 0)
+        if not ready:
+            STATE.get("stdin_wait", _flush_stdout)()
+        try:
+            chunk = os.read(descriptor, 1 << 16)
+        except BlockingIOError:  # the parent left stdin in non-blocking mode
+            select.select([descriptor], [], [])
+            continue
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _stdin_lines():
+    """Yield (line number, text) for the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+    for number, raw in enumerate(_stdin_raw_lines(), 1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as failure:
@@ -400,7 +450,13 @@ def _read_stdin_queries():
         line = line.removeprefix("\ufeff") if number == 1 else line
         line = line.rstrip("\r\n")
         if line.strip():
-            yield line
+            yield number, line
+
+
+def _read_stdin_queries():
+    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
+    for _, line in _stdin_lines():
+        yield line
 
 
 def _queries(words):
@@ -656,6 +712,9 @@ def _answer_in_blocks(opened, queries, resolve, answer, emit, block=QUERY_BLOCK)
     pending = []
 
     def flush():
+        if not pending:
+            sys.stdout.flush()
+            return
         resolved = [item for item in pending if not isinstance(item[1], EmbcliError)]
         results = iter(answer([value for _, value in resolved]) if resolved else [])
         for query, value in pending:
@@ -667,18 +726,27 @@ def _answer_in_blocks(opened, queries, resolve, answer, emit, block=QUERY_BLOCK)
         sys.stdout.flush()
         pending.clear()
 
-    for count, query in enumerate(queries):
-        if count == 32:
-            # Past a few queries, a word -> row dict is cheaper than byte searches.
-            opened.vocabulary.build_index()
-        try:
-            pending.append((query, resolve(query)))
-        except EmbcliError as failure:
-            pending.append((query, failure))
-            failed += 1
-        if len(pending) >= block:
-            flush()
-    flush()
+    # Reading stdin calls this before it waits for input, so the queries read so far get their results.
+    waiting = STATE.get("stdin_wait")
+    STATE["stdin_wait"] = flush
+    try:
+        for count, query in enumerate(queries):
+            if count == 32:
+                # Past a few queries, a word -> row dict is cheaper than byte searches.
+                opened.vocabulary.build_index()
+            try:
+                pending.append((query, resolve(query)))
+            except EmbcliError as failure:
+                pending.append((query, failure))
+                failed += 1
+            if len(pending) >= block:
+                flush()
+        flush()
+    finally:
+        if waiting is None:
+            STATE.pop("stdin_wait", None)
+        else:
+            STATE["stdin_wait"] = waiting
     return failed
 
 
@@ -712,7 +780,8 @@ def _vector_neighbors(opened, vector, k, restrict, as_json):
     import numpy as np
 
     if vector == "-":
-        queries = ((number, line) for number, line in enumerate(sys.stdin, 1) if line.strip())
+        STATE["stdin_failures"] = 0
+        queries = _stdin_lines()
         batch = True
     else:
         queries = [(1, vector)]
@@ -977,7 +1046,7 @@ def import_vectors(
     """Make a model directory from a vector file, auto-detecting its format."""
     import time
 
-    from embcli.formats import READ_FORMATS, import_model, read_vectors
+    from embcli.formats import READ_FORMATS, import_file
     from embcli.store import resolve_model_path
 
     STATE["quiet"] = STATE["quiet"] or quiet
@@ -995,14 +1064,14 @@ def import_vectors(
     else:
         update, finish = None, (lambda: None)
     try:
-        vectors = read_vectors(path, None if format == "auto" else format, lenient, words, progress=update)
+        vectors = import_file(model_dir, path, None if format == "auto" else format, lenient, words, progress=update,
+                              replace=force)
     finally:
         finish()
     for message in vectors.warnings:
         note(f"warning: {message}")
     if vectors.warning_count > len(vectors.warnings):
         note(f"warning: {vectors.warning_count - len(vectors.warnings):,} more problems were skipped")
-    import_model(model_dir, vectors, path, lenient, replace=force)
     note(f"imported {len(vectors.words):,} words x {vectors.matrix.shape[1]} dimensions ({vectors.format}) "
          f"from {path} into {model_dir} in {time.perf_counter() - started:.1f} s")
 

@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import time
 
@@ -186,12 +187,15 @@ def sync_points(total_chunks, syncs):
 
 
 def train_distributed(model_dir, config, launch, resume=False, progress=None, started=None,
-                      sync_tokens=DEFAULT_SYNC_TOKENS):
+                      sync_tokens=DEFAULT_SYNC_TOKENS, checkpoint_seconds=train.DEFAULT_CHECKPOINT_SECONDS):
     """Train the model in `model_dir` as rank `launch.rank` of `launch.world_size`.
 
     Every rank returns the same TrainStats (summed over the ranks); only rank 0 writes
     files. `progress` has train_model's signature and is called on rank 0 only.
-    `started(backend, syncs)` is called on rank 0 once training begins.
+    `started(backend, syncs)` is called on rank 0 once training begins. Rank 0 saves a
+    checkpoint after the first synchronization at least `checkpoint_seconds` (0: never)
+    after the previous one, and after a collective fails (for example because another
+    rank was killed), so that `--resume` continues from the last synchronization.
     """
     config.validate()
     if sync_tokens < 1:
@@ -201,12 +205,14 @@ def train_distributed(model_dir, config, launch, resume=False, progress=None, st
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
     try:
-        return _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens)
+        return _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens,
+                      checkpoint_seconds)
     finally:
         dist.destroy_process_group()
 
 
-def _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens):
+def _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens,
+           checkpoint_seconds=train.DEFAULT_CHECKPOINT_SECONDS):
     from embcli.corpus import check_unchanged
 
     meta = store.read_meta(model_dir)
@@ -289,6 +295,18 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         started(backend, syncs)
     began = time.time()
     stopped = False
+    last_save = time.monotonic()
+
+    def save_synchronized(index, matrices):
+        """Save `matrices`, the replicas as of synchronization `index`, as a checkpoint (rank 0)."""
+        at_sync = positions_at_sync(len(corpus), config, launch.world_size, syncs, index, positions)
+        fraction = sum(at_sync[::2]) / max(config.epochs * launch.world_size, 1)
+        totals = (fraction * words_total, local["examples"] * launch.world_size,
+                  time.time() - began, words_total)
+        save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, at_sync, *matrices,
+                        corpus_record, totals)
+
+    synchronized = None  # the index of the last synchronization that every rank completed
     try:
         for index in range(syncs_done, syncs):
             target = points[index]
@@ -296,11 +314,37 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
                 epoch, chunk = divmod(local["done"], chunks_per_epoch)
                 trainer.run(epoch, chunk, report, lambda: local["done"] >= target or stop.is_set())
             replicas.synchronize()
+            synchronized = index
+            due = checkpoint_seconds and time.monotonic() - last_save >= checkpoint_seconds
+            if launch.rank == 0 and due and index < syncs - 1:
+                save_synchronized(index, [input_vectors, output_vectors])
+                last_save = time.monotonic()
             signalled, unfinished = _sum_across(
                 [1.0 if stop.is_set() else 0.0, 1.0 if local["done"] < total_chunks else 0.0], device)
             if signalled and (index < syncs - 1 or unfinished):
                 stopped = True
                 break
+    except RuntimeError as error:
+        # A collective failed: gloo raises when another rank's connection closes, for
+        # example because that rank was killed. Replicas.base still contains the matrices of
+        # the last synchronization, the same on every rank, so rank 0 saves those.
+        if launch.world_size == 1:
+            raise
+        # gloo's message starts with its source location and ends with advice; keep the cause.
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip()).split(". ")[0]
+        path = os.path.join(model_dir, train.CHECKPOINT)
+        resume = f"continue with the same torchrun command and: embcli train --resume -m {model_dir}"
+        if launch.rank == 0 and synchronized is not None:
+            save_synchronized(synchronized, replicas.base)
+            saved = f"the work up to the last synchronization is saved in {path}; {resume}"
+        elif launch.rank == 0:
+            saved = f"no synchronization completed, so nothing new was saved; if {path} exists, {resume}"
+        else:
+            saved = f"rank 0 saves the checkpoints; if {path} exists on its node, {resume}"
+        raise TrainingError(
+            f"the ranks lost contact during training ({detail}), for example because a rank was "
+            f"killed (the kernel's out-of-memory killer sends SIGKILL); {saved}"
+        ) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -363,6 +407,27 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
                                start, None, distributed=record)
     dist.barrier()
     return stats
+
+
+def positions_at_sync(corpus_tokens, config, world_size, syncs, index, start_positions):
+    """Return every rank's [epoch, chunk] once synchronization `index` has completed.
+
+    Each rank's slice, chunks and synchronization points follow from the corpus length
+    alone, so rank 0 computes them all without a collective. A rank that started past
+    that point (a resumed run) is at its start position.
+    """
+    positions = []
+    for rank in range(world_size):
+        start, stop = train.slice_bounds(corpus_tokens, world_size, rank)
+        per_epoch = len(train.chunk_starts(start, stop, config.chunk_tokens))
+        total = config.epochs * per_epoch
+        began = start_positions[2 * rank] * per_epoch + start_positions[2 * rank + 1]
+        done = max(min(began, total), sync_points(total, syncs)[index])
+        if per_epoch == 0 or done >= total:
+            positions += [config.epochs, 0]
+        else:
+            positions += list(divmod(done, per_epoch))
+    return positions
 
 
 def _gather_positions(position, launch, device):

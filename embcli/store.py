@@ -140,27 +140,86 @@ def save_npy_temp(directory, name, array):
     return path
 
 
-def save_npy_blocks_temp(directory, name, shape, blocks):
-    """Write a float32 .npy of `shape` from consecutive row `blocks` under a temporary
-    name; return that path. The whole array is never in memory at once."""
-    path = temp_path(directory, name)
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": tuple(shape)}
-    rows = 0
-    with removed_on_error(path), open(path, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, header)
-        for block in blocks:
-            np.ascontiguousarray(block, dtype=np.float32).tofile(handle)
-            rows += len(block)
-        if rows != shape[0]:
-            raise ValueError(f"{path}: the blocks hold {rows} rows, not {shape[0]}")
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path
+class NpyRowWriter:
+    """Write a float32 (rows, dim) .npy under a temporary name, appending blocks of rows.
+
+    For matrices whose row count is known only at the end: the header is written for
+    `max_rows` rows and rewritten by `finish()` for the rows appended, padded with
+    spaces to the same length, as the .npy format allows. The kernel is asked to start
+    writing each `WRITEBACK_BYTES` to disk as soon as it is appended, so the final fsync
+    waits only for the last part. Use it as a context manager: the file is removed
+    if the block raises.
+    """
+
+    WRITEBACK_BYTES = 64 << 20
+
+    def __init__(self, directory, name, dim, max_rows):
+        self.path = temp_path(directory, name)
+        self.dim = dim
+        self.rows = 0
+        self.header_bytes = len(_npy_header((max_rows, dim)))
+        self._handle = None
+        self._started = 0  # bytes of data already handed to the kernel for writeback
+
+    def __enter__(self):
+        self._handle = open(self.path, "wb", buffering=0)
+        self._handle.write(_npy_header((0, self.dim), self.header_bytes))
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if self._handle is not None and not self._handle.closed:
+            self._handle.close()
+        if kind is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+        return False
+
+    def append(self, rows):
+        """Append the (n, dim) float32 rows `rows` to the file."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        view = memoryview(rows).cast("B")
+        while view:
+            view = view[self._handle.write(view) :]
+        self.rows += rows.shape[0]
+        written = 4 * self.dim * self.rows
+        if hasattr(os, "posix_fadvise") and written - self._started >= self.WRITEBACK_BYTES:
+            # On Linux, POSIX_FADV_DONTNEED starts writeback of the range's dirty pages
+            # without waiting for it. It drops only clean pages from the page cache, and
+            # the range was just written, so its pages stay cached for the queries.
+            os.posix_fadvise(self._handle.fileno(), self.header_bytes + self._started, written - self._started,
+                             os.POSIX_FADV_DONTNEED)
+            self._started = written
+
+    def finish(self):
+        """Write the final header, fsync and close the file; return its path."""
+        self._handle.seek(0)
+        self._handle.write(_npy_header((self.rows, self.dim), self.header_bytes))
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        return self.path
 
 
-def save_norms_temp(directory, matrix, meta):
+def _npy_header(shape, length=None):
+    """Return a version 1.0 .npy header for a float32 C-order array of `shape`.
+
+    The header is padded with spaces to `length` bytes, or to the next multiple of 64
+    (as numpy writes it) when `length` is None.
+    """
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(
+        np.dtype(np.float32)), tuple(shape))
+    fixed = len(np.lib.format.magic(1, 0)) + 2  # magic string, version and the 2-byte header length
+    if length is None:
+        length = -(-(fixed + len(text) + 1) // 64) * 64
+    if fixed + len(text) + 1 > length or length - fixed >= 1 << 16:
+        raise ValueError(f"a .npy header for shape {shape} does not fit in {length} bytes")
+    body = text.ljust(length - fixed - 1) + "\n"
+    return np.lib.format.magic(1, 0) + (length - fixed).to_bytes(2, "little") + body.encode("latin1")
+
+
+def save_norms_temp(directory, matrix, meta, norms=None):
     """Write the L2 norm of each row of `matrix` under a temporary name; return that path.
+
+    `norms` are those norms when the caller has them already, and `matrix` is not read.
 
     Queries read norms.npy instead of recomputing the norms, but only while
     meta["norms_of"] equals the fingerprint of embeddings.npy, so a matrix saved later
@@ -169,7 +228,7 @@ def save_norms_temp(directory, matrix, meta):
     """
     from embcli.search import row_norms
 
-    path = save_npy_temp(directory, NORMS, row_norms(matrix))
+    path = save_npy_temp(directory, NORMS, row_norms(matrix) if norms is None else norms)
     meta["norms_of"] = meta["files"][EMBEDDINGS]
     meta["files"][NORMS] = fingerprint(path)
     return path
@@ -201,7 +260,11 @@ def load_matrix_1d(path):
 
 def save_vocab_temp(directory, words, counts):
     path = temp_path(directory, VOCAB)
-    lines = "".join(f"{word}\t{int(count)}\n" for word, count in zip(words, counts))
+    counts = np.asarray(counts)
+    if len(words) and not counts.any():
+        lines = "\t0\n".join(words) + "\t0\n"  # imported vectors without counts: the fast common case
+    else:
+        lines = "".join(map("{}\t{}\n".format, words, counts.tolist()))
     write_bytes_synced(path, lines.encode("utf-8"))
     return path
 

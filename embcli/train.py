@@ -124,7 +124,29 @@ def pick_device(name):
 
 
 def default_threads():
-    return max(1, min(os.cpu_count() or 1, 8))
+    """Return the number of worker processes for `--threads 0`: the usable cores, at most 8.
+
+    Usable means the cores this process may run on (taskset, cpusets) and, under a
+    cgroup v2 CPU quota (containers), no more cores than the quota pays for.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, round(quota)))
+    return max(1, min(cores, 8))
+
+
+def _cgroup_cpu_quota(path="/sys/fs/cgroup/cpu.max"):
+    """Return the cgroup v2 CPU quota in cores, or None when there is none or no such file."""
+    try:
+        with open(path) as handle:
+            limit, period = handle.read().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 class Corpus:
@@ -462,16 +484,27 @@ class _RemoteTraceback(Exception):
 
 
 def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, output_vectors,
-                 positions, shared_stats, stop_event, errors, parent_pid, table=None):
-    """Entry point of one Hogwild worker process."""
+                 positions, shared_stats, stop_flag, errors, parent_pid, table=None,
+                 save_orphaned=None):
+    """Entry point of one Hogwild worker process.
+
+    The worker shares no lock with the others or with the parent: `positions`,
+    `shared_stats` and `stop_flag` are lock-free shared arrays, and each worker writes
+    only its own slots. So a worker killed at any moment, for example by the kernel's
+    out-of-memory killer, cannot leave a lock held that would hang the rest.
+
+    If the parent dies (SIGKILL), every worker stops after its chunk, and worker 0 calls
+    `save_orphaned(positions, words, examples)` to save a checkpoint in its place.
+    """
     import traceback
 
     # The parent started this process with SIGINT and SIGTERM ignored and blocked, so a
     # Ctrl-C that reaches the whole process group during start-up is dropped here. The
-    # parent alone handles signals and stops the workers through `stop_event`.
+    # parent alone handles signals and stops the workers through `stop_flag`.
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    _prefer_as_oom_victim()
     torch.set_num_threads(1)
     try:
         corpus = Corpus(tokens_path, counts)
@@ -486,27 +519,68 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
             epoch, chunk = positions[2 * worker], positions[2 * worker + 1] + 1
             if chunk >= chunks:
                 epoch, chunk = epoch + 1, 0
-            positions[2 * worker], positions[2 * worker + 1] = epoch, chunk
-            with shared_stats.get_lock():
-                shared_stats[base] += words
-                shared_stats[base + 1] += examples
-                shared_stats[base + 2] += loss
-                shared_stats[base + 3] = lr
+            # The chunk goes first: a reader (or a kill) between the two stores sees
+            # (old epoch, 0) at an epoch boundary, which repeats that epoch's work
+            # instead of skipping the next epoch.
+            positions[2 * worker + 1] = chunk
+            positions[2 * worker] = epoch
+            shared_stats[base] += words
+            shared_stats[base + 1] += examples
+            shared_stats[base + 2] += loss
+            shared_stats[base + 3] = lr
 
         def should_stop():
-            # A parent killed with SIGKILL cannot set stop_event; its death re-parents us.
-            return stop_event.is_set() or os.getppid() != parent_pid
+            # A parent killed with SIGKILL cannot set stop_flag; its death re-parents us.
+            return stop_flag[0] != 0 or os.getppid() != parent_pid
 
         epoch, chunk = positions[2 * worker], positions[2 * worker + 1]
         epoch, chunk = trainer.run(int(epoch), int(chunk), report, should_stop)
-        positions[2 * worker], positions[2 * worker + 1] = epoch, chunk
+        positions[2 * worker + 1] = chunk
+        positions[2 * worker] = epoch
+        if worker == 0 and save_orphaned is not None and os.getppid() != parent_pid:
+            # Another worker may still be inside a chunk: its position is that of its last
+            # finished chunk, which a resumed run trains again.
+            words = sum(shared_stats[4 * w] for w in range(workers))
+            examples = sum(shared_stats[4 * w + 1] for w in range(workers))
+            save_orphaned([int(p) for p in positions], words, examples)
     except TrainingError as error:
         errors.put(("training", str(error), ""))
-        stop_event.set()
+        stop_flag[0] = 1
     except BaseException as error:  # reported to the parent, which raises it
-        errors.put(("internal", f"worker {worker} failed: {type(error).__name__}: {error}",
-                    traceback.format_exc()))
-        stop_event.set()
+        if _is_out_of_memory(error):
+            # torch's message starts with the C++ check that failed; the rest is the size.
+            detail = str(error).split("err == 0. ")[-1].strip() or type(error).__name__
+            errors.put(("memory", f"worker process {worker} ran out of memory ({detail})", ""))
+        else:
+            errors.put(("internal", f"worker process {worker} failed: {type(error).__name__}: {error}",
+                        traceback.format_exc()))
+        stop_flag[0] = 1
+
+
+# Added to a worker's /proc/self/oom_score_adj (range -1000..1000). The kernel's
+# out-of-memory killer then picks a worker before the parent process, which can still
+# save a checkpoint after a worker dies but not after it dies itself.
+WORKER_OOM_SCORE_ADJ = 200
+
+
+def _prefer_as_oom_victim():
+    """Raise this process's oom_score_adj by WORKER_OOM_SCORE_ADJ (Linux only, else a no-op)."""
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as handle:
+            current = int(handle.read().strip() or 0)
+            handle.seek(0)
+            handle.write(str(min(1000, current + WORKER_OOM_SCORE_ADJ)))
+    except (OSError, ValueError):
+        pass
+
+
+def _is_out_of_memory(error):
+    """Return True for a failed allocation: MemoryError, or torch's RuntimeError for ENOMEM."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in text or "Cannot allocate memory" in text or "out of memory" in text)
 
 
 class _Stop:
@@ -650,6 +724,9 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             if checkpoints.due():
                 checkpoints.save(positions, input_vectors, output_vectors, words, examples)
 
+        def save_orphaned(positions, words, examples):
+            checkpoints.save_orphaned(positions, input_vectors, output_vectors, words, examples)
+
         # Signals stay routed to `stop` until the embeddings or the checkpoint are
         # committed, so a second Ctrl-C cannot cut a save short.
         with _signals_to(stop):
@@ -661,7 +738,8 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                 else:
                     positions, totals, failure = _run_workers(
                         workers, config, tokens_path, counts, input_vectors, output_vectors,
-                        positions, stop, progress, words_total, save_if_due, table)
+                        positions, stop, progress, words_total, save_if_due, table,
+                        save_orphaned)
             except TrainingError as error:
                 # Trainer.run reports a non-finite loss as TrainingError "training diverged".
                 if "diverged" in str(error) and not isinstance(error, TrainingDiverged):
@@ -672,20 +750,10 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             done_examples = start.examples_done + totals[1]
             finished = all(positions[2 * w] >= config.epochs for w in range(workers))
             if not finished:
-                checkpoint = checkpoints.save(positions, input_vectors, output_vectors,
-                                              totals[0], totals[1])
-                command = f"embcli train --resume -m {model_dir}"
-                if failure is not None:
-                    raise TrainingError(
-                        f"{failure}; the work done so far is saved in {checkpoint}; "
-                        f"continue with: {command}")
-                raise TrainingInterrupted(
-                    f"training stopped by {stop.name} at {done_words / max(words_total, 1):.0%} "
-                    f"of {config.epochs} epochs; checkpoint saved in {checkpoint}; "
-                    f"continue with: {command}",
-                    exit_code=128 + stop.signal,
-                    checkpoint=checkpoint,
-                )
+                if failure is None and not stop.is_set():
+                    failure = _WorkerFailure("the worker processes stopped before the end of training")
+                _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors, totals,
+                                      stop, failure, done_words / max(words_total, 1))
 
             vectors = input_vectors.detach().to("cpu").numpy()
             _check_trained(vectors, config, done_examples)
@@ -706,6 +774,41 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             new_cache = checkpoints.new_cache
         if new_cache is not None and os.path.exists(new_cache):
             os.remove(new_cache)
+
+
+def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors, totals, stop,
+                          failure, fraction_done):
+    """Save a checkpoint of an unfinished run, then raise an error that names the resume command.
+
+    Raises TrainingInterrupted after a signal, and TrainingError (or RuntimeError with the
+    worker's traceback, for an unexpected exception in a worker) after a failure. If the
+    save itself fails, the error says so, and that the previous checkpoint, if any, is
+    unchanged (a save commits all its files at once or none).
+    """
+    model_dir = checkpoints.model_dir
+    command = f"embcli train --resume -m {model_dir}"
+    cause = failure.message if failure is not None else f"training stopped by {stop.name}"
+    try:
+        checkpoint = checkpoints.save(positions, input_vectors, output_vectors, totals[0], totals[1])
+    except (OSError, MemoryError) as error:
+        earlier = os.path.join(model_dir, CHECKPOINT)
+        if os.path.exists(earlier):
+            kept = f"the previous checkpoint {earlier} is unchanged; continue from it with: {command}"
+        else:
+            kept = "no earlier checkpoint exists, so the run must start again"
+        raise TrainingError(f"{cause}, and saving a checkpoint failed ({error}); {kept}") from None
+    if failure is not None:
+        message = f"{cause}; the work done so far is saved in {checkpoint}; continue with: {command}"
+        if failure.traceback:
+            raise RuntimeError(message) from _RemoteTraceback(failure.traceback)
+        raise TrainingError(message)
+    config = checkpoints.config
+    raise TrainingInterrupted(
+        f"training stopped by {stop.name} at {fraction_done:.0%} of {config.epochs} epochs; "
+        f"checkpoint saved in {checkpoint}; continue with: {command}",
+        exit_code=128 + stop.signal,
+        checkpoint=checkpoint,
+    )
 
 
 class _Checkpointer:
@@ -743,6 +846,25 @@ class _Checkpointer:
             self.new_cache = None
         self.last_save = time.monotonic()
         return path
+
+    def save_orphaned(self, positions, input_vectors, output_vectors, words, examples):
+        """Save a checkpoint from worker 0 after the parent process died; never raise.
+
+        This runs in the worker, on the copy of this object made when it was forked. The
+        worker still holds the write lock, because it shares the parent's open `.lock`
+        file, and a lock on it lasts until the last process holding it exits.
+        """
+        try:
+            store.recover(self.model_dir)  # a commit that the parent left half applied
+            if self.new_cache is not None and not os.path.exists(self.new_cache):
+                # A checkpoint the parent saved after the fork renamed the encoded corpus.
+                self.start.tokens_name = CHECKPOINT_TOKENS
+                self.new_cache = None
+            self.save(positions, input_vectors, output_vectors, words, examples)
+        except Exception:
+            # NOTE: no process is left to report a failed save to, so it goes unreported.
+            # The previous checkpoint, if any, stays as it was.
+            pass
 
 
 def _subword_table(words, config):
@@ -939,32 +1061,45 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+@dataclass
+class _WorkerFailure:
+    """The cause of a worker process ending before its slice of the corpus was done."""
+
+    message: str
+    traceback: str = ""  # the worker's traceback of an unexpected exception, else empty
+
+
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
-                 stop, progress, words_total, every_poll=None, table=None):
+                 stop, progress, words_total, every_poll=None, table=None, save_orphaned=None):
     """Train with `workers` Hogwild processes on shared vectors until done or stopped.
 
     `every_poll(positions, words, examples)` is called about four times a second. The
     workers go on updating the vectors while it reads them, which Hogwild tolerates.
+    `save_orphaned` runs in worker 0 if this process dies (see _worker_main).
 
     Returns (positions, [words, examples, recent mean loss], failure). `failure` is None,
-    or a message when a worker died without reporting an error (for example killed by
-    the kernel). The positions then let a checkpoint resume the lost work.
+    or a _WorkerFailure when a worker died (for example killed by the kernel's
+    out-of-memory killer), ran out of memory, or raised an unexpected exception. The
+    other workers are then stopped after their current chunk, so the caller can save a
+    checkpoint at the returned positions. Raises TrainingError if training diverged.
     """
     import torch.multiprocessing as mp
+    from multiprocessing.connection import wait
 
     context = mp.get_context("fork")
-    input_vectors.share_memory_()
-    output_vectors.share_memory_()
-    shared_positions = context.Array("d", [float(p) for p in positions], lock=False)
-    shared_stats = context.Array("d", 4 * workers)
-    stop_event = context.Event()
+    _share_vectors(input_vectors, output_vectors)
+    # Lock-free shared arrays: a worker killed while holding a lock would hang the others.
+    shared_positions = context.RawArray("d", [float(p) for p in positions])
+    shared_stats = context.RawArray("d", 4 * workers)
+    stop_flag = context.RawArray("b", 1)
     errors = context.Queue()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     processes = [
         context.Process(
             target=_worker_main,
             args=(w, workers, config, tokens_path, np.asarray(counts), input_vectors, output_vectors,
-                  shared_positions, shared_stats, stop_event, errors, os.getpid(), table),
+                  shared_positions, shared_stats, stop_flag, errors, os.getpid(), table,
+                  save_orphaned),
             daemon=True,
         )
         for w in range(workers)
@@ -981,14 +1116,21 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
     window = _LossWindow(size=20)
     previous = (0.0, 0.0)
     stop_deadline = None
+    failure = None
     try:
-        while any(p.is_alive() for p in processes):
-            processes[0].join(timeout=0.25)
-            if stop.is_set() and stop_deadline is None:
-                stop_event.set()
+        while True:
+            alive = [p for p in processes if p.is_alive()]
+            if not alive:
+                break
+            wait([p.sentinel for p in alive], timeout=0.25)
+            if failure is None and not stop.is_set():
+                failure = _killed_worker(processes)
+            if stop.is_set() or failure is not None:
+                stop_flag[0] = 1
+            if stop_flag[0] and stop_deadline is None:
                 stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                # A worker still importing torch, or inside a long chunk: end it. Its
+                # A worker still starting, or inside a long chunk: end it. Its
                 # position is that of its last finished chunk, which a resumed run
                 # trains again (Hogwild tolerates the repeated partial update).
                 for process in processes:
@@ -1006,14 +1148,60 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
             if every_poll is not None and stop_deadline is None:
                 every_poll([int(p) for p in shared_positions], words, examples)
     except BaseException:
-        stop_event.set()
+        stop_flag[0] = 1
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():
-                process.terminate()
+                process.kill()  # workers ignore SIGTERM, so terminate() would not end them
         raise
     for process in processes:
         process.join()
+    failure = _reported_failure(errors, failure)
+    words = sum(shared_stats[4 * w] for w in range(workers))
+    examples = sum(shared_stats[4 * w + 1] for w in range(workers))
+    return [int(p) for p in shared_positions], [words, examples, window.mean()], failure
+
+
+def _share_vectors(input_vectors, output_vectors):
+    """Move the vectors to shared memory, or raise TrainingError if memory is short."""
+    try:
+        input_vectors.share_memory_()
+        output_vectors.share_memory_()
+    except RuntimeError as error:
+        if not _is_out_of_memory(error):
+            raise
+        rows, dim = input_vectors.shape
+        raise TrainingError(
+            f"not enough memory to share the {rows:,} x {dim:,} vectors with the worker "
+            f"processes ({error}); nothing in the model directory was changed; free memory, "
+            "or use a smaller dim or vocabulary",
+            options=("dim",),
+        ) from None
+
+
+def _killed_worker(processes):
+    """Return a _WorkerFailure for the first worker that ended with a non-zero exit code."""
+    for index, process in enumerate(processes):
+        code = process.exitcode
+        if code is None or code == 0:
+            continue
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            cause = f"was killed by {name}"
+            if -code == signal.SIGKILL:
+                cause += (" (the kernel's out-of-memory killer sends SIGKILL, and the kernel "
+                          "log, dmesg, records it)")
+        else:
+            cause = f"ended with exit code {code}"
+        return _WorkerFailure(f"worker process {index} {cause}")
+    return None
+
+
+def _reported_failure(errors, failure):
+    """Return the failure that the workers reported in `errors`, else `failure`.
+
+    Raises TrainingError if a worker reported that training diverged.
+    """
     reported = []
     while True:
         try:
@@ -1024,15 +1212,11 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         if kind == "training":
             raise TrainingError(message)
     for kind, message, remote in reported:
-        raise RuntimeError(message) from _RemoteTraceback(remote)
-    failure = None
-    dead = [p for p in processes if p.exitcode != 0]
-    if dead and not stop.is_set():
-        failure = (f"worker process {processes.index(dead[0])} ended with exit code "
-                   f"{dead[0].exitcode} (killed, for example for lack of memory)")
-    words = sum(shared_stats[4 * w] for w in range(workers))
-    examples = sum(shared_stats[4 * w + 1] for w in range(workers))
-    return [int(p) for p in shared_positions], [words, examples, window.mean()], failure
+        if kind == "memory":
+            return _WorkerFailure(message)
+    for kind, message, remote in reported:
+        return _WorkerFailure(message, remote)
+    return failure
 
 
 def _config_json(config):
@@ -1049,6 +1233,16 @@ def _config_from_json(data, current):
     return TrainConfig(**saved)
 
 
+def _all_finite(matrix, block_rows=1 << 14):
+    """Return True if `matrix` contains no NaN or infinity.
+
+    Checks blocks of rows, so the temporary mask stays small when memory is short (a
+    checkpoint is often saved just after a worker was killed for lack of memory).
+    """
+    return all(np.isfinite(matrix[begin : begin + block_rows]).all()
+               for begin in range(0, matrix.shape[0], block_rows))
+
+
 def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors, output_vectors,
                      start, new_cache, words_done, examples_done, seconds, words_total):
     """Commit the training state in `model_dir`; return the path of checkpoint.json.
@@ -1058,7 +1252,7 @@ def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors,
     """
     inputs = input_vectors.detach().cpu().numpy()
     outputs = output_vectors.detach().cpu().numpy()
-    if not (np.isfinite(inputs).all() and np.isfinite(outputs).all()):
+    if not (_all_finite(inputs) and _all_finite(outputs)):
         raise TrainingDiverged(
             f"training diverged before it was stopped (the vectors contain NaN or infinite "
             f"values), so no checkpoint was saved; lower the learning rate (it was "
@@ -1150,8 +1344,10 @@ def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
         config=resumed,
         workers=workers,
         positions=positions,
-        input_vectors=torch.from_numpy(np.array(input_vectors)),
-        output_vectors=torch.from_numpy(np.array(output_vectors)),
+        # load_matrix(mmap=False) returns writable arrays of their own, so torch can use
+        # them without a copy: a resumed run needs no more memory than a fresh one.
+        input_vectors=torch.from_numpy(np.ascontiguousarray(input_vectors)),
+        output_vectors=torch.from_numpy(np.ascontiguousarray(output_vectors)),
         tokens_name=tokens_name,
         corpus_record=state.get("corpus", []),
         words_done=float(state.get("words_done", 0)),
@@ -1178,8 +1374,10 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
 
         # embeddings.npy keeps each word's whole vector; subwords.npy all bucket rows,
         # written block by block from the compact matrix that training holds.
-        buckets_tmp = store.save_npy_blocks_temp(model_dir, subwords.SUBWORDS, (table.buckets, vectors.shape[1]),
-                                                 full_bucket_blocks(vectors, table, config.seed))
+        with store.NpyRowWriter(model_dir, subwords.SUBWORDS, vectors.shape[1], table.buckets) as writer:
+            for block in full_bucket_blocks(vectors, table, config.seed):
+                writer.append(block)
+            buckets_tmp = writer.finish()
         meta["files"][subwords.SUBWORDS] = store.fingerprint(buckets_tmp)
         meta["subwords"] = table.to_meta()
         renames[subwords.SUBWORDS] = buckets_tmp

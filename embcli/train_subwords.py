@@ -193,12 +193,10 @@ class SubwordTrainer(Trainer):
             "bag_offsets": row_starts - row_bounds.index_select(0, distinct_step),
             "pair_word": local_word.index_select(0, pair_word),
         }
-        # A word that occurs k times in a step gets the mean of its k summed gradients, not
-        # their sum: a rare word repeated within one article (k up to 10 in 1,024 pairs)
-        # otherwise moved its rows, and the n-gram rows it shares with other words, k
-        # times too far, and lr 0.05 (fastText's) diverged in the first chunks.
-        occurrences = torch.bincount(occurrence_word, minlength=distinct.shape[0])
-        scale = 1.0 / occurrences.to(self.input_vectors.dtype)
+        # A word that occurs k times in a step gets the sum of its k gradients. Their mean
+        # let lr 0.05 train stably, but at lr 0.025 it lowered analogy
+        # and WS-353 on text8 (the Subwords section of docs/benchmarks.md has the runs).
+        scale = torch.ones(distinct.shape[0], dtype=self.input_vectors.dtype, device=device)
         if not self.mean:
             # See _scatter: with the sum, each row takes the gradient / row count.
             scale /= row_counts.to(self.input_vectors.dtype)

@@ -1,6 +1,7 @@
 """The training engine: pair generation, subsampling, learning and reproducibility."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -186,3 +187,30 @@ def test_two_threads_train_on_cpu(small_corpus):
     assert meta["training"]["workers"] == 2
     assert meta["training"]["reproducible"] is False
     assert len(matrix_bytes) > 0
+
+
+def test_default_threads_follow_cpu_affinity():
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs taskset and at least 2 usable cores")
+    code = "from embcli.train import default_threads; print(default_threads())"
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code],
+                            capture_output=True, text=True, check=True)
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert pinned.stdout.strip() == "1"
+    assert int(free.stdout.strip()) == min(len(os.sched_getaffinity(0)), 8)
+
+
+def test_cgroup_quota_caps_default_threads(tmp_path):
+    from embcli.train import _cgroup_cpu_quota
+
+    limited = tmp_path / "cpu.max"
+    limited.write_text("150000 100000\n")
+    unlimited = tmp_path / "unlimited"
+    unlimited.write_text("max 100000\n")
+    assert _cgroup_cpu_quota(str(limited)) == 1.5
+    assert _cgroup_cpu_quota(str(unlimited)) is None
+    assert _cgroup_cpu_quota(str(tmp_path / "missing")) is None
