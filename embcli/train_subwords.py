@@ -1,8 +1,8 @@
 """Train fastText-style subword vectors on the word2vec engine of embcli.train.
 
-The input matrix has one row per vocabulary word followed by one row per n-gram bucket,
-shape (V + buckets, D). A word's input vector combines its own row with the rows of its
-character n-grams (embcli.subwords). The output matrix stays (V, D). With the
+The input matrix has one row per vocabulary word followed by one row per n-gram bucket
+that some vocabulary word uses (the compact layout of embcli.subwords.SubwordTable). A
+word's input vector combines its own row with the rows of its character n-grams. The output matrix stays (V, D). With the
 mean, as in fastText 0.9 (src/model.cc), the gradient of the combined vector is added
 in full to each row that went into it.
 
@@ -18,7 +18,12 @@ What differs from fastText, and why:
   words' changes to a shared n-gram row, made without seeing each other, diverged, and
   their mean lost most of the accuracy (analogies 16 % instead of 49 % on a 5 M-token
   text; the Subwords section of docs/benchmarks.md has the numbers).
-- Negatives are shared per block, as in the word-level trainer.
+- Negatives are shared per block, as in the word-level trainer, and drawn from counts
+  raised to 0.75 (fastText uses 0.5, which scored lower here).
+- The default learning rate is word2vec's 0.025, not fastText's 0.05: in summed steps,
+  0.05 diverges on text where a rare word repeats within one step. Averaging such a
+  word's gradients made 0.05 stable and raised WS-353 above fastText's, but cost 9
+  analogy points (docs/benchmarks.md, Subwords, has the runs).
 - CBOW averages the context words' combined vectors, where fastText averages all the
   n-gram rows of all context words together, so long words weigh more in fastText.
 """
@@ -148,8 +153,9 @@ class SubwordTrainer(Trainer):
     def _skipgram_plan(self, ids, sentence, core, generator):
         """Lay out a chunk's skip-gram pairs as update steps of about `batch` pairs.
 
-        Pairs are grouped by center word, and each step takes whole center occurrences,
-        so a step holds between `batch` and `batch + 2 * window - 1` pairs. Within a step,
+        Pairs are grouped by center word, and each step takes the center occurrences
+        whose first pair falls in its `batch` pairs, so a step holds `batch` pairs give or
+        take 2 * window - 1. Within a step,
         the occurrences of one word share one combined vector and one gradient, which
         is the same update as combining each occurrence on its own, because all of a
         step's scores read the vectors from before the step.
