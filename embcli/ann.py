@@ -1,22 +1,38 @@
-"""Approximate nearest neighbours with an HNSW graph (hnswlib), stored next to the model.
+"""Approximate nearest neighbours, stored next to the model: an IVF index or an HNSW graph.
 
 `build_index` writes two files into the model directory through `embcli.store`:
-- `ann-hnsw.bin`: hnswlib's index over the rows of `embeddings.npy` scaled to unit
-  length, in inner-product space, so 1 - distance is the cosine similarity;
-- `ann.json`: the build parameters, and the model id and `embeddings.npy` fingerprint it
-  was built from. `open_index` raises IndexStale when they no longer match, for example
-  after `embcli train` replaced the embeddings.
+- the index over the rows of `embeddings.npy` scaled to unit length, in inner-product
+  space, so the inner product is the cosine similarity:
+  - kind `ivf`, `ann-ivf.faiss`: a faiss IndexIVFPQFastScan. k-means splits the rows
+    into `nlist` lists, and a query scans only the `nprobe` lists whose centroids are
+    nearest to it (Jegou, Douze and Schmid 2011, "Product quantization for nearest
+    neighbor search"). The lists store product-quantization codes of 4 bits per 4
+    dimensions, scanned with faiss's SIMD fast-scan kernels, so the scan reads about
+    1/32 of the bytes of the float32 rows. The `rerank` best candidates by code
+    score are then re-scored exactly against the memory-mapped `embeddings.npy`, so
+    the returned scores are exact cosines;
+  - kind `hnsw`, `ann-hnsw.bin`: an hnswlib graph (Malkov and Yashunin 2018, "Efficient
+    and robust approximate nearest neighbor search using Hierarchical Navigable Small
+    World graphs");
+- `ann.json`: the kind, the build parameters, and the model id and `embeddings.npy`
+  fingerprint it was built from. `open_index` raises IndexStale when they no longer
+  match, for example after `embcli train` replaced the embeddings.
 
-hnswlib (Malkov and Yashunin 2018, "Efficient and robust approximate nearest neighbor
-search using Hierarchical Navigable Small World graphs") is the optional extra `ann`:
+faiss (PyPI faiss-cpu) and hnswlib are the optional extra `ann`:
 `pip install 'embcli[ann]'`. Queries stay exact unless the caller asks for this index.
 
+The IVF index is small (about dim / 8 + 8 bytes per word, plus nlist x dim floats of
+centroids), and faiss reads it whole: faiss 1.15's IO_FLAG_MMAP maps only flat lists,
+not the fast-scan lists. An IVF index with flat lists (IndexIVFFlat, which can be
+mapped) was measured too slow: on the synthetic data of bench/ann.py, recall 0.92 took
+longer than exact search (docs/benchmarks.md, section Scale).
 NOTE: hnswlib 0.8 reads the whole index file into memory on load and has no
-memory-mapped mode. An index of V words of dimension D with graph degree M takes about
-V * (4 * D + 8 * M + 16) bytes of RAM, on top of the memory-mapped embeddings.
+memory-mapped mode. An HNSW index of V words of dimension D with graph degree M takes
+about V * (4 * D + 8 * M + 16) bytes of RAM, on top of the memory-mapped embeddings.
 """
 
 import json
+import math
 import os
 import time
 
@@ -25,9 +41,12 @@ import numpy as np
 from embcli import search, store
 from embcli.errors import EmbcliError, ModelNotFound, QueryError
 
-INDEX = "ann-hnsw.bin"
+KINDS = ("ivf", "hnsw")
+DEFAULT_KIND = "ivf"
+INDEX_FILES = {"ivf": "ann-ivf.faiss", "hnsw": "ann-hnsw.bin"}
 INDEX_META = "ann.json"
-INDEX_FORMAT = 1
+# Format 1 had no "kind" field and was always HNSW.
+INDEX_FORMAT = 2
 ADD_BLOCK_ROWS = 1 << 16
 
 # With these build settings and ef 256 at query time, recall@10 reached 0.95 on a
@@ -36,6 +55,38 @@ ADD_BLOCK_ROWS = 1 << 16
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 100
 DEFAULT_EF_SEARCH = 64
+
+# faiss's k-means warns below 39 training rows per centroid, so nlist is capped at
+# rows / 39, and training uses at most this many rows per centroid.
+MIN_TRAINING_ROWS_PER_LIST = 39
+TRAINING_ROWS_PER_LIST = 40
+# Dimensions per product-quantizer code of 4 bits. Rows are zero-padded to a multiple.
+DIMENSIONS_PER_CODE = 4
+# On the synthetic 1,000,000 x 300 model of bench/ann.py (nlist 1000), nprobe 256 with
+# 400 re-scored candidates reached recall@10 0.95 at 11-13x the speed of exact search,
+# and 200 candidates only 0.92. docs/benchmarks.md (section Scale) has the table.
+DEFAULT_RERANK = 400
+# A share of the lists, not a count, because on that data recall depends mainly on the
+# share of the rows scanned.
+DEFAULT_NPROBE_SHARE = 0.3
+
+
+def default_nlist(rows):
+    """Return the default number of IVF lists: about sqrt(rows), at most rows / 39."""
+    return max(1, min(int(round(math.sqrt(rows))), rows // MIN_TRAINING_ROWS_PER_LIST))
+
+
+def default_nprobe(nlist):
+    return max(1, int(round(nlist * DEFAULT_NPROBE_SHARE)))
+
+
+def _padded(rows, width):
+    """Return `rows` with zero columns appended up to `width` (inner products unchanged)."""
+    if rows.shape[1] == width:
+        return np.ascontiguousarray(rows)
+    out = np.zeros((rows.shape[0], width), dtype=np.float32)
+    out[:, : rows.shape[1]] = rows
+    return out
 
 
 def _unit_rows(rows):
@@ -48,39 +99,129 @@ class IndexStale(EmbcliError):
     """The approximate index was built from other embeddings than the model's."""
 
 
-def _import_hnswlib():
+def _import_library(kind):
+    module = "faiss" if kind == "ivf" else "hnswlib"
     try:
-        import hnswlib
+        return __import__(module)
     except ImportError:
+        package = "faiss-cpu" if kind == "ivf" else "hnswlib"
         raise EmbcliError(
-            "approximate search needs the hnswlib package; install it with "
+            f"the {kind} index needs the {package} package; install it with "
             "pip install 'embcli[ann]'"
         ) from None
-    return hnswlib
 
 
-def _library_version():
+def _library_version(package):
     from importlib import metadata
 
     try:
-        return metadata.version("hnswlib")
+        return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
 
 
-def build_index(model, m=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION, threads=0, progress=None):
-    """Build the HNSW index of `model` (an embcli.model.Model) and commit it to its directory.
+def build_index(model, kind=DEFAULT_KIND, nlist=None, m=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION,
+                threads=0, progress=None):
+    """Build an index of `kind` for `model` (an embcli.model.Model) and commit it to its directory.
 
-    Rows are added in blocks read from the memory-mapped matrix. `progress(rows_done,
-    rows)` is called after each block. Returns the index description stored in ann.json.
+    `nlist` applies to kind ivf (None: `default_nlist`), `m` and `ef_construction` to
+    kind hnsw. Rows are added in blocks read from the memory-mapped matrix, and
+    `progress(rows_done, rows)` is called after each block. The index of the other kind,
+    if any, is removed in the same commit. Returns the description stored in ann.json.
     """
-    hnswlib = _import_hnswlib()
+    if kind not in KINDS:
+        raise EmbcliError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    library = _import_library(kind)
+    rows, dim = model.matrix.shape
+    if rows == 0:
+        raise EmbcliError(f"{model.path} has no words to index")
+    started = time.time()
+    if kind == "ivf":
+        write, parameters = _build_ivf(library, model, nlist, threads, progress)
+    else:
+        write, parameters = _build_hnsw(library, model, m, ef_construction, threads, progress)
+
+    directory = model.path
+    name = INDEX_FILES[kind]
+    with store.writer_lock(directory):
+        index_tmp = store.temp_path(directory, name)
+        try:
+            write(index_tmp)
+            store.fsync_file(index_tmp)
+            description = {
+                "format_version": INDEX_FORMAT,
+                "kind": kind,
+                **parameters,
+                "space": "ip",
+                "rows": rows,
+                "dim": dim,
+                "build_seconds": round(time.time() - started, 3),
+                "model_id": model.meta.get("model_id"),
+                "embeddings": model.meta.get("files", {}).get(store.EMBEDDINGS),
+                "index": store.fingerprint(index_tmp),
+            }
+            meta_tmp = store.temp_path(directory, INDEX_META)
+            store.write_bytes_synced(meta_tmp, (json.dumps(description, indent=2) + "\n").encode())
+            others = [INDEX_FILES[other] for other in KINDS if other != kind]
+            store.commit(directory, {name: index_tmp, INDEX_META: meta_tmp}, remove=others)
+        finally:
+            if os.path.exists(index_tmp):
+                os.remove(index_tmp)
+    return description
+
+
+def _build_ivf(faiss, model, nlist, threads, progress):
+    rows, dim = model.matrix.shape
+    if rows < MIN_TRAINING_ROWS_PER_LIST:
+        raise EmbcliError(
+            f"{model.path} has {rows} words, too few to train an ivf index (at least "
+            f"{MIN_TRAINING_ROWS_PER_LIST}); 'embcli neighbors' without --approx searches them exactly"
+        )
+    if nlist is None:
+        nlist = default_nlist(rows)
+    if nlist < 1:
+        raise EmbcliError(f"nlist must be at least 1, not {nlist}")
+    largest = rows // MIN_TRAINING_ROWS_PER_LIST
+    if nlist > largest:
+        raise EmbcliError(
+            f"nlist {nlist} is too large for {rows:,} words: k-means needs at least "
+            f"{MIN_TRAINING_ROWS_PER_LIST} rows per list, so use --nlist {largest} or less"
+        )
+    if threads:
+        faiss.omp_set_num_threads(threads)
+
+    # k-means trains on a random sample of rows, read in row order from the memory map.
+    sample_size = min(rows, nlist * TRAINING_ROWS_PER_LIST)
+    sample = np.sort(np.random.default_rng(1).choice(rows, size=sample_size, replace=False))
+    padded = -(-dim // DIMENSIONS_PER_CODE) * DIMENSIONS_PER_CODE
+    factory = f"IVF{nlist},PQ{padded // DIMENSIONS_PER_CODE}x4fs"
+    index = faiss.index_factory(padded, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = 1
+    index.train(_padded(_unit_rows(model.matrix[sample]), padded))
+
+    for begin in range(0, rows, ADD_BLOCK_ROWS):
+        block = _unit_rows(model.matrix[begin : begin + ADD_BLOCK_ROWS])
+        index.add(_padded(block, padded))
+        if progress is not None:
+            progress(begin + len(block), rows)
+    parameters = {
+        "library": "faiss-cpu",
+        "library_version": _library_version("faiss-cpu"),
+        "index_factory": factory,
+        "padded_dim": padded,
+        "nlist": nlist,
+        "training_rows": sample_size,
+    }
+    return (lambda path: faiss.write_index(index, path)), parameters
+
+
+def _build_hnsw(hnswlib, model, m, ef_construction, threads, progress):
     if m < 2:
         raise EmbcliError(f"the graph degree M must be at least 2, not {m}")
     if ef_construction < 1:
         raise EmbcliError(f"ef_construction must be at least 1, not {ef_construction}")
     rows, dim = model.matrix.shape
-    started = time.time()
     index = hnswlib.Index(space="ip", dim=dim)
     index.init_index(max_elements=rows, M=m, ef_construction=ef_construction, random_seed=1)
     index.set_num_threads(threads or os.cpu_count() or 1)
@@ -89,45 +230,36 @@ def build_index(model, m=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION, thr
         index.add_items(block, np.arange(begin, begin + len(block)))
         if progress is not None:
             progress(begin + len(block), rows)
-
-    directory = model.path
-    index_tmp = store.temp_path(directory, INDEX)
-    try:
-        index.save_index(index_tmp)
-        store.fsync_file(index_tmp)
-        description = {
-            "format_version": INDEX_FORMAT,
-            "library": "hnswlib",
-            "library_version": _library_version(),
-            "space": "ip",
-            "rows": rows,
-            "dim": dim,
-            "M": m,
-            "ef_construction": ef_construction,
-            "build_seconds": round(time.time() - started, 3),
-            "model_id": model.meta.get("model_id"),
-            "embeddings": model.meta.get("files", {}).get(store.EMBEDDINGS),
-            "index": store.fingerprint(index_tmp),
-        }
-        meta_tmp = store.temp_path(directory, INDEX_META)
-        store.write_bytes_synced(meta_tmp, (json.dumps(description, indent=2) + "\n").encode())
-        store.commit(directory, {INDEX: index_tmp, INDEX_META: meta_tmp})
-    finally:
-        for path in (index_tmp,):
-            if os.path.exists(path):
-                os.remove(path)
-    return description
+    parameters = {
+        "library": "hnswlib",
+        "library_version": _library_version("hnswlib"),
+        "M": m,
+        "ef_construction": ef_construction,
+    }
+    return index.save_index, parameters
 
 
 class ApproximateIndex:
-    """An opened HNSW index whose rows are the rows of the model's matrix."""
+    """An opened index whose ids are the rows of the model's matrix.
+
+    `kind` is "ivf" or "hnsw". `effort` in `neighbors_batch` is nprobe (lists scanned)
+    for ivf and ef (candidates kept) for hnsw: more is slower and finds more true
+    neighbours. `rerank` (ivf only) is how many candidates are re-scored exactly.
+    """
 
     def __init__(self, model, index, description):
         self.model = model
         self.index = index
         self.description = description
+        self.kind = description["kind"]
 
-    def neighbors_batch(self, words, k=10, ef=DEFAULT_EF_SEARCH):
+    @property
+    def default_effort(self):
+        if self.kind == "ivf":
+            return default_nprobe(int(self.description["nlist"]))
+        return DEFAULT_EF_SEARCH
+
+    def neighbors_batch(self, words, k=10, effort=None, rerank=DEFAULT_RERANK):
         """Return, for each word, [(word, cosine)] of about the k nearest other words."""
         rows = [self.model.row(word) for word in words]
         if k <= 0 or not rows:
@@ -136,22 +268,43 @@ class ApproximateIndex:
         for word, query in zip(words, queries):
             if not np.any(query):
                 raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
-        want = min(k + 1, self.index.get_current_count())
-        self.index.set_ef(max(ef, want))
-        labels, distances = self.index.knn_query(queries, k=want)
+        effort = self.default_effort if effort is None else effort
+        if effort < 1:
+            raise QueryError(f"{'nprobe' if self.kind == 'ivf' else 'ef'} must be at least 1, not {effort}")
+        want = min(k + 1, int(self.description["rows"]))
+        if self.kind == "ivf":
+            labels, similarities = self._search_ivf(queries, want, effort, max(rerank, want))
+        else:
+            self.index.set_ef(max(effort, want))
+            labels, distances = self.index.knn_query(queries, k=want)
+            similarities = 1.0 - distances
         results = []
-        for row, found, distance in zip(rows, labels, distances):
-            pairs = [(int(i), 1.0 - float(d)) for i, d in zip(found, distance) if int(i) != row]
+        for row, found, similarity in zip(rows, labels, similarities):
+            # Id -1 pads the result when the scanned lists hold fewer rows than asked for.
+            pairs = [(int(i), float(s)) for i, s in zip(found, similarity) if int(i) != row and i >= 0]
             results.append([(self.model.words[i], score) for i, score in pairs[:k]])
         return results
 
+    def _search_ivf(self, queries, want, nprobe, candidates):
+        """Return (ids, cosines), each (Q, want): the best `candidates` by code score, re-scored exactly."""
+        self.index.nprobe = min(nprobe, self.index.nlist)
+        _, found = self.index.search(_padded(queries, int(self.description["padded_dim"])), candidates)
+        inverse_norms = self.model.inverse_norms
+        ids = np.full((len(queries), want), -1, dtype=np.int64)
+        scores = np.full((len(queries), want), -np.inf, dtype=np.float32)
+        for q, (query, row_ids) in enumerate(zip(queries, found)):
+            # Sorted ids read the memory-mapped matrix in file order.
+            row_ids = np.unique(row_ids[row_ids >= 0])
+            exact = (self.model.matrix[row_ids] @ query) * inverse_norms[row_ids]
+            best = np.argsort(-exact, kind="stable")[:want]
+            ids[q, : len(best)] = row_ids[best]
+            scores[q, : len(best)] = exact[best]
+        return ids, scores
 
-def open_index(model):
-    """Open the approximate index next to `model`, checking that it belongs to its embeddings."""
-    hnswlib = _import_hnswlib()
-    directory = model.path
+
+def read_description(directory):
+    """Return the parsed ann.json of `directory`, raising ModelNotFound or IndexStale."""
     meta_path = os.path.join(directory, INDEX_META)
-    index_path = os.path.join(directory, INDEX)
     try:
         with open(meta_path, "rb") as handle:
             description = json.loads(handle.read())
@@ -161,8 +314,22 @@ def open_index(model):
         ) from None
     except ValueError as error:
         raise IndexStale(f"{meta_path}: not valid JSON ({error}); rebuild it with 'embcli index'") from None
-    if not isinstance(description, dict) or description.get("format_version") != INDEX_FORMAT:
+    if not isinstance(description, dict) or description.get("format_version") not in (1, INDEX_FORMAT):
         raise IndexStale(f"{meta_path}: unknown index format; rebuild it with 'embcli index'")
+    if description["format_version"] == 1:
+        description["kind"] = "hnsw"
+    if description.get("kind") not in KINDS:
+        raise IndexStale(f"{meta_path}: unknown index kind {description.get('kind')!r}; rebuild it with 'embcli index'")
+    return description
+
+
+def open_index(model):
+    """Open the approximate index next to `model`, checking that it belongs to its embeddings."""
+    directory = model.path
+    description = read_description(directory)
+    kind = description["kind"]
+    library = _import_library(kind)
+    index_path = os.path.join(directory, INDEX_FILES[kind])
     current = model.meta.get("files", {}).get(store.EMBEDDINGS)
     if description.get("embeddings") != current or description.get("model_id") != model.meta.get("model_id"):
         raise IndexStale(
@@ -173,9 +340,25 @@ def open_index(model):
         raise ModelNotFound(f"{index_path} is missing; rebuild it with 'embcli index'")
     if store.fingerprint(index_path) != description.get("index"):
         raise IndexStale(f"{index_path} does not match {INDEX_META}; rebuild it with 'embcli index'")
-    index = hnswlib.Index(space="ip", dim=int(description["dim"]))
-    try:
-        index.load_index(index_path, max_elements=int(description["rows"]))
-    except RuntimeError as error:
-        raise IndexStale(f"{index_path}: cannot be read ({error}); rebuild it with 'embcli index'") from None
+    if kind == "ivf":
+        index = _read_ivf(library, index_path)
+    else:
+        index = library.Index(space="ip", dim=int(description["dim"]))
+        try:
+            index.load_index(index_path, max_elements=int(description["rows"]))
+        except RuntimeError as error:
+            raise IndexStale(f"{index_path}: cannot be read ({error}); rebuild it with 'embcli index'") from None
     return ApproximateIndex(model, index, description)
+
+
+def _read_ivf(faiss, index_path):
+    try:
+        index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise IndexStale(f"{index_path}: cannot be read ({message}); rebuild it with 'embcli index'") from None
+    # read_index returns the concrete class. With IO_FLAG_MMAP its lists are an
+    # OnDiskInvertedLists over the mapped file.
+    if not isinstance(index, faiss.IndexIVF):
+        raise IndexStale(f"{index_path}: not an IVF index; rebuild it with 'embcli index'")
+    return index

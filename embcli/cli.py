@@ -251,6 +251,9 @@ def train(
                                   help="shared: each block of pairs shares its negatives (faster); per-pair: word2vec's objective."),
     seed: int = typer.Option(1, "--seed", help="Random seed. Runs with --threads 1 are reproducible."),
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
+    chunk_order: str = typer.Option("in-turn", "--chunk-order",
+                                    help="How worker processes split the corpus: in-turn (they read it side by side) "
+                                         "or slices (one contiguous slice each, as word2vec.c)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
     sync_tokens: int = typer.Option(65536, "--sync-tokens", min=1,
@@ -274,7 +277,8 @@ def train(
     STATE["quiet"] = STATE["quiet"] or quiet
     model_dir = resolve_model_path(model)
     for value, name, choices in ((method, "--method", ("skipgram", "cbow")),
-                                 (negatives, "--negatives", ("shared", "per-pair"))):
+                                 (negatives, "--negatives", ("shared", "per-pair")),
+                                 (chunk_order, "--chunk-order", ("in-turn", "slices"))):
         if value not in choices:
             raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
@@ -293,7 +297,7 @@ def train(
     config = TrainConfig(method=method, dim=dim, window=window, negative=negative, sample=sample,
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
                          seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
-                         buckets=buckets, combination=combination)
+                         buckets=buckets, combination=combination, chunk_order=chunk_order)
     launch = _distributed_launch()
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
@@ -516,23 +520,41 @@ def neighbors(
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
     approx: bool = typer.Option(False, "--approx", help="Search the approximate index that 'embcli index' built."),
-    ef: int = typer.Option(64, "--ef", min=1, help="With --approx: candidates kept during the search (more is slower and more exact)."),
+    ef: Optional[int] = typer.Option(None, "--ef", min=1,
+                                     help="With --approx on an hnsw index: candidates kept during the search "
+                                          "(more is slower and more exact). [default: 64]"),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1,
+                                         help="With --approx on an ivf index: lists scanned per query "
+                                              "(more is slower and more exact). [default: 30% of the lists]"),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1,
+                                         help="With --approx on an ivf index: candidates re-scored exactly "
+                                              "against the embeddings (more is slower and more exact). "
+                                              "[default: 400]"),
     no_subwords: bool = NoSubwordsOption,
 ):
     """Print the k nearest words by cosine similarity, leaving the query word out."""
-    _neighbors(words, k, restrict, vector, model, as_json, approx, ef, subwords=not no_subwords)
+    _neighbors(words, k, restrict, vector, model, as_json, approx, (ef, nprobe, rerank), subwords=not no_subwords)
 
 
-def _approximate_neighbors(opened, words, k, ef, as_json):
-    """Answer word queries from the HNSW index; return how many failed."""
+def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
+    """Print the approximate neighbours of each query word; return how many queries failed."""
     from embcli.ann import open_index
 
     approximate = open_index(opened)
+    if approximate.kind == "ivf" and ef is not None:
+        raise typer.BadParameter(f"{opened.path} has an ivf index, which takes --nprobe, not --ef",
+                                 param_hint="--ef")
+    for value, flag in ((nprobe, "--nprobe"), (rerank, "--rerank")):
+        if approximate.kind == "hnsw" and value is not None:
+            raise typer.BadParameter(f"{opened.path} has an hnsw index, which takes --ef, not {flag}",
+                                     param_hint=flag)
+    effort = nprobe if approximate.kind == "ivf" else ef
+    settings = {} if rerank is None else {"rerank": rerank}
     queries, batch = _queries(words)
     failed = 0
     for word in queries:
         try:
-            result = approximate.neighbors_batch([word], k, ef)[0]
+            result = approximate.neighbors_batch([word], k, effort, **settings)[0]
         except EmbcliError as failure:
             sys.stdout.flush()
             error(str(failure))
@@ -549,7 +571,7 @@ def _approximate_neighbors(opened, words, k, ef, as_json):
     return failed
 
 
-def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64, subwords=True):
+def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts=(None, None, None), subwords=True):
     import numpy as np
 
     from embcli.errors import QueryError
@@ -559,6 +581,12 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64, 
         raise typer.BadParameter("give query words or --vector, not both", param_hint="--vector")
     if vector is None and not words:
         raise typer.BadParameter("give at least one query word, - for stdin, or --vector", param_hint="WORDS")
+    if not approx and efforts != (None, None, None):
+        raise typer.BadParameter("--ef, --nprobe and --rerank tune the approximate search, so they need --approx",
+                                 param_hint="--approx")
+    if approx and vector is not None:
+        raise typer.BadParameter("--vector searches exactly, so it cannot be combined with --approx",
+                                 param_hint="--approx")
     if approx and restrict is not None:
         raise typer.BadParameter("--restrict searches exactly, so it cannot be combined with --approx",
                                  param_hint="--approx")
@@ -566,7 +594,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, ef=64, 
     if vector is not None:
         failed = _vector_neighbors(opened, vector, k, restrict, as_json)
     elif approx:
-        failed = _approximate_neighbors(opened, words, k, ef, as_json)
+        failed = _approximate_neighbors(opened, words, k, *efforts, as_json)
     else:
         queries, batch = _queries(words)
 
@@ -665,21 +693,42 @@ def info(
 @handle_errors
 def index(
     model: Optional[str] = ModelOption,
-    m: int = typer.Option(16, "--m", min=2, help="Links per word in the HNSW graph (more: better recall, larger index)."),
-    ef_construction: int = typer.Option(100, "--ef-construction", min=1,
-                                        help="Candidates kept while building (more: better recall, slower build)."),
+    kind: str = typer.Option("ivf", "--kind", help="Index kind: ivf (faiss inverted file) or hnsw (hnswlib graph)."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", min=1,
+                                        help="ivf: number of k-means lists. [default: about sqrt(words)]"),
+    m: Optional[int] = typer.Option(None, "--m", min=2,
+                                    help="hnsw: links per word in the graph (more: better recall, larger index). "
+                                         "[default: 16]"),
+    ef_construction: Optional[int] = typer.Option(None, "--ef-construction", min=1,
+                                                  help="hnsw: candidates kept while building (more: better recall, "
+                                                       "slower build). [default: 100]"),
     threads: int = typer.Option(0, "--threads", min=0, help="Build threads. [default: 0, one per core]"),
     quiet: bool = QuietOption,
 ):
-    """Build an approximate nearest-neighbour index (HNSW) for 'neighbors --approx'."""
-    from embcli.ann import build_index
+    """Build an approximate nearest-neighbour index (IVF or HNSW) for 'neighbors --approx'."""
+    from embcli import ann
     from embcli.model import Model
 
+    if kind not in ann.KINDS:
+        raise typer.BadParameter(f"{kind!r} is not an index kind; choose ivf or hnsw", param_hint="--kind")
+    if kind == "ivf" and (m is not None or ef_construction is not None):
+        raise typer.BadParameter("--m and --ef-construction apply to --kind hnsw only", param_hint="--kind")
+    if kind == "hnsw" and nlist is not None:
+        raise typer.BadParameter("--nlist applies to --kind ivf only", param_hint="--kind")
     STATE["quiet"] = STATE["quiet"] or quiet
     opened = Model.open(model)
-    description = build_index(opened, m=m, ef_construction=ef_construction, threads=threads)
+    description = ann.build_index(
+        opened, kind=kind, nlist=nlist,
+        m=ann.DEFAULT_M if m is None else m,
+        ef_construction=ann.DEFAULT_EF_CONSTRUCTION if ef_construction is None else ef_construction,
+        threads=threads,
+    )
+    if kind == "ivf":
+        settings = f"ivf, nlist {description['nlist']}"
+    else:
+        settings = f"hnsw, M {description['M']}, ef_construction {description['ef_construction']}"
     note(
-        f"indexed {description['rows']:,} words (M {m}, ef_construction {ef_construction}) in "
+        f"indexed {description['rows']:,} words ({settings}) in "
         f"{description['build_seconds']:.1f} s; saved in {opened.path}"
     )
 

@@ -214,3 +214,33 @@ def test_cgroup_quota_caps_default_threads(tmp_path):
     assert _cgroup_cpu_quota(str(limited)) == 1.5
     assert _cgroup_cpu_quota(str(unlimited)) is None
     assert _cgroup_cpu_quota(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("chunk_order", ["in-turn", "slices"])
+def test_two_workers_cover_every_token_once(tmp_path, chunk_order):
+    from embcli.train import _new_trainer
+
+    corpus, _ = tiny_corpus(tmp_path, [37] * 40)
+    config = TrainConfig(chunk_tokens=64, sample=0, chunk_order=chunk_order)
+    V = len(corpus.counts)
+    seen = []
+    for worker in range(2):
+        trainer = _new_trainer(config, corpus, torch.zeros(V, 4), torch.zeros(V, 4), CPU, worker, 2, None)
+        starts = trainer.chunks
+        for begin in starts:
+            raw, _, core, _, _ = trainer._load_chunk(begin)
+            seen.extend(raw[core].tolist())
+        if chunk_order == "in-turn":
+            assert starts == list(range(worker * 64, len(corpus), 128))
+        else:
+            assert starts == list(range(trainer.start, trainer.stop, 64))
+    assert sorted(seen) == list(range(V))
+
+
+def test_checkpoint_config_without_chunk_order_resumes_in_slices():
+    from embcli.train import _config_from_json, _config_json
+
+    saved = _config_json(TrainConfig())
+    del saved["chunk_order"]
+    assert _config_from_json(saved, TrainConfig()).chunk_order == "slices"
+    assert _config_from_json(_config_json(TrainConfig()), TrainConfig()).chunk_order == "in-turn"
