@@ -141,7 +141,7 @@ class SubwordTable:
     A CSR layout over a compact input matrix of shape (vocabulary size + used buckets,
     dim): word i owns rows[offsets[i]:offsets[i + 1]], whose first entry is i itself.
     Only the buckets that some vocabulary word hashes to get a row: row
-    vocabulary size + k holds bucket `bucket_ids[k]`. The other buckets never receive
+    vocabulary size + k is bucket `bucket_ids[k]`. The other buckets never receive
     a gradient, so training leaves them at their initial values and does not hold
     them (155 k of 2 M buckets are used by a 32 k-word vocabulary with n-grams 3-6).
     """
