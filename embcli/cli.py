@@ -251,9 +251,10 @@ def train(
                                   help="shared: each block of pairs shares its negatives (faster); per-pair: word2vec's objective."),
     seed: int = typer.Option(1, "--seed", help="Random seed. Runs with --threads 1 are reproducible."),
     threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
-    chunk_order: str = typer.Option("in-turn", "--chunk-order",
-                                    help="How worker processes split the corpus: in-turn (they read it side by side) "
-                                         "or slices (one contiguous slice each, as word2vec.c)."),
+    chunk_order: Optional[str] = typer.Option(
+        None, "--chunk-order", show_default=False,
+        help="How workers split the corpus: in-turn (they read it side by side) or slices (one contiguous "
+             "slice each, as word2vec.c). [default: in-turn; slices under torchrun]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint that an interrupted run saved."),
     sync_tokens: int = typer.Option(65536, "--sync-tokens", min=1,
@@ -278,7 +279,7 @@ def train(
     model_dir = resolve_model_path(model)
     for value, name, choices in ((method, "--method", ("skipgram", "cbow")),
                                  (negatives, "--negatives", ("shared", "per-pair")),
-                                 (chunk_order, "--chunk-order", ("in-turn", "slices"))):
+                                 (chunk_order or "in-turn", "--chunk-order", ("in-turn", "slices"))):
         if value not in choices:
             raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
@@ -294,11 +295,14 @@ def train(
     from embcli.train import TrainConfig, train_model
 
     min_n, max_n = parse_range(subwords)
+    launch = _distributed_launch()
+    if chunk_order is None:
+        # Ranks train contiguous shards, which multi-node setups expect for reading.
+        chunk_order = "in-turn" if launch is None else "slices"
     config = TrainConfig(method=method, dim=dim, window=window, negative=negative, sample=sample,
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
                          seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
                          buckets=buckets, combination=combination, chunk_order=chunk_order)
-    launch = _distributed_launch()
     if resume:
         # A resumed run takes every training setting from its checkpoint.
         settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",

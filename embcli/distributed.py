@@ -14,7 +14,9 @@ How the ranks keep one model:
 - Every rank keeps a full copy of the input and output matrices, starting from the same
   values (broadcast from rank 0).
 - Rank r trains with `Trainer(worker=r, workers=world_size)`, so it reads only its own
-  contiguous slice of the token-id cache, as a Hogwild worker process does.
+  contiguous slice of the token-id cache. With `--chunk-order in-turn` it takes chunks
+  r, r + world_size, ... of the whole cache instead, as Hogwild worker processes do by
+  default.
 - Every `sync_tokens` tokens of its slice, each rank takes the rows it changed since the
   last synchronization, which its trainer marked as it went (TrackingTrainer). The ranks
   take the union of those rows, all-reduce the sum of their changes to them, and add
@@ -286,6 +288,8 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         config = dataclasses.replace(config, chunk_tokens=sync_tokens)
     trainer = TrackingTrainer(config, corpus, input_vectors, output_vectors, device,
                               worker=launch.rank, workers=launch.world_size)
+    if config.chunk_order == "in-turn":
+        trainer.take_chunks_in_turn()
     chunks_per_epoch = len(trainer.chunks)
     total_chunks = config.epochs * chunks_per_epoch
     chunks_per_sync = max(1, round(sync_tokens / config.chunk_tokens))
