@@ -1056,8 +1056,8 @@ def _table(header, rows):
 @app.command()
 @handle_errors
 def export(
-    output: str = typer.Argument(..., help="File to write; for --format projector, a directory that receives "
-                                 "vectors.tsv and metadata.tsv.", show_default=False),
+    output: str = typer.Argument(..., help="File to write, or - for stdout; for --format projector, a directory "
+                                 "that receives vectors.tsv and metadata.tsv.", show_default=False),
     format: str = typer.Option("word2vec", "--format", "-f",
                                help="word2vec (text), word2vec-binary, glove (text, no header) or projector."),
     model: Optional[str] = ModelOption,
@@ -1070,8 +1070,13 @@ def export(
     STATE["quiet"] = STATE["quiet"] or quiet
     if format not in WRITE_FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(WRITE_FORMATS)}", param_hint="--format")
+    if output == "-" and format == "projector":
+        raise typer.BadParameter("the projector format writes two files into a directory, so it cannot "
+                                 "write to stdout (-); give a directory, or choose another --format",
+                                 param_hint="--format")
     opened = Model.open(model)
-    written = write_vectors(output, opened.words, opened.matrix, format)
+    target = sys.stdout.buffer if output == "-" else output
+    written = write_vectors(target, opened.words, opened.matrix, format)
     note(f"wrote {len(opened):,} words x {opened.dim} dimensions as {format}: {', '.join(written)}")
 
 

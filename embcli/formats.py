@@ -31,6 +31,7 @@ enough for every float32 to read back bit for bit.
 import mmap
 import os
 import re
+import stat
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -774,9 +775,11 @@ def check_words(words, format):
 def write_vectors(path, words, matrix, format, progress=None):
     """Write `words` and their (V, D) `matrix` to `path` in `format` (see WRITE_FORMATS).
 
-    For `projector`, `path` is a directory that receives vectors.tsv and metadata.tsv.
-    Each file is written under a temporary name and renamed, so a failed export leaves
-    no partial file. Returns the list of paths written.
+    `path` is a file name or a binary stream such as sys.stdout.buffer. For
+    `projector`, it is a directory that receives vectors.tsv and metadata.tsv. A regular
+    file (or the target of a symbolic link) is written under a temporary name and
+    renamed, so a failed export leaves no partial file. A FIFO, a device or another file
+    that is not regular is written in place. Returns the list of paths written.
     """
     if format not in WRITE_FORMATS:
         raise VectorFileError(f"unknown export format {format!r}; choose one of {', '.join(WRITE_FORMATS)}")
@@ -785,11 +788,13 @@ def write_vectors(path, words, matrix, format, progress=None):
         raise ValueError(f"{len(words)} words for {matrix.shape[0]} rows")
     check_words(words, format)
     if format == "projector":
+        if hasattr(path, "write"):
+            raise VectorFileError("the projector format writes two files, so it needs a directory, not a stream")
         os.makedirs(path, exist_ok=True)
         vectors_path = os.path.join(path, "vectors.tsv")
         metadata_path = os.path.join(path, "metadata.tsv")
-        _write_atomic(vectors_path, _text_rows(None, matrix, "\t", progress))
-        _write_atomic(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
+        _write_output(vectors_path, _text_rows(None, matrix, "\t", progress))
+        _write_output(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
                                       for i in range(0, len(words), 65536)))
         return [vectors_path, metadata_path]
     header = f"{len(words)} {matrix.shape[1]}\n".encode("ascii")
@@ -799,8 +804,40 @@ def write_vectors(path, words, matrix, format, progress=None):
         chunks = _text_rows(header, matrix, " ", progress, words)
     else:
         chunks = _text_rows(b"", matrix, " ", progress, words)
-    _write_atomic(path, chunks)
+    if hasattr(path, "write"):
+        for chunk in chunks:
+            path.write(chunk)
+        path.flush()
+        return [getattr(path, "name", "<stream>")]
+    _write_output(path, chunks)
     return [path]
+
+
+def _write_output(path, chunks):
+    """Write `chunks` to `path`: atomically for a regular file, in place for a FIFO or a device."""
+    try:
+        status = os.stat(path)  # follows symbolic links
+    except FileNotFoundError:
+        status = None
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot write ({error.strerror or error})") from None
+    if status is not None and stat.S_ISDIR(status.st_mode):
+        raise VectorFileError(f"{path}: is a directory; give a file name")
+    target = os.path.realpath(path)
+    # /dev/stdout and /dev/fd/N resolve to /proc/self/fd links, which only open() follows.
+    if (status is not None and not stat.S_ISREG(status.st_mode)) or target.startswith("/proc/"):
+        _write_in_place(path, chunks)
+    else:
+        _write_atomic(target, chunks)
+
+
+def _write_in_place(path, chunks):
+    try:
+        with open(path, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def _write_atomic(path, chunks):
