@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from embcli import __version__
-from embcli.errors import EmbcliError
+from embcli.errors import DiskFull, EmbcliError, is_disk_full
 
 app = typer.Typer(
     add_completion=False,
@@ -80,6 +80,10 @@ def error_message(failure):
     return message
 
 
+def _disk_full_message(path):
+    return f"no space left on device while writing {path}; free some space or choose another --model directory"
+
+
 def handle_errors(function):
     """Turn EmbcliError into a one-line message and exit code; hide tracebacks."""
 
@@ -87,6 +91,9 @@ def handle_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
+        except DiskFull as failure:
+            error(_disk_full_message(failure.path))
+            raise typer.Exit(1) from None
         except EmbcliError as failure:
             error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
@@ -107,6 +114,9 @@ def handle_errors(function):
         except Exception as failure:
             if STATE["debug"] or os.environ.get("EMBCLI_DEBUG"):
                 raise
+            if isinstance(failure, OSError) and is_disk_full(failure):
+                error(_disk_full_message(failure.filename or "a file"))
+                raise typer.Exit(1) from None
             if isinstance(failure, OSError) and failure.strerror:
                 # The environment failed (disk full, permission denied), not embcli.
                 where = f"{failure.filename}: " if failure.filename else ""

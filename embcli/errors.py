@@ -8,6 +8,9 @@ matching flags.
 """
 
 
+import errno
+
+
 class EmbcliError(Exception):
     """A failure caused by the input or the environment, not by a bug in embcli."""
 
@@ -53,6 +56,18 @@ class ModelNotFound(EmbcliError):
 
 class ModelCorrupt(EmbcliError):
     """A model directory exists but its files are damaged or disagree."""
+
+
+class DiskFull(EmbcliError):
+    """A write failed because the file system is full or the disk quota is used up."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        super().__init__(
+            f"no space left on device while writing {self.path}; free some space or choose "
+            "another model directory",
+            options=("model",),
+        )
 
 
 class ModelBusy(EmbcliError):
@@ -101,3 +116,11 @@ class TrainingInterrupted(EmbcliError):
         super().__init__(message)
         self.exit_code = exit_code
         self.checkpoint = checkpoint
+
+
+def is_disk_full(error):
+    """Return True if the OSError `error` means that the file system or the quota is full."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # numpy's tofile() reports a short write as "N requested and M written", without errno.
+    return error.errno is None and "requested and" in str(error)

@@ -138,7 +138,7 @@ def remap_ids(ids_path, lookup, out_path):
     line_end = np.int64(store.LINE_END)
     # First pass: count what survives, so the .npy header can be written up front.
     total = sum(len(block) for block in _remapped_blocks(ids_path, lookup, line_end))
-    with open(out_path, "wb") as out:
+    with store.removed_on_error(out_path), open(out_path, "wb") as out:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint32)),
                   "fortran_order": False, "shape": (total,)}
         np.lib.format.write_array_header_1_0(out, header)
