@@ -68,6 +68,8 @@ OPTION_FLAGS = {
     "lr": "--lr",
     "force": "--force",
     "resume": "--resume",
+    "format_word2vec": "--format word2vec",
+    "format_glove": "--format glove",
 }
 
 

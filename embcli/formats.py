@@ -43,6 +43,7 @@ from embcli.errors import VectorFileError
 READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "projector")
 NPY_MAGIC = b"\x93NUMPY"
+UTF8_BOM = b"\xef\xbb\xbf"
 MAX_WARNINGS = 20
 _HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
 _TEXT_BLOCK_LINES = 8192
@@ -95,7 +96,8 @@ def detect_format(path):
         return "npy"
     if not start.strip():
         raise VectorFileError(f"{path}: the file is empty")
-    first, newline, rest = start.partition(b"\n")
+    # Text editors on Windows often begin a UTF-8 file with a byte-order mark.
+    first, newline, rest = start.removeprefix(UTF8_BOM).partition(b"\n")
     header = _HEADER.match(first)
     if not header:
         return "glove"
@@ -310,7 +312,8 @@ def _read_text(path, format, report, progress):
             if not header:
                 raise VectorFileError(
                     f"{path}: line 1 is not a word2vec 'count dim' header: {line[:80]!r}; "
-                    "if the file has no header, read it in the glove format"
+                    "if the file has no header, read it in the glove format",
+                    options=("format_glove",),
                 )
             declared, dim = int(header.group(1)), int(header.group(2))
             if dim < 1:
@@ -334,7 +337,8 @@ def _read_text(path, format, report, progress):
             if first_line_header and number == 2:
                 raise VectorFileError(
                     f"{path}: line 1 looks like a word2vec 'count dim' header ({first_line_header!r}); "
-                    "read the file in the word2vec format"
+                    "read the file in the word2vec format",
+                    options=("format_word2vec",),
                 )
             if not word:
                 report.problem(f"line {number}: the row has no word before its values")
