@@ -28,12 +28,14 @@ binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector'
 enough for every float32 to read back bit for bit.
 """
 
+import gzip
 import mmap
 import os
 import re
 import stat
 import uuid
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +46,7 @@ READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "projector")
 NPY_MAGIC = b"\x93NUMPY"
 UTF8_BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_WARNINGS = 20
 _HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
 _TEXT_BLOCK_LINES = 8192
@@ -88,10 +91,12 @@ class _Warnings:
 def detect_format(path):
     """Return the format of the vector file at `path`: word2vec, word2vec-binary, glove or npy."""
     try:
-        with open(path, "rb") as handle:
+        with _open_maybe_gzip(path) as handle:
             start = handle.read(1 << 16)
     except OSError as error:
         raise VectorFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    except EOFError:
+        raise VectorFileError(f"{path}: the gzip data is truncated") from None
     if start.startswith(NPY_MAGIC):
         return "npy"
     if not start.strip():
@@ -119,6 +124,19 @@ def detect_format(path):
     if text is not None and not any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text):
         return "word2vec"
     return "word2vec-binary"
+
+
+def is_gzip(path):
+    """Return True if the file at `path` starts with the gzip magic bytes, whatever its name."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def _open_maybe_gzip(path):
+    """Open `path` for reading bytes, decompressing it as a stream if it is gzip data."""
+    if is_gzip(path):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _plural(count, noun):
@@ -186,6 +204,12 @@ def _resolve_format(path, format):
         format = "word2vec"
     elif format not in READ_FORMATS:
         raise VectorFileError(f"unknown vector format {format!r}; choose one of {', '.join(READ_FORMATS)}")
+    if format in ("word2vec-binary", "npy") and is_gzip(path):
+        # Both are read through a memory map, which needs the uncompressed bytes on disk.
+        raise VectorFileError(
+            f"{path}: is gzip-compressed {format} data, which embcli reads only uncompressed; "
+            f"decompress it first (gunzip -k {path}) and import the result"
+        )
     return format, detected
 
 
@@ -198,9 +222,11 @@ def _text_lines(path, report, progress):
     number = 0
     offset = 0
     carry = b""
-    with open(path, "rb") as handle:
+    with _open_maybe_gzip(path) as handle:
+        # Progress counts the bytes of the file read, compressed or not.
+        raw = getattr(handle, "fileobj", handle)
         while True:
-            chunk = handle.read(_BINARY_CHUNK)
+            chunk = _read_chunk(handle, path, offset + len(carry))
             data = carry + chunk
             if not chunk:
                 if data:
@@ -225,7 +251,16 @@ def _text_lines(path, report, progress):
                 yield number, offset, line
                 offset += len(raw) + 1
             if progress is not None:
-                progress(min(offset, size))
+                progress(min(raw.tell(), size))
+
+
+def _read_chunk(handle, path, offset):
+    try:
+        return handle.read(_BINARY_CHUNK)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise VectorFileError(
+            f"{path}: the gzip data is damaged or truncated after {offset:,} uncompressed bytes ({error})"
+        ) from None
 
 
 def _decode_line(raw, number, offset, report):

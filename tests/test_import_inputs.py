@@ -28,3 +28,37 @@ def test_glove_with_header_names_format_flag(tmp_path):
     result = invoke("import", str(path), "--format", "glove", "-m", "model")
     assert result.exit_code == 1
     assert "--format word2vec" in result.stderr
+
+
+def test_import_gzip_vec_file(tmp_path):
+    path = tmp_path / "x.vec.gz"
+    path.write_bytes(gzip.compress(b"2 2\n" + ROWS))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 0, result.stderr
+    assert "2 words x 2 dimensions (word2vec)" in result.stderr
+
+
+def test_import_gzip_glove_without_suffix(tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_bytes(gzip.compress(ROWS))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 0, result.stderr
+    assert "(glove)" in result.stderr
+
+
+def test_import_gzip_binary_says_gunzip(tmp_path):
+    path = tmp_path / "x.bin.gz"
+    path.write_bytes(gzip.compress(b"1 2\nthe " + bytes(8)))
+    result = invoke("import", str(path), "-m", "model", "--format", "word2vec-binary")
+    assert result.exit_code == 1
+    assert "gunzip" in result.stderr
+
+
+def test_import_truncated_gzip_is_error(tmp_path):
+    data = gzip.compress(b"2 2\n" + ROWS * 2000)
+    path = tmp_path / "x.vec.gz"
+    path.write_bytes(data[: len(data) // 2])
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 1
+    assert "truncated" in result.stderr
+    assert "bug" not in result.stderr
