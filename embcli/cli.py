@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from embcli import __version__
-from embcli.errors import DiskFull, EmbcliError, is_disk_full
+from embcli.errors import DiskFull, EmbcliError, is_disk_full, shorten
 
 app = typer.Typer(
     add_completion=False,
@@ -434,7 +434,9 @@ def _stdin_raw_lines():
         return
     import select
 
-    rest = b""
+    # The pieces of a line whose end is not read yet, joined once the line ends, so a
+    # line of many megabytes is copied once instead of once per read.
+    pieces = []
     while True:
         ready, _, _ = select.select([descriptor], [], [], 0)
         if not ready:
@@ -446,9 +448,15 @@ def _stdin_raw_lines():
             continue
         if not chunk:
             break
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:
+            pieces.append(chunk)
+            continue
+        pieces.append(lines[0])
+        lines[0] = b"".join(pieces)
+        pieces = [lines.pop()]
         yield from lines
+    rest = b"".join(pieces)
     if rest:
         yield rest
 
@@ -914,7 +922,7 @@ def analogy(
     def resolve(query):
         line, fields = query
         if fields is None:
-            raise QueryError(f"{line[:80]!r}: expected three words A B C separated by spaces or tabs")
+            raise QueryError(f"{shorten(line)!r}: expected three words A B C separated by spaces or tabs")
         return opened.rows(fields)
 
     def answer(triples):
@@ -962,7 +970,7 @@ def similarity(
     def resolve(query):
         line, fields = query
         if fields is None:
-            raise QueryError(f"{line[:80]!r}: expected two words separated by a tab")
+            raise QueryError(f"{shorten(line)!r}: expected two words separated by a tab")
         return opened.rows(fields)
 
     def answer(pairs):

@@ -11,6 +11,16 @@ matching flags.
 import errno
 
 
+QUOTE_CHARS = 80
+
+
+def shorten(text, limit=QUOTE_CHARS):
+    """Return `text` for quoting in a message: whole if short, else its start and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class EmbcliError(Exception):
     """A failure caused by the input or the environment, not by a bug in embcli."""
 
@@ -82,12 +92,12 @@ class UnknownWord(EmbcliError):
         self.token = token
         details = []
         if token is not None and token != word:
-            details.append(f"looked up as {token}")
+            details.append(f"looked up as {shorten(token)}")
         if model_path is not None:
             size = f"{vocab_size:,} words in " if vocab_size is not None else ""
             details.append(f"{size}{model_path}")
         where = f" ({'; '.join(details)})" if details else ""
-        super().__init__(f"{word}: not in vocabulary{where}")
+        super().__init__(f"{shorten(word)}: not in vocabulary{where}")
 
 
 class QueryError(EmbcliError):
