@@ -189,7 +189,7 @@ def build_vocab(
     corpus: List[str] = typer.Argument(..., help="Text files, .gz files, or - for stdin.", show_default=False),
     model: Optional[str] = ModelOption,
     min_count: int = typer.Option(5, "--min-count", min=1, help="Keep words that occur at least this many times."),
-    max_size: Optional[int] = typer.Option(None, "--max-size", min=1,
+    max_size: Optional[int] = typer.Option(None, "--max-size", min=2,
                                            help="Keep at most this many words, the most frequent. [default: no limit]"),
     tokenizer: str = typer.Option(
         "default", "--tokenizer",

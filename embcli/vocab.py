@@ -214,8 +214,9 @@ def build_vocab(
 
     if min_count < 1:
         raise EmbcliError(f"min_count must be at least 1, not {min_count}")
-    if max_size is not None and max_size < 1:
-        raise EmbcliError(f"max_size must be at least 1, not {max_size}")
+    if max_size is not None and max_size < 2:
+        raise EmbcliError(f"a vocabulary of at most {max_size} word is too small, because word vectors "
+                          "need at least 2 words; raise the size limit", options=("max_size",))
     # Trained vectors and a training checkpoint are rows of the old vocabulary.
     trained = [
         name

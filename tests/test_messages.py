@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 from typer.testing import CliRunner
 
 from embcli.cli import app
@@ -22,3 +23,20 @@ def test_damaged_checkpoint_names_force(small_corpus):
     assert "--force" in result.stderr
     result = invoke("train", "--force", "--dim", "8", "--epochs", "1", "--threads", "1", "-q")
     assert result.exit_code == 0, result.stderr
+
+
+def test_max_size_one_names_max_size(small_corpus):
+    result = invoke("build-vocab", small_corpus, "--max-size", "1")
+    assert result.exit_code == 2
+    assert "--max-size" in result.stderr
+    assert "--min-count" not in result.stderr
+
+
+def test_build_vocab_api_rejects_max_size_one(small_corpus):
+    from embcli.errors import EmbcliError
+    from embcli.tokenize import Tokenizer
+    from embcli.vocab import build_vocab
+
+    with pytest.raises(EmbcliError) as caught:
+        build_vocab("model", [small_corpus], Tokenizer(), min_count=1, max_size=1)
+    assert caught.value.options == ("max_size",)
