@@ -82,7 +82,8 @@ class _Warnings:
     def problem(self, message):
         """Raise VectorFileError for `message`, or record it when lenient."""
         if not self.lenient:
-            raise VectorFileError(f"{self.path}: {message}")
+            raise VectorFileError(f"{self.path}: {message}; to skip such problems with a warning, "
+                                  "read the file leniently", options=("lenient",))
         self.count += 1
         if len(self.messages) < MAX_WARNINGS:
             self.messages.append(f"{self.path}: {message}")
@@ -719,7 +720,8 @@ def _read_npy(path, words_path, report):
     if matrix.shape[1] < 1:
         raise VectorFileError(f"{path}: the matrix has no columns")
     if words_path is None:
-        raise VectorFileError(f"{path}: a .npy matrix needs a word list, one word per line, in row order")
+        raise VectorFileError(f"{path}: a .npy matrix needs a word list, one word per line, in row order",
+                              options=("words",))
     words, counts = read_word_list(words_path)
     if len(words) != matrix.shape[0]:
         raise VectorFileError(

@@ -62,3 +62,35 @@ def test_import_truncated_gzip_is_error(tmp_path):
     assert result.exit_code == 1
     assert "truncated" in result.stderr
     assert "bug" not in result.stderr
+
+
+def test_strict_errors_name_lenient(tmp_path):
+    cases = {
+        "count.txt": b"3 2\n" + ROWS,
+        "ragged.txt": b"2 2\nthe 0.1 0.2\ncat 0.3\n",
+        "utf8.txt": b"2 2\nthe 0.1 0.2\nc\xffat 0.3 0.4\n",
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = invoke("import", str(path), "-m", str(tmp_path / ("model-" + name)))
+        assert result.exit_code == 1, name
+        assert "--lenient" in result.stderr, name
+
+
+def test_truncated_binary_names_lenient(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"2 2\nthe " + bytes(8) + b"\ncat " + bytes(3))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 1
+    assert "--lenient" in result.stderr
+
+
+def test_npy_without_words_names_flag(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((2, 2), dtype=np.float32))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 1
+    assert "--words" in result.stderr
