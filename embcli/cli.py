@@ -297,6 +297,8 @@ def train(
         raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N", param_hint="--device")
     if not math.isfinite(ns_exponent):
         raise typer.BadParameter(f"{ns_exponent} is not a finite number", param_hint="--ns-exponent")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise typer.BadParameter(f"{lr:g} is not a positive finite number", param_hint="--lr")
     cores = os.cpu_count() or 1
     if threads > 4 * cores:
         raise typer.BadParameter(f"{threads} worker processes on {cores} cores would only slow training",

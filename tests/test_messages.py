@@ -40,3 +40,11 @@ def test_build_vocab_api_rejects_max_size_one(small_corpus):
     with pytest.raises(EmbcliError) as caught:
         build_vocab("model", [small_corpus], Tokenizer(), min_count=1, max_size=1)
     assert caught.value.options == ("max_size",)
+
+
+def test_train_rejects_bad_lr_as_usage_error(small_corpus):
+    assert invoke("build-vocab", small_corpus, "--min-count", "20", "-q").exit_code == 0
+    for value in ("0", "-1", "nan"):
+        result = invoke("train", "--lr", value, "--dim", "8", "--epochs", "1", "--threads", "1")
+        assert result.exit_code == 2, value
+        assert "--lr" in result.stderr, value
