@@ -881,11 +881,31 @@ def _vector_neighbors(opened, vector, k, restrict, as_json):
 
 
 def _stdin_fields(count):
-    """Yield (line, fields) for each non-blank stdin line; fields is None if malformed."""
-    for line in _read_stdin_queries():
+    """Yield (line, fields, line number) for each non-blank stdin line; fields is None if malformed."""
+    for number, line in _stdin_lines():
         fields = line.split("\t") if "\t" in line else line.split()
         fields = [field.strip() for field in fields]
-        yield line, (fields if len(fields) == count and all(fields) else None)
+        yield line, (fields if len(fields) == count and all(fields) else None), number
+
+
+def _rows_of_fields(opened, query, expected):
+    """Return the rows of the words of one analogy or similarity query.
+
+    A stdin query's errors start with its line number; `expected` describes a
+    well-formed line.
+    """
+    from embcli.errors import QueryError
+
+    line, fields, number = query
+    where = "" if number is None else f"<stdin>: line {number}: "
+    if fields is None:
+        raise QueryError(f"{where}{shorten(line)!r}: expected {expected}")
+    try:
+        return opened.rows(fields)
+    except EmbcliError as failure:
+        if number is None:
+            raise
+        raise QueryError(f"{where}{failure}") from None
 
 
 @app.command()
@@ -904,7 +924,6 @@ def analogy(
     as_json: bool = JsonOption,
 ):
     """Answer 'A is to B as C is to ?' with the k best words, e.g. analogy man king woman."""
-    from embcli.errors import QueryError
     from embcli.model import ANALOGY_METHODS, Model
 
     if method not in ANALOGY_METHODS:
@@ -915,17 +934,14 @@ def analogy(
         queries = _stdin_fields(3)
     elif len(words) == 3:
         batch = False
-        queries = [(" ".join(words), words)]
+        queries = [(" ".join(words), words, None)]
     else:
         raise typer.BadParameter(f"expected three words A B C, or -, got {len(words)} arguments",
                                  param_hint="WORDS")
     opened = Model.open(model)
 
     def resolve(query):
-        line, fields = query
-        if fields is None:
-            raise QueryError(f"{shorten(line)!r}: expected three words A B C separated by spaces or tabs")
-        return opened.rows(fields)
+        return _rows_of_fields(opened, query, "three words A B C separated by spaces or tabs")
 
     def answer(triples):
         if k == 0:
@@ -949,13 +965,12 @@ def analogy(
 @app.command()
 @handle_errors
 def similarity(
-    words: List[str] = typer.Argument(..., help="Two words, or - to read one tab-separated pair per line "
-                                      "from stdin.", show_default=False),
+    words: List[str] = typer.Argument(..., help="Two words, or - to read one pair per line from stdin, "
+                                      "separated by a tab or spaces.", show_default=False),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
 ):
     """Print the cosine similarity of two words (0 when a vector is all zeros)."""
-    from embcli.errors import QueryError
     from embcli.model import Model
 
     if words == ["-"]:
@@ -964,16 +979,13 @@ def similarity(
         queries = _stdin_fields(2)
     elif len(words) == 2:
         batch = False
-        queries = [(" ".join(words), words)]
+        queries = [(" ".join(words), words, None)]
     else:
         raise typer.BadParameter(f"expected two words, or -, got {len(words)} arguments", param_hint="WORDS")
     opened = Model.open(model)
 
     def resolve(query):
-        line, fields = query
-        if fields is None:
-            raise QueryError(f"{shorten(line)!r}: expected two words separated by a tab")
-        return opened.rows(fields)
+        return _rows_of_fields(opened, query, "two words separated by spaces or a tab")
 
     def answer(pairs):
         rows = list(zip(*pairs))

@@ -48,3 +48,19 @@ def test_train_rejects_bad_lr_as_usage_error(small_corpus):
         result = invoke("train", "--lr", value, "--dim", "8", "--epochs", "1", "--threads", "1")
         assert result.exit_code == 2, value
         assert "--lr" in result.stderr, value
+
+
+def test_similarity_stdin_errors_give_line(trained_model):
+    result = invoke("similarity", "-m", trained_model, "-", input="lord god\nlord\nlord unicornword\n")
+    assert result.exit_code == 1
+    assert result.stdout.startswith("lord\tgod\t")
+    assert "line 2:" in result.stderr
+    assert "separated by spaces or a tab" in result.stderr
+    assert "line 3: unicornword: not in vocabulary" in result.stderr
+
+
+def test_analogy_stdin_errors_give_line(trained_model):
+    result = invoke("analogy", "-m", trained_model, "-", "-k", "1", input="lord god\n\nlord god unicornword\n")
+    assert result.exit_code == 1
+    assert "line 1:" in result.stderr
+    assert "line 3: unicornword: not in vocabulary" in result.stderr
