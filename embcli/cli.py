@@ -490,6 +490,8 @@ def _queries(words):
     STATE["stdin_failures"] = 0
     if words == ["-"]:
         return _read_stdin_queries(), True
+    if "-" in words:
+        raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
     return words, len(words) > 1
 
 
@@ -1198,6 +1200,8 @@ def _fast_neighbors_arguments(argv):
             options["words"].append(argument)
     if bool(options["words"]) == (options["vector"] is not None):
         return None
+    if "-" in options["words"] and len(options["words"]) > 1:
+        return None  # a usage error, which typer prints
     return options
 
 

@@ -64,3 +64,20 @@ def test_analogy_stdin_errors_give_line(trained_model):
     assert result.exit_code == 1
     assert "line 1:" in result.stderr
     assert "line 3: unicornword: not in vocabulary" in result.stderr
+
+
+def test_dash_among_words_is_usage_error(trained_model):
+    for command in ("neighbors", "lookup"):
+        result = invoke(command, "-m", trained_model, "lord", "-")
+        assert result.exit_code == 2, command
+        assert "must be the only word" in result.stderr, command
+
+
+def test_dash_among_words_through_main(trained_model):
+    import subprocess
+    import sys
+
+    process = subprocess.run([sys.executable, "-m", "embcli", "neighbors", "-m", trained_model, "lord", "-"],
+                             capture_output=True, timeout=60)
+    assert process.returncode == 2
+    assert b"must be the only word" in process.stderr
