@@ -56,6 +56,11 @@ def note(message):
         _stderr(message)
 
 
+def _count(number, noun):
+    """Return `number` and `noun`, in the plural unless `number` is 1: "1 line", "2,048 lines"."""
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
 def error(message):
     _stderr(f"embcli: error: {message}")
 
@@ -222,8 +227,8 @@ def build_vocab(
     finally:
         finish()
     note(
-        f"read {summary.tokens:,} tokens on {summary.lines:,} lines; {summary.distinct:,} distinct "
-        f"words; kept {summary.kept:,} with count >= {summary.min_count} "
+        f"read {_count(summary.tokens, 'token')} on {_count(summary.lines, 'line')}; "
+        f"{_count(summary.distinct, 'distinct word')}; kept {summary.kept:,} with count >= {summary.min_count} "
         f"({summary.coverage:.1%} of tokens) in {model_dir}"
     )
     for line in summary.notes:
@@ -319,7 +324,8 @@ def train(
         stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens,
                                    checkpoint_every * 60)
         note(
-            f"trained {stats.words:,} words ({stats.epochs_done} epochs) on {launch.world_size} ranks in "
+            f"trained {_count(stats.words, 'word')} ({_count(stats.epochs_done, 'epoch')}) on "
+            f"{launch.world_size} ranks in "
             f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s, final loss "
             f"{stats.final_loss:.4f}); saved {model_dir}"
         )
@@ -332,7 +338,8 @@ def train(
     finally:
         finish()
     note(
-        f"trained {stats.epochs_done} epoch{'s' if stats.epochs_done != 1 else ''} over {stats.words // stats.epochs_done:,} words in {stats.seconds:.1f} s "
+        f"trained {_count(stats.epochs_done, 'epoch')} over {_count(stats.words // stats.epochs_done, 'word')} "
+        f"in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
@@ -752,7 +759,7 @@ def index(
     else:
         settings = f"hnsw, M {description['M']}, ef_construction {description['ef_construction']}"
     note(
-        f"indexed {description['rows']:,} words ({settings}) in "
+        f"indexed {_count(description['rows'], 'word')} ({settings}) in "
         f"{description['build_seconds']:.1f} s; saved in {opened.path}"
     )
 
@@ -1058,7 +1065,7 @@ def evaluate(
         rows.extend(_analogy_row(total) for total in (result.semantic, result.syntactic, result.overall))
         out.extend(_table(("section", "accuracy", "correct", "answered", "questions", "coverage"), rows))
         if result.skipped_lines:
-            note(f"warning: {result.path}: skipped {len(result.skipped_lines)} lines without four words, "
+            note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} without four words, "
                  f"the first is line {result.skipped_lines[0]}")
     if pair_results:
         out.append("")
@@ -1113,7 +1120,8 @@ def export(
     opened = Model.open(model)
     target = sys.stdout.buffer if output == "-" else output
     written = write_vectors(target, opened.words, opened.matrix, format)
-    note(f"wrote {len(opened):,} words x {opened.dim} dimensions as {format}: {', '.join(written)}")
+    note(f"wrote {_count(len(opened), 'word')} x {_count(opened.dim, 'dimension')} as {format}: "
+         f"{', '.join(written)}")
 
 
 @app.command("import")
@@ -1162,7 +1170,8 @@ def import_vectors(
         note(f"warning: {message}")
     if vectors.warning_count > len(vectors.warnings):
         note(f"warning: {vectors.warning_count - len(vectors.warnings):,} more problems were skipped")
-    note(f"imported {len(vectors.words):,} words x {vectors.matrix.shape[1]} dimensions ({vectors.format}) "
+    note(f"imported {_count(len(vectors.words), 'word')} x {_count(vectors.matrix.shape[1], 'dimension')} "
+         f"({vectors.format}) "
          f"from {path} into {model_dir} in {time.perf_counter() - started:.1f} s")
 
 

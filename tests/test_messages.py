@@ -81,3 +81,19 @@ def test_dash_among_words_through_main(trained_model):
                              capture_output=True, timeout=60)
     assert process.returncode == 2
     assert b"must be the only word" in process.stderr
+
+
+def test_summaries_use_singular_for_one(tmp_path):
+    corpus = tmp_path / "one-line.txt"
+    corpus.write_text("cat dog cat dog\n")
+    result = invoke("build-vocab", str(corpus), "--min-count", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "on 1 line;" in result.stderr
+    result = invoke("train", "--dim", "4", "--epochs", "1", "--threads", "1", "--sample", "0")
+    assert result.exit_code == 0, result.stderr
+    assert "trained 1 epoch over" in result.stderr
+    vectors = tmp_path / "one.txt"
+    vectors.write_text("1 1\ncat 0.5\n")
+    result = invoke("import", str(vectors), "-m", "imported")
+    assert result.exit_code == 0, result.stderr
+    assert "imported 1 word x 1 dimension " in result.stderr
