@@ -62,8 +62,37 @@ def sample(pid, peaks):
         peaks[key] = max(peaks.get(key, 0), value)
 
 
-def run_measured(command, feed=None):
-    """Run `command`, sampling its memory; return (seconds, peaks in MB)."""
+def resident_by_file(pid):
+    """Return {path: resident kB} of the file-backed mappings in /proc/PID/smaps."""
+    resident = {}
+    name = None
+    try:
+        with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                first = line.split(None, 1)[0]
+                if "-" in first and not first.endswith(":"):
+                    # A mapping's header: address range, permissions, offset, device, inode, path.
+                    parts = line.split(None, 5)
+                    name = parts[5].strip() if len(parts) > 5 and parts[5].startswith("/") else None
+                elif first == "Rss:" and name is not None:
+                    resident[name] = resident.get(name, 0) + int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return resident
+
+
+def largest_files(resident, count=6):
+    """Return the `count` largest entries of a resident_by_file() result as text, in MB."""
+    top = sorted(resident.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{os.path.basename(path)} {kilobytes / 1024:.1f}" for path, kilobytes in top)
+
+
+def run_measured(command, feed=None, by_file=None):
+    """Run `command`, sampling its memory; return (seconds, peaks in MB).
+
+    With a dict `by_file`, also read /proc/PID/smaps about once a second and store the
+    last reading under "last" and the reading with the most file-backed kB under "peak".
+    """
     process = subprocess.Popen(command, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     writer = None
@@ -75,8 +104,16 @@ def run_measured(command, feed=None):
     reader.start()
     peaks = {}
     started = time.time()
+    samples = 0
     while process.poll() is None:
         sample(process.pid, peaks)
+        if by_file is not None and samples % 5 == 0:
+            resident = resident_by_file(process.pid)
+            if resident:
+                by_file["last"] = resident
+                if sum(resident.values()) >= sum(by_file.get("peak", {}).values()):
+                    by_file["peak"] = resident
+        samples += 1
         time.sleep(0.2)
     seconds = time.time() - started
     reader.join()
@@ -127,10 +164,17 @@ def main():
                 words = sum(1 for _ in handle)
             print(f"{factor}x: build-vocab {build_seconds:.0f} s, {tokens:,} ids in the cache, {words:,} words, "
                   + ", ".join(f"{k} {v:,.0f} MB" for k, v in build.items()), flush=True)
+            by_file = {}
             train_seconds, trained = run_measured(embcli + ["train", "-q", "-m", model, "--epochs", "1",
-                                                            "--threads", "1", "--dim", str(args.dim)])
+                                                            "--threads", "1", "--dim", str(args.dim)],
+                                                  by_file=by_file)
             print(f"{factor}x: train {train_seconds:.0f} s, "
                   + ", ".join(f"{k} {v:,.0f} MB" for k, v in trained.items()), flush=True)
+            for reading in ("peak", "last"):
+                if reading in by_file:
+                    total = sum(by_file[reading].values()) / 1024
+                    print(f"{factor}x: train, file-backed MB by file at the {reading} reading "
+                          f"({total:,.0f} MB in all): {largest_files(by_file[reading])}", flush=True)
             results[factor] = (tokens, build, trained)
             shutil.rmtree(model)
     finally:

@@ -45,6 +45,8 @@ def main():
     parser.add_argument("--sync-tokens", type=int, nargs="+", default=[1 << 20])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1],
+                        help="train every configuration once per seed (analogy accuracy varies by seed)")
     parser.add_argument("--hogwild", action="store_true", help="also train with embcli train --threads N")
     args = parser.parse_args()
 
@@ -55,25 +57,28 @@ def main():
         vocab_dir = os.path.join(work, "vocab")
         seconds, _ = run(EMBCLI + ["build-vocab", "-q", "-m", vocab_dir, args.corpus], env=env)
         print(f"build-vocab {args.corpus}: {seconds:.1f} s", flush=True)
-        common = ["--epochs", str(args.epochs), "--dim", str(args.dim), "-q"]
         rows = []
-        for ranks in args.ranks:
-            # One rank has nobody to synchronize with: one run is enough.
-            for sync in args.sync_tokens if ranks > 1 else args.sync_tokens[-1:]:
-                model = fresh_copy(vocab_dir, f"r{ranks}-s{sync}")
-                command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-                           "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
-                           "--master-port", str(free_port()), "-m", "embcli", "train", "-m", model,
-                           "--sync-tokens", str(sync)] + common
-                print(f"running {ranks} rank(s), sync every {sync} tokens", flush=True)
-                wall, _ = run(command, env=env)
-                rows.append((f"torchrun, {ranks} rank(s), sync every {sync:,} tokens", model, wall))
-                report(*rows[-1])
-            if args.hogwild:
-                model = fresh_copy(vocab_dir, f"hogwild{ranks}")
-                wall, _ = run(EMBCLI + ["train", "-m", model, "--threads", str(ranks)] + common, env=env)
-                rows.append((f"embcli train --threads {ranks} (Hogwild)", model, wall))
-                report(*rows[-1])
+        for seed in args.seeds:
+            common = ["--epochs", str(args.epochs), "--dim", str(args.dim), "--seed", str(seed), "-q"]
+            for ranks in args.ranks:
+                # One rank has nobody to synchronize with: one run is enough.
+                for sync in args.sync_tokens if ranks > 1 else args.sync_tokens[-1:]:
+                    model = fresh_copy(vocab_dir, f"r{ranks}-s{sync}-seed{seed}")
+                    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                               "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
+                               "--master-port", str(free_port()), "-m", "embcli", "train", "-m", model,
+                               "--sync-tokens", str(sync)] + common
+                    print(f"running {ranks} rank(s), sync every {sync} tokens, seed {seed}", flush=True)
+                    wall, _ = run(command, env=env)
+                    rows.append((f"torchrun, {ranks} rank(s), sync every {sync:,} tokens, seed {seed}", model, wall))
+                    report(*rows[-1])
+                    shutil.rmtree(model, ignore_errors=True)
+                if args.hogwild:
+                    model = fresh_copy(vocab_dir, f"hogwild{ranks}-seed{seed}")
+                    wall, _ = run(EMBCLI + ["train", "-m", model, "--threads", str(ranks)] + common, env=env)
+                    rows.append((f"embcli train --threads {ranks} (Hogwild), seed {seed}", model, wall))
+                    report(*rows[-1])
+                    shutil.rmtree(model, ignore_errors=True)
         print_table(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -94,20 +99,25 @@ def report(label, model, wall):
 
 
 def print_table(rows):
+    """Print every run, then each run against the first run of its seed."""
     print("\n| run | words/s | wall s | analogy % | WS-353 | SimLex | syncs |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    first = None
     for label, _, _ in rows:
         stats, scores, wall = RESULTS[label]
         speed = stats["stats"]["words_per_second"]
-        first = first or (speed, scores["analogy"])
         syncs = stats.get("distributed", {}).get("synchronizations", "-")
         print(f"| {label} | {speed:,.0f} | {wall:.1f} | {scores['analogy']:.2f} | {scores['ws353']:.3f} "
               f"| {scores['simlex']:.3f} | {syncs} |")
-    for label, _, _ in rows[1:]:
+    first_of_seed = {}
+    for label, _, _ in rows:
+        seed = label.rsplit("seed ", 1)[-1]
         stats, scores, _ = RESULTS[label]
-        print(f"{label} vs first row: {stats['stats']['words_per_second'] / first[0]:.2f}x words/s, "
-              f"analogy {scores['analogy'] - first[1]:+.2f} points")
+        if seed not in first_of_seed:
+            first_of_seed[seed] = (label, stats["stats"]["words_per_second"], scores["analogy"])
+            continue
+        first_label, first_speed, first_analogy = first_of_seed[seed]
+        print(f"{label} vs {first_label}: {stats['stats']['words_per_second'] / first_speed:.2f}x words/s, "
+              f"analogy {scores['analogy'] - first_analogy:+.2f} points")
 
 
 if __name__ == "__main__":

@@ -318,6 +318,14 @@ def train(
                          seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
                          buckets=buckets, combination=combination, chunk_order=chunk_order)
     launch = _distributed_launch()
+    if resume:
+        # A resumed run takes every training setting from its checkpoint.
+        settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
+                    "--ns-exponent", "--negatives", "--seed", "--threads", "--subwords", "--buckets",
+                    "--combination", "--chunk-order")
+        given = [flag for flag in settings if any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv)]
+        if given:
+            note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(given)}")
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:

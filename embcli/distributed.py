@@ -15,14 +15,15 @@ How the ranks keep one model:
   values (broadcast from rank 0).
 - Rank r trains with `Trainer(worker=r, workers=world_size)`, so it reads only its own
   contiguous slice of the token-id cache, as a Hogwild worker process does.
-- Every `sync_tokens` tokens of its slice, each rank finds the rows it changed since the
-  last synchronization. The ranks take the union of those rows, all-reduce the sum of
-  their changes to them, and add that sum to the rows as they were at the last
-  synchronization. Every rank then has the same matrices again. Between two
-  synchronizations a rank does not see the others' updates, as a Hogwild worker would
-  not see updates still in another core's cache. A rank that trained nothing since the
-  last synchronization contributes a change of zero. Ranks synchronize between chunks,
-  so an interval shorter than a chunk shortens the chunks to the interval.
+- Every `sync_tokens` tokens of its slice, each rank takes the rows it changed since the
+  last synchronization, which its trainer marked as it went (TrackingTrainer). The ranks
+  take the union of those rows, all-reduce the sum of their changes to them, and add
+  that sum to the rows as they were at the last synchronization. Every rank then has the
+  same matrices again. Between two synchronizations a rank does not see the others'
+  updates, as a Hogwild worker would not see updates still in another core's cache. A
+  rank that trained nothing since the last synchronization contributes a change of
+  zero. Ranks synchronize between chunks, so an interval shorter than a chunk shortens
+  the chunks to the interval.
 - The ranks synchronize the same number of times, at the same fractions of their own
   slice, because slices may differ in length by one chunk. They also synchronize once at
   the end, so the saved model contains every rank's updates.
@@ -58,7 +59,6 @@ from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, TrainingErro
 DEFAULT_SYNC_TOKENS = 1 << 16
 
 ENVIRONMENT = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-SYNC_BLOCK_ROWS = 1 << 16
 
 
 @dataclasses.dataclass
@@ -102,11 +102,46 @@ def _pick_device(name, launch):
     return device
 
 
-class Replicas:
-    """Keeps every rank's copy of the matrices equal by all-reducing the changed rows."""
+class TrackingTrainer(train.Trainer):
+    """A Trainer that marks every row it may change, for Replicas to send.
 
-    def __init__(self, matrices):
+    Training changes the input and output rows of the words in a chunk and the output rows
+    of the drawn negatives, and nothing else. The marks are a superset of the changed
+    rows (a subsampled word is marked too), which costs only an all-reduced zero.
+    NOTE: this relies on train.Trainer updating rows only through those words and
+    negatives; tests/test_distributed.py checks it for skip-gram and CBOW.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        rows = self.input_vectors.shape[0]
+        self.touched = [torch.zeros(rows, dtype=torch.bool, device=self.device),
+                        torch.zeros(self.output_vectors.shape[0], dtype=torch.bool, device=self.device)]
+
+    def _load_chunk(self, begin):
+        loaded = super()._load_chunk(begin)
+        raw, is_end = loaded[0], loaded[3]
+        words = raw[~is_end]
+        self.touched[0][words] = True
+        self.touched[1][words] = True
+        return loaded
+
+    def _draw_negatives(self, shape, generator):
+        negatives = super()._draw_negatives(shape, generator)
+        self.touched[1][negatives.view(-1)] = True
+        return negatives
+
+
+class Replicas:
+    """Keeps every rank's copy of the matrices equal by all-reducing the changed rows.
+
+    `touched` holds one bool mask per matrix that marks every row this rank changed
+    since the last synchronization (TrackingTrainer.touched); synchronize() clears it.
+    """
+
+    def __init__(self, matrices, touched):
         self.matrices = matrices
+        self.touched = touched
         # The values at the last synchronization; a rank's change is `matrix - base`. One
         # rank alone needs no copy.
         alone = dist.get_world_size() == 1
@@ -115,13 +150,6 @@ class Replicas:
         self.seconds = 0.0
         self.count = 0
 
-    def _changed_rows(self, matrix, base):
-        changed = torch.zeros(matrix.shape[0], dtype=torch.uint8, device=matrix.device)
-        for begin in range(0, matrix.shape[0], SYNC_BLOCK_ROWS):
-            end = begin + SYNC_BLOCK_ROWS
-            changed[begin:end] = (matrix[begin:end] != base[begin:end]).any(1)
-        return changed
-
     def synchronize(self):
         """All-reduce the changes since the last call; every rank ends with the same values."""
         self.count += 1
@@ -129,7 +157,9 @@ class Replicas:
             return  # the only copy is already the model
         started = time.perf_counter()
         vocab_size = self.matrices[0].shape[0]
-        changed = torch.cat([self._changed_rows(m, b) for m, b in zip(self.matrices, self.base)])
+        changed = torch.cat(self.touched).to(torch.uint8)
+        for mask in self.touched:
+            mask.zero_()
         dist.all_reduce(changed, op=dist.ReduceOp.MAX)
         rows = changed.nonzero().squeeze(1)
         if rows.numel():
@@ -145,8 +175,9 @@ class Replicas:
             for (picked, delta), matrix, base in zip(parts, self.matrices, self.base):
                 summed = deltas[offset : offset + len(picked)]
                 offset += len(picked)
-                base.index_add_(0, picked, summed)
-                matrix.index_copy_(0, picked, base.index_select(0, picked))
+                updated = base.index_select(0, picked).add_(summed)
+                base.index_copy_(0, picked, updated)
+                matrix.index_copy_(0, picked, updated)
             self.rows_sent += int(rows.numel())
         self.seconds += time.perf_counter() - started
 
@@ -253,8 +284,8 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     if sync_tokens < config.chunk_tokens:
         # Ranks synchronize between chunks, so a short interval needs short chunks.
         config = dataclasses.replace(config, chunk_tokens=sync_tokens)
-    trainer = train.Trainer(config, corpus, input_vectors, output_vectors, device,
-                            worker=launch.rank, workers=launch.world_size)
+    trainer = TrackingTrainer(config, corpus, input_vectors, output_vectors, device,
+                              worker=launch.rank, workers=launch.world_size)
     chunks_per_epoch = len(trainer.chunks)
     total_chunks = config.epochs * chunks_per_epoch
     chunks_per_sync = max(1, round(sync_tokens / config.chunk_tokens))
@@ -272,7 +303,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     syncs_done, = _sum_across([sum(1 for point in points if point <= done)], device, dist.ReduceOp.MIN)
     syncs_done = min(int(syncs_done), syncs - 1)
 
-    replicas = Replicas([input_vectors, output_vectors])
+    replicas = Replicas([input_vectors, output_vectors], trainer.touched)
     words_total = corpus.total_words * config.epochs
     local = {"words": 0.0, "examples": 0.0, "done": done}
     window = train._LossWindow()

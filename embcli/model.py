@@ -245,6 +245,9 @@ class Model:
         query splits into several tokens, and UnknownWord when its token is not in the
         vocabulary.
         """
+        if not isinstance(word, str):
+            raise TypeError(f"a query word must be a str, not {type(word).__name__}; "
+                            "pass a list of words to the *_batch methods")
         row = self.vocabulary.find(word)
         if row is not None:
             return row
@@ -291,6 +294,9 @@ class Model:
         gets row None and a vector built from its character n-grams, when `subwords` is
         true and the model has them; otherwise UnknownWord is raised.
         """
+        if not isinstance(word, str):
+            raise TypeError(f"a query word must be a str, not {type(word).__name__}; "
+                            "pass a list of words to the *_batch methods")
         try:
             row = self.row(word)
         except UnknownWord:
@@ -331,6 +337,7 @@ class Model:
         A word outside the vocabulary is answered from its n-grams when the model has
         them and `subwords` is true; nothing is left out of its results.
         """
+        _check_counts(k, restrict)
         if not (subwords and self.has_subwords):
             rows = self.rows(words)
             for word, row in zip(words, rows):
@@ -347,6 +354,7 @@ class Model:
         return [self._named(result) for result in results]
 
     def neighbors_of_rows(self, rows, k=10, restrict=None):
+        _check_counts(k, restrict)
         queries = np.asarray(self.matrix[rows], dtype=np.float32)
         results = search.top_k(self.matrix, queries, k, exclude=[(row,) for row in rows], limit=restrict,
                                inverse_norms=self.inverse_norms)
@@ -358,6 +366,7 @@ class Model:
 
     def neighbors_of_vectors(self, vectors, k=10, restrict=None):
         """Return one neighbour list per row of `vectors` (Q, dim); a zero vector gets none."""
+        _check_counts(k, restrict)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise QueryError(f"a query vector has {vectors.shape[1]} values, but the model has {self.dim} dimensions")
@@ -374,6 +383,7 @@ class Model:
         return self.analogy_batch([(a, b, c)], k, method, exclude_inputs, restrict)[0]
 
     def analogy_batch(self, triples, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
+        _check_counts(k, restrict)
         if method not in ANALOGY_METHODS:
             raise QueryError(f"unknown analogy method {method!r}; choose one of {', '.join(ANALOGY_METHODS)}")
         rows = self.rows([word for triple in triples for word in triple])
@@ -418,3 +428,12 @@ class Model:
 
         weights = torch.from_numpy(np.array(self.matrix, dtype=np.float32))
         return torch.nn.Embedding.from_pretrained(weights, freeze=freeze)
+
+
+def _check_counts(k, restrict):
+    """Raise QueryError unless `k` is a positive integer and `restrict` None or one."""
+    for name, value in (("k", k), ("restrict", restrict)):
+        if value is None and name == "restrict":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise QueryError(f"{name} must be a positive whole number, not {value!r}")

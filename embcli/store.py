@@ -536,9 +536,11 @@ def check_fingerprint(directory, meta, name):
     if not os.path.exists(path):
         raise ModelCorrupt(f"{path} is missing; the model directory is incomplete")
     if fingerprint(path) != expected:
+        advice = ("delete it, and queries compute the norms from the embeddings" if name == NORMS
+                  else "retrain or re-import the model")
         raise ModelCorrupt(
             f"{path} does not belong to this model's {META} (it was changed or "
-            "replaced after the model was saved); retrain or re-import the model"
+            f"replaced after the model was saved); {advice}"
         )
 
 

@@ -136,13 +136,18 @@ def ngram_hashes(words, min_n, max_n):
 
 
 class SubwordTable:
-    """The rows that make up each vocabulary word: its own row, then its n-gram buckets.
+    """The rows that make up each vocabulary word: its own row, then its n-gram rows.
 
-    A CSR layout over the input matrix of shape (vocabulary size + buckets, dim): word i
-    owns rows[offsets[i]:offsets[i + 1]], whose first entry is i itself.
+    A CSR layout over a compact input matrix of shape (vocabulary size + used buckets,
+    dim): word i owns rows[offsets[i]:offsets[i + 1]], whose first entry is i itself.
+    Only the buckets that some vocabulary word hashes to get a row: row
+    vocabulary size + k is bucket `bucket_ids[k]`. The other buckets never receive
+    a gradient, so training leaves them at their initial values and does not hold
+    them (155 k of 2 M buckets are used by a 32 k-word vocabulary with n-grams 3-6).
     """
 
-    def __init__(self, offsets, rows, vocab_size, min_n, max_n, buckets, combination="mean"):
+    def __init__(self, offsets, rows, vocab_size, min_n, max_n, buckets, combination="mean",
+                 bucket_ids=None):
         self.offsets = offsets  # (V + 1,) int64
         self.rows = rows  # (offsets[-1],) int64
         self.vocab_size = vocab_size
@@ -150,13 +155,25 @@ class SubwordTable:
         self.max_n = max_n
         self.buckets = buckets
         self.combination = combination
+        # (used buckets,) int64, sorted; None means the full layout, row V + bucket.
+        self.bucket_ids = bucket_ids
+
+    @property
+    def input_rows(self):
+        """The number of rows of the input matrix that this layout indexes."""
+        used = self.buckets if self.bucket_ids is None else len(self.bucket_ids)
+        return self.vocab_size + used
 
     @classmethod
-    def build(cls, words, min_n, max_n, buckets, combination="mean"):
+    def build(cls, words, min_n, max_n, buckets, combination="mean", compact=True):
         check_settings(min_n, max_n, buckets, combination)
         vocab_size = len(words)
         offsets, hashes = ngram_hashes(words, min_n, max_n)
-        buckets_of = (hashes % np.uint32(buckets)).astype(np.int64) + vocab_size
+        buckets_of = (hashes % np.uint32(buckets)).astype(np.int64)
+        bucket_ids = None
+        if compact:
+            bucket_ids, buckets_of = np.unique(buckets_of, return_inverse=True)
+            buckets_of = buckets_of.reshape(-1)
         counts = np.diff(offsets) + 1
         table_offsets = np.zeros(vocab_size + 1, dtype=np.int64)
         np.cumsum(counts, out=table_offsets[1:])
@@ -164,8 +181,8 @@ class SubwordTable:
         rows[table_offsets[:-1]] = np.arange(vocab_size)
         is_ngram = np.ones(len(rows), dtype=bool)
         is_ngram[table_offsets[:-1]] = False
-        rows[is_ngram] = buckets_of
-        return cls(table_offsets, rows, vocab_size, min_n, max_n, buckets, combination)
+        rows[is_ngram] = buckets_of + vocab_size
+        return cls(table_offsets, rows, vocab_size, min_n, max_n, buckets, combination, bucket_ids)
 
     def to_meta(self):
         return subword_meta(self.min_n, self.max_n, self.buckets, self.combination)

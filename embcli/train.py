@@ -648,6 +648,7 @@ class _Resume:
     examples_done: float = 0.0
     seconds_done: float = 0.0
     resumed: bool = False
+    table: object = None  # the SubwordTable of a subword run, else None
 
 
 def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="strict",
@@ -700,11 +701,13 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
     checkpoints = None
     try:
         if resume:
-            start = _load_checkpoint(model_dir, meta, config, len(words))
+            start = _load_checkpoint(model_dir, meta, config, len(words), words)
             config = start.config
+            table = start.table
         else:
+            table = _subword_table(words, config)
             start, new_cache = _fresh_start(model_dir, meta, config, words, corpus_paths,
-                                            encoding, errors, encode_progress)
+                                            encoding, errors, encode_progress, table)
         tokens_path = new_cache or os.path.join(model_dir, start.tokens_name)
         corpus = _open_corpus(tokens_path, counts)
         words_in_corpus = _words_in(corpus)
@@ -724,11 +727,6 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
         else:
             workers = config.threads or default_threads()
         positions = start.positions or [0] * (2 * workers)
-        table = None
-        if config.min_n:
-            from embcli.subwords import SubwordTable
-
-            table = SubwordTable.build(words, config.min_n, config.max_n, config.buckets, config.combination)
         input_vectors = start.input_vectors.to(device)
         output_vectors = start.output_vectors.to(device)
         words_total = words_in_corpus * config.epochs
@@ -887,7 +885,17 @@ class _Checkpointer:
             pass
 
 
-def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress):
+def _subword_table(words, config):
+    """Return the SubwordTable of `words` for `config`, or None without subwords."""
+    if not config.min_n:
+        return None
+    from embcli.subwords import SubwordTable
+
+    return SubwordTable.build(words, config.min_n, config.max_n, config.buckets, config.combination)
+
+
+def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress,
+                 table=None):
     """Return (_Resume for epoch 0, path of a new token cache or None)."""
     from embcli.corpus import check_unchanged
     from embcli.tokenize import Tokenizer
@@ -913,8 +921,7 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
         if config.min_n:
             from embcli.train_subwords import init_subword_vectors
 
-            input_vectors, output_vectors = init_subword_vectors(len(words), config.buckets,
-                                                                 config.dim, config.seed)
+            input_vectors, output_vectors = init_subword_vectors(table, config.dim, config.seed)
         else:
             input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
     except (RuntimeError, MemoryError) as error:
@@ -933,7 +940,11 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
 def _check_trained(vectors, config, examples):
     """Raise TrainingError if training diverged or had nothing to learn from."""
     # Trained word2vec values stay within a few units; 1e4 means the updates blew up.
-    if not np.isfinite(vectors).all() or np.abs(vectors).max(initial=0.0) > 1e4:
+    # max() and min() return NaN if any value is NaN, and they allocate nothing, where
+    # np.abs(vectors) would copy the whole matrix (0.8 GB with 2 M subword buckets).
+    high = float(vectors.max(initial=0.0))
+    low = float(vectors.min(initial=0.0))
+    if not (math.isfinite(high) and math.isfinite(low)) or max(high, -low) > 1e4:
         raise TrainingDiverged(
             "training diverged (the vectors hold NaN, infinite or huge values); lower the "
             f"learning rate (it was {config.resolved_lr():g}); nothing was written"
@@ -1324,7 +1335,7 @@ def read_checkpoint_state(model_dir):
         raise ModelCorrupt(f"{path}: not valid JSON ({error}); " + _DISCARD_DAMAGED, options=("force",)) from None
 
 
-def _load_checkpoint(model_dir, meta, config, vocab_size):
+def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
     """Return the _Resume that the checkpoint in `model_dir` describes."""
     from embcli.errors import ModelCorrupt
 
@@ -1353,7 +1364,8 @@ def _load_checkpoint(model_dir, meta, config, vocab_size):
             raise ModelCorrupt(f"{file_path} is missing, so {CHECKPOINT} cannot be resumed; " + _DISCARD_DAMAGED, options=("force",))
         if store.fingerprint(file_path) != files.get(name):
             raise ModelCorrupt(f"{file_path} does not match {CHECKPOINT}; " + _DISCARD_DAMAGED, options=("force",))
-    input_rows = vocab_size + (resumed.buckets if resumed.min_n else 0)
+    table = _subword_table(words, resumed) if words is not None else None
+    input_rows = vocab_size if table is None else table.input_rows
     input_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), input_rows, mmap=False)
     output_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_OUTPUT), vocab_size, mmap=False)
     return _Resume(
@@ -1370,6 +1382,7 @@ def _load_checkpoint(model_dir, meta, config, vocab_size):
         examples_done=float(state.get("examples_done", 0)),
         seconds_done=float(state.get("seconds", 0)),
         resumed=True,
+        table=table,
     )
 
 
@@ -1385,8 +1398,14 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
     renames = {}
     remove = []
     if table is not None:
-        # embeddings.npy keeps each word's whole vector; subwords.npy the bucket rows.
-        buckets_tmp = store.save_npy_temp(model_dir, subwords.SUBWORDS, vectors[table.vocab_size :])
+        from embcli.train_subwords import full_bucket_blocks
+
+        # embeddings.npy keeps each word's whole vector; subwords.npy all bucket rows,
+        # written block by block from the compact matrix that training holds.
+        with store.NpyRowWriter(model_dir, subwords.SUBWORDS, vectors.shape[1], table.buckets) as writer:
+            for block in full_bucket_blocks(vectors, table, config.seed):
+                writer.append(block)
+            buckets_tmp = writer.finish()
         meta["files"][subwords.SUBWORDS] = store.fingerprint(buckets_tmp)
         meta["subwords"] = table.to_meta()
         renames[subwords.SUBWORDS] = buckets_tmp

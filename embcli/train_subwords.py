@@ -1,8 +1,8 @@
 """Train fastText-style subword vectors on the word2vec engine of embcli.train.
 
-The input matrix has one row per vocabulary word followed by one row per n-gram bucket,
-shape (V + buckets, D). A word's input vector combines its own row with the rows of its
-character n-grams (embcli.subwords). The output matrix stays (V, D). With the
+The input matrix has one row per vocabulary word followed by one row per n-gram bucket
+that some vocabulary word uses (the compact layout of embcli.subwords.SubwordTable). A
+word's input vector combines its own row with the rows of its character n-grams. The output matrix stays (V, D). With the
 mean, as in fastText 0.9 (src/model.cc), the gradient of the combined vector is added
 in full to each row that went into it.
 
@@ -18,26 +18,76 @@ What differs from fastText, and why:
   words' changes to a shared n-gram row, made without seeing each other, diverged, and
   their mean lost most of the accuracy (analogies 16 % instead of 49 % on a 5 M-token
   text; the Subwords section of docs/benchmarks.md has the numbers).
-- Negatives are shared per block, as in the word-level trainer.
+- Negatives are shared per block, as in the word-level trainer, and drawn from counts
+  raised to 0.75 (fastText uses 0.5, which scored lower here).
+- The default learning rate is word2vec's 0.025, not fastText's 0.05: in summed steps,
+  0.05 diverges on text where a rare word repeats within one step. Averaging such a
+  word's gradients made 0.05 stable and raised WS-353 above fastText's, but cost 9
+  analogy points (docs/benchmarks.md, Subwords, has the runs).
 - CBOW averages the context words' combined vectors, where fastText averages all the
   n-gram rows of all context words together, so long words weigh more in fastText.
 """
 
 import torch
 
-from embcli.train import Trainer
+from embcli.train import LOSS_EVERY, Trainer
 
 
-def init_subword_vectors(vocab_size, buckets, dim, seed):
-    """fastText's initialisation: input rows uniform in ±1/dim, output rows zero."""
+# Buckets are initialised in blocks of this many rows, each from its own generator, so
+# that the initial value of any bucket can be rebuilt without the whole matrix.
+INIT_BLOCK = 65536
+
+
+def initial_bucket_block(seed, dim, first, last):
+    """Return the initial (last - first, dim) rows of buckets first..last - 1.
+
+    `first` must be a multiple of INIT_BLOCK. Uniform in ±1/dim, fastText's
+    initialisation; the values depend only on (seed, dim, bucket).
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 1 + first // INIT_BLOCK)
+    return torch.empty(last - first, dim).uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
+
+
+def init_subword_vectors(table, dim, seed):
+    """fastText's initialisation: input rows uniform in ±1/dim, output rows zero.
+
+    The input matrix has the compact layout of `table`: the word rows, then one row per
+    used bucket, holding that bucket's initial value.
+    """
     generator = torch.Generator().manual_seed(seed)
     # The matrix moves to shared memory before it is filled in place, so it never exists
     # twice. Hogwild workers need it there anyway.
-    input_vectors = torch.empty(vocab_size + buckets, dim)
+    input_vectors = torch.empty(table.input_rows, dim)
     input_vectors.share_memory_()
-    input_vectors.uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
-    output_vectors = torch.zeros(vocab_size, dim)
+    input_vectors[: table.vocab_size].uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
+    for first, last, used, row in _used_buckets_by_block(table):
+        block = initial_bucket_block(seed, dim, first, last)
+        input_vectors[table.vocab_size + row : table.vocab_size + row + len(used)] = block[used - first]
+    output_vectors = torch.zeros(table.vocab_size, dim)
     return input_vectors, output_vectors
+
+
+def _used_buckets_by_block(table):
+    """Yield (first bucket, end bucket, used bucket ids in it, their first compact row)."""
+    ids = torch.from_numpy(table.bucket_ids)
+    for first in range(0, table.buckets, INIT_BLOCK):
+        last = min(first + INIT_BLOCK, table.buckets)
+        low, high = torch.searchsorted(ids, torch.tensor([first, last])).tolist()
+        yield first, last, ids[low:high], low
+
+
+def full_bucket_blocks(vectors, table, seed):
+    """Yield the (buckets, dim) bucket matrix of trained compact `vectors` in row blocks.
+
+    Used buckets take their trained rows; the others keep their initial values, as
+    fastText's untouched buckets do.
+    """
+    dim = vectors.shape[1]
+    trained = torch.from_numpy(vectors[table.vocab_size :])
+    for first, last, used, row in _used_buckets_by_block(table):
+        block = initial_bucket_block(seed, dim, first, last)
+        block[used - first] = trained[row : row + len(used)]
+        yield block.numpy()
 
 
 class SubwordTrainer(Trainer):
@@ -86,7 +136,8 @@ class SubwordTrainer(Trainer):
         self.input_vectors.index_add_(0, rows, per_word.index_select(0, owner))
 
     def center_pairs(self, ids, sentence, core, generator):
-        """Return (centers, contexts), grouped by center position, for skip-gram."""
+        """Return (center positions in `ids`, context ids) of a chunk's skip-gram pairs,
+        grouped by center position in text order."""
         n = ids.shape[0]
         window = self.config.window
         reduced = torch.randint(1, window + 1, (n,), generator=generator, device=self.device)
@@ -97,19 +148,90 @@ class SubwordTrainer(Trainer):
         mask = inside & (offsets.abs()[None, :] <= reduced[:, None]) & core[:, None]
         mask &= sentence[position] == sentence[:, None]
         center_index, slot = mask.nonzero(as_tuple=True)
-        return ids.index_select(0, center_index), ids[position[center_index, slot]]
+        return center_index, ids[position[center_index, slot]]
+
+    def _skipgram_plan(self, ids, sentence, core, generator):
+        """Lay out a chunk's skip-gram pairs as update steps of about `batch` pairs.
+
+        Pairs are grouped by center word, and each step takes the center occurrences
+        whose first pair falls in its `batch` pairs, so a step holds `batch` pairs give or
+        take 2 * window - 1. Within a step,
+        the occurrences of one word share one combined vector and one gradient, which
+        is the same update as combining each occurrence on its own, because all of a
+        step's scores read the vectors from before the step.
+
+        Returns a dict of index tensors for the whole chunk and `bounds`, a list of
+        (first pair, end pair, first word, end word, first row, end row) per step. The
+        "local" tensors index within their own step, so a step needs no arithmetic on
+        them.
+        """
+        device = self.device
+        batch = self.config.batch
+        center_position, outputs = self.center_pairs(ids, sentence, core, generator)
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        if center_position.shape[0] == 0:
+            return {"outputs": outputs}, []
+        # Occurrences: runs of pairs with the same center position.
+        occurrence_position, pair_counts = torch.unique_consecutive(center_position, return_counts=True)
+        pair_starts = torch.cumsum(pair_counts, 0) - pair_counts
+        occurrence_step = torch.div(pair_starts, batch, rounding_mode="floor")
+        # Distinct (step, word) keys, sorted by step, so each step's words are contiguous.
+        key = occurrence_step * self.vocab_size + ids.index_select(0, occurrence_position)
+        distinct, occurrence_word = torch.unique(key, return_inverse=True)
+        distinct_word = distinct % self.vocab_size
+        distinct_step = torch.div(distinct, self.vocab_size, rounding_mode="floor")
+        rows, row_owner, row_counts = self._word_rows(distinct_word)
+        pair_word = torch.repeat_interleave(occurrence_word, pair_counts)
+
+        steps = int(occurrence_step[-1]) + 1
+        step_ids = torch.arange(steps + 1, device=device)
+        word_bounds = torch.searchsorted(distinct_step, step_ids)
+        row_starts = torch.cumsum(row_counts, 0) - row_counts
+        row_bounds = torch.cat([row_starts, row_starts.new_tensor([rows.shape[0]])]).index_select(0, word_bounds)
+        pair_bounds = torch.cat([pair_starts, pair_starts.new_tensor([center_position.shape[0]])])
+        pair_bounds = pair_bounds.index_select(0, torch.searchsorted(occurrence_step, step_ids))
+        first_word = word_bounds.index_select(0, distinct_step)  # first word of each word's step
+        local_word = torch.arange(distinct.shape[0], device=device) - first_word
+        plan = {
+            "outputs": outputs,
+            "rows": rows,
+            "row_word": local_word.index_select(0, row_owner),
+            "bag_offsets": row_starts - row_bounds.index_select(0, distinct_step),
+            "pair_word": local_word.index_select(0, pair_word),
+        }
+        # A word that occurs k times in a step gets the sum of its k gradients. Their mean
+        # let lr 0.05 train stably, but at lr 0.025 it lowered analogy
+        # and WS-353 on text8 (the Subwords section of docs/benchmarks.md has the runs).
+        scale = torch.ones(distinct.shape[0], dtype=self.input_vectors.dtype, device=device)
+        if not self.mean:
+            # See _scatter: with the sum, each row takes the gradient / row count.
+            scale /= row_counts.to(self.input_vectors.dtype)
+        plan["scale"] = scale
+        bounds = torch.stack([pair_bounds[:-1], pair_bounds[1:], word_bounds[:-1], word_bounds[1:],
+                              row_bounds[:-1], row_bounds[1:]], 1).tolist()
+        return plan, bounds
 
     def train_skipgram_chunk(self, ids, sentence, core, lr, generator):
-        inputs, outputs = self.center_pairs(ids, sentence, core, generator)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        batch = self.config.batch
-        for begin in range(0, inputs.shape[0], batch):
-            combined, inverse, rows, owner, counts = self._combine(inputs[begin : begin + batch])
-            hidden = combined.index_select(0, inverse)
-            grad, step_loss = self._negative_step(hidden, outputs[begin : begin + batch], lr, generator)
-            self._scatter(grad, inverse, rows, owner, counts)
-            loss += step_loss
-        return loss, inputs.shape[0]
+        plan, bounds = self._skipgram_plan(ids, sentence, core, generator)
+        mode = "mean" if self.mean else "sum"
+        dim = self.input_vectors.shape[1]
+        losses, sampled = [], 0
+        for step, (p0, p1, w0, w1, r0, r1) in enumerate(bounds):
+            rows = plan["rows"][r0:r1]
+            # Gather and sum (or average) each word's rows in one kernel.
+            combined = torch.nn.functional.embedding_bag(rows, self.input_vectors, plan["bag_offsets"][w0:w1],
+                                                         mode=mode)
+            pair_word = plan["pair_word"][p0:p1]
+            hidden = combined.index_select(0, pair_word)
+            with_loss = step % LOSS_EVERY == 0
+            grad, loss = self._negative_step(hidden, plan["outputs"][p0:p1], lr, generator, with_loss)
+            per_word = torch.zeros(w1 - w0, dim, device=self.device).index_add_(0, pair_word, grad)
+            per_word *= plan["scale"][w0:w1, None]
+            self.input_vectors.index_add_(0, rows, per_word.index_select(0, plan["row_word"][r0:r1]))
+            if with_loss:
+                losses.append(loss)
+                sampled += p1 - p0
+        return self._chunk_loss(losses, sampled, plan["outputs"].shape[0]), plan["outputs"].shape[0]
 
     def train_cbow_chunk(self, ids, sentence, core, lr, generator):
         context, mask, centers = self.cbow_windows(ids, sentence, core, generator)

@@ -233,6 +233,12 @@ def build_vocab(
             "choose another model directory, or replace them on purpose",
             options=("force",),
         )
+    # Files computed from the old rows would describe the wrong words after the new
+    # vocabulary is committed: the stored norms and an approximate index.
+    from embcli.ann import INDEX_FILES, INDEX_META
+
+    derived = [store.NORMS, INDEX_META, *INDEX_FILES.values()]
+    trained += [name for name in derived if os.path.exists(os.path.join(model_dir, name))]
     with store.writer_lock(model_dir):
         return _build_vocab_locked(
             model_dir, paths, tokenizer, min_count, max_size, encoding, errors, progress, trained

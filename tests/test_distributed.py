@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import embcli
-from embcli.distributed import load_checkpoint
+from embcli import store
+from embcli.distributed import TrackingTrainer, load_checkpoint
 from embcli.errors import ModelCorrupt
 from embcli.tokenize import Tokenizer
-from embcli.train import TrainConfig, train_model
+from embcli.train import TrainConfig, _open_corpus, init_vectors, train_model
 from embcli.vocab import build_vocab
 
 SETTINGS = dict(dim=32, epochs=3, seed=3)
@@ -165,13 +166,18 @@ rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
 first = torch.arange(12, dtype=torch.float32).view(6, 2)
 second = torch.zeros(6, 2)
-replicas = Replicas([first, second])
+touched = [torch.zeros(6, dtype=torch.bool), torch.zeros(6, dtype=torch.bool)]
+replicas = Replicas([first, second], touched)
 # Rank 0 changes row 1 of the first matrix and rank 1 row 4; both change row 2 of the
 # first matrix and row 5 of the second.
 first[1 if rank == 0 else 4] += 10.0
 first[2] += 1.0 + rank
 second[5] -= 3.0
+# The marks may include rows that did not change (row 0 here).
+touched[0][[0, 2, 1 if rank == 0 else 4]] = True
+touched[1][5] = True
 replicas.synchronize()
+assert not any(mask.any() for mask in touched)
 np.save(sys.argv[3], np.stack([first.numpy(), replicas.base[0].numpy(), second.numpy()]))
 dist.destroy_process_group()
 """
@@ -197,3 +203,24 @@ def test_synchronize_adds_every_rank_change(tmp_path):
         np.testing.assert_array_equal(first, expected_first)
         np.testing.assert_array_equal(base, expected_first)
         np.testing.assert_array_equal(second, expected_second)
+
+
+@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+def test_tracking_trainer_marks_changed_rows(vocab_dir, method):
+    meta = store.read_meta(vocab_dir)
+    words, counts = store.read_vocab(vocab_dir, meta)
+    corpus = _open_corpus(os.path.join(vocab_dir, store.TOKENS), counts)
+    config = TrainConfig(method=method, dim=8, epochs=1, chunk_tokens=4096, seed=2)
+    input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+    # Give the output rows values too, so that a change to any of them shows.
+    output_vectors += 0.01
+    before = [input_vectors.clone(), output_vectors.clone()]
+    trainer = TrackingTrainer(config, corpus, input_vectors, output_vectors, "cpu", worker=1, workers=2)
+    chunks = []
+    trainer.run(0, 0, lambda *_: chunks.append(1), lambda: len(chunks) >= 3)
+    for matrix, previous, marks in zip((input_vectors, output_vectors), before, trainer.touched):
+        changed = (matrix != previous).any(1)
+        assert changed.any()
+        assert not (changed & ~marks).any(), "a changed row is not marked"
+        # The marks stay close to the changed rows, or synchronizing would send far more than needed.
+        assert int(marks.sum()) <= 2 * int(changed.sum())

@@ -279,3 +279,13 @@ def test_worker_processes_interrupt_and_resume(vocab_dir):
     assert matrix.shape[1] == 8
     assert np.isfinite(matrix).all()
     assert not set(os.listdir(vocab_dir)) & set(store.CHECKPOINT_FILES)
+
+
+def test_resume_warns_about_ignored_settings(vocab_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "embcli", "train", "-m", vocab_dir, "--resume", "--epochs", "3", "--dim=20"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert "ignoring --dim, --epochs" in result.stderr
+    assert "no checkpoint to resume from" in result.stderr

@@ -326,9 +326,14 @@ def test_build_vocab_over_trained_model(model_copy, small_corpus):
     assert "[--force]" in result.stderr
     assert open(os.path.join(model_copy, "embeddings.npy"), "rb").read() == before
 
+    assert invoke("index", "-m", model_copy, "--kind", "hnsw", "-q").exit_code == 0
+    derived = ["norms.npy", "ann.json", "ann-hnsw.bin"]
+    assert all(os.path.exists(os.path.join(model_copy, name)) for name in derived)
     result = invoke("build-vocab", small_corpus, "-m", model_copy, "--min-count", "4", "--force")
     assert result.exit_code == 0, result.stderr
     assert not os.path.exists(os.path.join(model_copy, "embeddings.npy"))
+    for name in derived:
+        assert not os.path.exists(os.path.join(model_copy, name)), name
     assert "embeddings.npy" not in store.read_meta(model_copy)["files"]
     missing = invoke("lookup", "-m", model_copy, "lord")
     assert missing.exit_code == 1

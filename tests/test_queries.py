@@ -211,3 +211,15 @@ def test_new_commands_have_help():
         result = invoke(command, "--help")
         assert result.exit_code == 0, command
         assert "Usage" in result.stdout
+
+
+def test_api_rejects_bad_k_and_word_lists(tmp_path):
+    from embcli.errors import QueryError
+
+    model = embcli.load(imported("20", tmp_path))
+    for bad in (dict(k=-1), dict(k=0), dict(k=2.5), dict(restrict=0)):
+        with pytest.raises(QueryError):
+            model.neighbors("king", **bad)
+    with pytest.raises(TypeError, match="must be a str"):
+        model.neighbors(["king", "queen"])
+    assert len(model.neighbors("king", k=2)) == 2

@@ -81,9 +81,23 @@ def test_vectorized_hashes_match_reference():
 
 
 def test_table_rows_start_with_word():
-    table = subwords.SubwordTable.build(["where", "a"], 3, 6, 2_000_000)
+    table = subwords.SubwordTable.build(["where", "a"], 3, 6, 2_000_000, compact=False)
     assert table.rows[table.offsets[0] : table.offsets[1]].tolist() == [0] + [2 + b for b in FASTTEXT_BUCKETS_2M["where"]]
     assert table.rows[table.offsets[1] : table.offsets[2]].tolist() == [1, 2 + FASTTEXT_BUCKETS_2M["a"][0]]
+    assert table.input_rows == 2 + 2_000_000
+
+
+def test_compact_table_maps_used_buckets():
+    table = subwords.SubwordTable.build(["where", "a"], 3, 6, 2_000_000)
+    used = sorted(set(FASTTEXT_BUCKETS_2M["where"] + FASTTEXT_BUCKETS_2M["a"]))
+    assert table.bucket_ids.tolist() == used
+    assert table.input_rows == 2 + len(used)
+    where = table.rows[table.offsets[0] : table.offsets[1]]
+    assert where[0] == 0
+    assert table.bucket_ids[where[1:] - 2].tolist() == FASTTEXT_BUCKETS_2M["where"]
+    a = table.rows[table.offsets[1] : table.offsets[2]]
+    assert a[0] == 1
+    assert table.bucket_ids[a[1:] - 2].tolist() == FASTTEXT_BUCKETS_2M["a"]
 
 
 @pytest.mark.parametrize("text, expected", [("3-6", (3, 6)), ("2", (2, 2)), ("off", (0, 0)), ("0", (0, 0))])
@@ -165,6 +179,22 @@ def test_embeddings_hold_word_plus_ngrams(subword_model):
     ngram_mean = ngram_rows.mean(axis=0)
     cosine = own @ ngram_mean / np.linalg.norm(own) / np.linalg.norm(ngram_mean)
     assert cosine > 0.5
+
+
+def test_unused_buckets_keep_initial_values(subword_model):
+    """Training holds only the buckets of vocabulary n-grams; subwords.npy has them all."""
+    from embcli.train_subwords import INIT_BLOCK, initial_bucket_block
+
+    words = [line.split("\t")[0] for line in open(os.path.join(subword_model, "vocab.tsv"), encoding="utf-8")]
+    buckets = np.load(os.path.join(subword_model, "subwords.npy"), allow_pickle=False)
+    table = subwords.SubwordTable.build(words, 3, 6, 100_000)
+    unused = np.setdiff1d(np.arange(100_000), table.bucket_ids)
+    initial = np.concatenate([initial_bucket_block(3, 48, first, min(first + INIT_BLOCK, 100_000)).numpy()
+                              for first in range(0, 100_000, INIT_BLOCK)])
+    assert len(unused) > 0
+    assert np.array_equal(buckets[unused], initial[unused])
+    changed = np.abs(buckets[table.bucket_ids] - initial[table.bucket_ids]).max(axis=1) > 0
+    assert changed.mean() > 0.9
 
 
 @pytest.mark.parametrize("unseen, known", [("tabernacles", "tabernacle"), ("famines", "famine"),

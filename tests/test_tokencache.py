@@ -31,6 +31,20 @@ def test_reading_all_chunks_keeps_no_pages(tmp_path):
     path = str(tmp_path / "tokens.npy")
     values = np.arange(8 << 20, dtype=np.uint32)  # 32 MiB
     np.save(path, values)
+    # Evict the file and read it back, so that the page cache holds it as it holds a file
+    # that was read rather than just written. A fault then maps more neighbouring pages.
+    # Reading each chunk with a margin before it then mapped about 6 MiB of pages again
+    # after release() had dropped them (Linux 6.18, ext4), unless release() also drops the
+    # pages before the slice.
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+    with open(path, "rb") as handle:
+        while handle.read(1 << 20):
+            pass
 
     cache = TokenCache(path)
     total = 0
@@ -38,9 +52,9 @@ def test_reading_all_chunks_keeps_no_pages(tmp_path):
         chunk = cache[max(begin - 20, 0) : begin + 65536 + 20]
         total += int(chunk[-1])
     assert total > 0
-    # What stays mapped is a few pages around the last chunk (the kernel maps ahead of a
-    # fault), far below the 32 MiB read.
-    assert mapped_kilobytes(path) < 4 * 1024
+    # What may stay mapped is the pages the kernel mapped ahead of the last fault, far
+    # below the 32 MiB read.
+    assert mapped_kilobytes(path) < 2 * 1024
 
     plain = np.load(path, mmap_mode="r")
     for begin in range(0, len(plain), 65536):
