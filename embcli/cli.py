@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from embcli import __version__
-from embcli.errors import EmbcliError
+from embcli.errors import DiskFull, EmbcliError, is_disk_full, shorten
 
 app = typer.Typer(
     add_completion=False,
@@ -56,6 +56,11 @@ def note(message):
         _stderr(message)
 
 
+def _count(number, noun):
+    """Return `number` and `noun`, in the plural unless `number` is 1: "1 line", "2,048 lines"."""
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
 def error(message):
     _stderr(f"embcli: error: {message}")
 
@@ -68,6 +73,8 @@ OPTION_FLAGS = {
     "lr": "--lr",
     "force": "--force",
     "resume": "--resume",
+    "format_word2vec": "--format word2vec",
+    "format_glove": "--format glove",
 }
 
 
@@ -80,6 +87,10 @@ def error_message(failure):
     return message
 
 
+def _disk_full_message(path):
+    return f"no space left on device while writing {path}; free some space or choose another --model directory"
+
+
 def handle_errors(function):
     """Turn EmbcliError into a one-line message and exit code; hide tracebacks."""
 
@@ -87,6 +98,9 @@ def handle_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
+        except DiskFull as failure:
+            error(_disk_full_message(failure.path))
+            raise typer.Exit(1) from None
         except EmbcliError as failure:
             error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
@@ -107,6 +121,9 @@ def handle_errors(function):
         except Exception as failure:
             if STATE["debug"] or os.environ.get("EMBCLI_DEBUG"):
                 raise
+            if isinstance(failure, OSError) and is_disk_full(failure):
+                error(_disk_full_message(failure.filename or "a file"))
+                raise typer.Exit(1) from None
             if isinstance(failure, OSError) and failure.strerror:
                 # The environment failed (disk full, permission denied), not embcli.
                 where = f"{failure.filename}: " if failure.filename else ""
@@ -177,7 +194,7 @@ def build_vocab(
     corpus: List[str] = typer.Argument(..., help="Text files, .gz files, or - for stdin.", show_default=False),
     model: Optional[str] = ModelOption,
     min_count: int = typer.Option(5, "--min-count", min=1, help="Keep words that occur at least this many times."),
-    max_size: Optional[int] = typer.Option(None, "--max-size", min=1,
+    max_size: Optional[int] = typer.Option(None, "--max-size", min=2,
                                            help="Keep at most this many words, the most frequent. [default: no limit]"),
     tokenizer: str = typer.Option(
         "default", "--tokenizer",
@@ -210,8 +227,8 @@ def build_vocab(
     finally:
         finish()
     note(
-        f"read {summary.tokens:,} tokens on {summary.lines:,} lines; {summary.distinct:,} distinct "
-        f"words; kept {summary.kept:,} with count >= {summary.min_count} "
+        f"read {_count(summary.tokens, 'token')} on {_count(summary.lines, 'line')}; "
+        f"{_count(summary.distinct, 'distinct word')}; kept {summary.kept:,} with count >= {summary.min_count} "
         f"({summary.coverage:.1%} of tokens) in {model_dir}"
     )
     for line in summary.notes:
@@ -286,6 +303,8 @@ def train(
         raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N", param_hint="--device")
     if not math.isfinite(ns_exponent):
         raise typer.BadParameter(f"{ns_exponent} is not a finite number", param_hint="--ns-exponent")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise typer.BadParameter(f"{lr:g} is not a positive finite number", param_hint="--lr")
     cores = os.cpu_count() or 1
     if threads > 4 * cores:
         raise typer.BadParameter(f"{threads} worker processes on {cores} cores would only slow training",
@@ -317,7 +336,8 @@ def train(
         stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens,
                                    checkpoint_every * 60)
         note(
-            f"trained {stats.words:,} words ({stats.epochs_done} epochs) on {launch.world_size} ranks in "
+            f"trained {_count(stats.words, 'word')} ({_count(stats.epochs_done, 'epoch')}) on "
+            f"{launch.world_size} ranks in "
             f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s, final loss "
             f"{stats.final_loss:.4f}); saved {model_dir}"
         )
@@ -330,7 +350,8 @@ def train(
     finally:
         finish()
     note(
-        f"trained {stats.epochs_done} epoch{'s' if stats.epochs_done != 1 else ''} over {stats.words // stats.epochs_done:,} words in {stats.seconds:.1f} s "
+        f"trained {_count(stats.epochs_done, 'epoch')} over {_count(stats.words // stats.epochs_done, 'word')} "
+        f"in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
 
@@ -434,7 +455,9 @@ def _stdin_raw_lines():
         return
     import select
 
-    rest = b""
+    # The pieces of a line whose end is not read yet, joined once the line ends, so a
+    # line of many megabytes is copied once instead of once per read.
+    pieces = []
     while True:
         ready, _, _ = select.select([descriptor], [], [], 0)
         if not ready:
@@ -446,9 +469,15 @@ def _stdin_raw_lines():
             continue
         if not chunk:
             break
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:
+            pieces.append(chunk)
+            continue
+        pieces.append(lines[0])
+        lines[0] = b"".join(pieces)
+        pieces = [lines.pop()]
         yield from lines
+    rest = b"".join(pieces)
     if rest:
         yield rest
 
@@ -480,6 +509,8 @@ def _queries(words):
     STATE["stdin_failures"] = 0
     if words == ["-"]:
         return _read_stdin_queries(), True
+    if "-" in words:
+        raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
     return words, len(words) > 1
 
 
@@ -740,7 +771,7 @@ def index(
     else:
         settings = f"hnsw, M {description['M']}, ef_construction {description['ef_construction']}"
     note(
-        f"indexed {description['rows']:,} words ({settings}) in "
+        f"indexed {_count(description['rows'], 'word')} ({settings}) in "
         f"{description['build_seconds']:.1f} s; saved in {opened.path}"
     )
 
@@ -871,11 +902,31 @@ def _vector_neighbors(opened, vector, k, restrict, as_json):
 
 
 def _stdin_fields(count):
-    """Yield (line, fields) for each non-blank stdin line; fields is None if malformed."""
-    for line in _read_stdin_queries():
+    """Yield (line, fields, line number) for each non-blank stdin line; fields is None if malformed."""
+    for number, line in _stdin_lines():
         fields = line.split("\t") if "\t" in line else line.split()
         fields = [field.strip() for field in fields]
-        yield line, (fields if len(fields) == count and all(fields) else None)
+        yield line, (fields if len(fields) == count and all(fields) else None), number
+
+
+def _rows_of_fields(opened, query, expected):
+    """Return the rows of the words of one analogy or similarity query.
+
+    A stdin query's errors start with its line number; `expected` describes a
+    well-formed line.
+    """
+    from embcli.errors import QueryError
+
+    line, fields, number = query
+    where = "" if number is None else f"<stdin>: line {number}: "
+    if fields is None:
+        raise QueryError(f"{where}{shorten(line)!r}: expected {expected}")
+    try:
+        return opened.rows(fields)
+    except EmbcliError as failure:
+        if number is None:
+            raise
+        raise QueryError(f"{where}{failure}") from None
 
 
 @app.command()
@@ -894,7 +945,6 @@ def analogy(
     as_json: bool = JsonOption,
 ):
     """Answer 'A is to B as C is to ?' with the k best words, e.g. analogy man king woman."""
-    from embcli.errors import QueryError
     from embcli.model import ANALOGY_METHODS, Model
 
     if method not in ANALOGY_METHODS:
@@ -905,17 +955,14 @@ def analogy(
         queries = _stdin_fields(3)
     elif len(words) == 3:
         batch = False
-        queries = [(" ".join(words), words)]
+        queries = [(" ".join(words), words, None)]
     else:
         raise typer.BadParameter(f"expected three words A B C, or -, got {len(words)} arguments",
                                  param_hint="WORDS")
     opened = Model.open(model)
 
     def resolve(query):
-        line, fields = query
-        if fields is None:
-            raise QueryError(f"{line[:80]!r}: expected three words A B C separated by spaces or tabs")
-        return opened.rows(fields)
+        return _rows_of_fields(opened, query, "three words A B C separated by spaces or tabs")
 
     def answer(triples):
         if k == 0:
@@ -939,13 +986,12 @@ def analogy(
 @app.command()
 @handle_errors
 def similarity(
-    words: List[str] = typer.Argument(..., help="Two words, or - to read one tab-separated pair per line "
-                                      "from stdin.", show_default=False),
+    words: List[str] = typer.Argument(..., help="Two words, or - to read one pair per line from stdin, "
+                                      "separated by a tab or spaces.", show_default=False),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
 ):
     """Print the cosine similarity of two words (0 when a vector is all zeros)."""
-    from embcli.errors import QueryError
     from embcli.model import Model
 
     if words == ["-"]:
@@ -954,16 +1000,13 @@ def similarity(
         queries = _stdin_fields(2)
     elif len(words) == 2:
         batch = False
-        queries = [(" ".join(words), words)]
+        queries = [(" ".join(words), words, None)]
     else:
         raise typer.BadParameter(f"expected two words, or -, got {len(words)} arguments", param_hint="WORDS")
     opened = Model.open(model)
 
     def resolve(query):
-        line, fields = query
-        if fields is None:
-            raise QueryError(f"{line[:80]!r}: expected two words separated by a tab")
-        return opened.rows(fields)
+        return _rows_of_fields(opened, query, "two words separated by spaces or a tab")
 
     def answer(pairs):
         rows = list(zip(*pairs))
@@ -1034,7 +1077,7 @@ def evaluate(
         rows.extend(_analogy_row(total) for total in (result.semantic, result.syntactic, result.overall))
         out.extend(_table(("section", "accuracy", "correct", "answered", "questions", "coverage"), rows))
         if result.skipped_lines:
-            note(f"warning: {result.path}: skipped {len(result.skipped_lines)} lines without four words, "
+            note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} without four words, "
                  f"the first is line {result.skipped_lines[0]}")
     if pair_results:
         out.append("")
@@ -1068,8 +1111,8 @@ def _table(header, rows):
 @app.command()
 @handle_errors
 def export(
-    output: str = typer.Argument(..., help="File to write; for --format projector, a directory that receives "
-                                 "vectors.tsv and metadata.tsv.", show_default=False),
+    output: str = typer.Argument(..., help="File to write, or - for stdout; for --format projector, a directory "
+                                 "that receives vectors.tsv and metadata.tsv.", show_default=False),
     format: str = typer.Option("word2vec", "--format", "-f",
                                help="word2vec (text), word2vec-binary, glove (text, no header) or projector."),
     model: Optional[str] = ModelOption,
@@ -1082,9 +1125,15 @@ def export(
     STATE["quiet"] = STATE["quiet"] or quiet
     if format not in WRITE_FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(WRITE_FORMATS)}", param_hint="--format")
+    if output == "-" and format == "projector":
+        raise typer.BadParameter("the projector format writes two files into a directory, so it cannot "
+                                 "write to stdout (-); give a directory, or choose another --format",
+                                 param_hint="--format")
     opened = Model.open(model)
-    written = write_vectors(output, opened.words, opened.matrix, format)
-    note(f"wrote {len(opened):,} words x {opened.dim} dimensions as {format}: {', '.join(written)}")
+    target = sys.stdout.buffer if output == "-" else output
+    written = write_vectors(target, opened.words, opened.matrix, format)
+    note(f"wrote {_count(len(opened), 'word')} x {_count(opened.dim, 'dimension')} as {format}: "
+         f"{', '.join(written)}")
 
 
 @app.command("import")
@@ -1133,7 +1182,8 @@ def import_vectors(
         note(f"warning: {message}")
     if vectors.warning_count > len(vectors.warnings):
         note(f"warning: {vectors.warning_count - len(vectors.warnings):,} more problems were skipped")
-    note(f"imported {len(vectors.words):,} words x {vectors.matrix.shape[1]} dimensions ({vectors.format}) "
+    note(f"imported {_count(len(vectors.words), 'word')} x {_count(vectors.matrix.shape[1], 'dimension')} "
+         f"({vectors.format}) "
          f"from {path} into {model_dir} in {time.perf_counter() - started:.1f} s")
 
 
@@ -1171,6 +1221,8 @@ def _fast_neighbors_arguments(argv):
             options["words"].append(argument)
     if bool(options["words"]) == (options["vector"] is not None):
         return None
+    if "-" in options["words"] and len(options["words"]) > 1:
+        return None  # a usage error, which typer prints
     return options
 
 

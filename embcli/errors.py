@@ -8,6 +8,19 @@ matching flags.
 """
 
 
+import errno
+
+
+QUOTE_CHARS = 80
+
+
+def shorten(text, limit=QUOTE_CHARS):
+    """Return `text` for quoting in a message: whole if short, else its start and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class EmbcliError(Exception):
     """A failure caused by the input or the environment, not by a bug in embcli."""
 
@@ -55,6 +68,18 @@ class ModelCorrupt(EmbcliError):
     """A model directory exists but its files are damaged or disagree."""
 
 
+class DiskFull(EmbcliError):
+    """A write failed because the file system is full or the disk quota is used up."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        super().__init__(
+            f"no space left on device while writing {self.path}; free some space or choose "
+            "another model directory",
+            options=("model",),
+        )
+
+
 class ModelBusy(EmbcliError):
     """Another embcli process is writing the same model directory."""
 
@@ -67,12 +92,12 @@ class UnknownWord(EmbcliError):
         self.token = token
         details = []
         if token is not None and token != word:
-            details.append(f"looked up as {token}")
+            details.append(f"looked up as {shorten(token)}")
         if model_path is not None:
             size = f"{vocab_size:,} words in " if vocab_size is not None else ""
             details.append(f"{size}{model_path}")
         where = f" ({'; '.join(details)})" if details else ""
-        super().__init__(f"{word}: not in vocabulary{where}")
+        super().__init__(f"{shorten(word)}: not in vocabulary{where}")
 
 
 class QueryError(EmbcliError):
@@ -101,3 +126,11 @@ class TrainingInterrupted(EmbcliError):
         super().__init__(message)
         self.exit_code = exit_code
         self.checkpoint = checkpoint
+
+
+def is_disk_full(error):
+    """Return True if the OSError `error` means that the file system or the quota is full."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # numpy's tofile() reports a short write as "N requested and M written", without errno.
+    return error.errno is None and "requested and" in str(error)

@@ -28,11 +28,14 @@ binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector'
 enough for every float32 to read back bit for bit.
 """
 
+import gzip
 import mmap
 import os
 import re
+import stat
 import uuid
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +45,8 @@ from embcli.errors import VectorFileError
 READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "projector")
 NPY_MAGIC = b"\x93NUMPY"
+UTF8_BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_WARNINGS = 20
 _HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
 _TEXT_BLOCK_LINES = 8192
@@ -77,7 +82,8 @@ class _Warnings:
     def problem(self, message):
         """Raise VectorFileError for `message`, or record it when lenient."""
         if not self.lenient:
-            raise VectorFileError(f"{self.path}: {message}")
+            raise VectorFileError(f"{self.path}: {message}; to skip such problems with a warning, "
+                                  "read the file leniently", options=("lenient",))
         self.count += 1
         if len(self.messages) < MAX_WARNINGS:
             self.messages.append(f"{self.path}: {message}")
@@ -86,15 +92,18 @@ class _Warnings:
 def detect_format(path):
     """Return the format of the vector file at `path`: word2vec, word2vec-binary, glove or npy."""
     try:
-        with open(path, "rb") as handle:
+        with _open_maybe_gzip(path) as handle:
             start = handle.read(1 << 16)
     except OSError as error:
         raise VectorFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    except EOFError:
+        raise VectorFileError(f"{path}: the gzip data is truncated") from None
     if start.startswith(NPY_MAGIC):
         return "npy"
     if not start.strip():
         raise VectorFileError(f"{path}: the file is empty")
-    first, newline, rest = start.partition(b"\n")
+    # Text editors on Windows often begin a UTF-8 file with a byte-order mark.
+    first, newline, rest = start.removeprefix(UTF8_BOM).partition(b"\n")
     header = _HEADER.match(first)
     if not header:
         return "glove"
@@ -116,6 +125,19 @@ def detect_format(path):
     if text is not None and not any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text):
         return "word2vec"
     return "word2vec-binary"
+
+
+def is_gzip(path):
+    """Return True if the file at `path` starts with the gzip magic bytes, whatever its name."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def _open_maybe_gzip(path):
+    """Open `path` for reading bytes, decompressing it as a stream if it is gzip data."""
+    if is_gzip(path):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _plural(count, noun):
@@ -183,6 +205,12 @@ def _resolve_format(path, format):
         format = "word2vec"
     elif format not in READ_FORMATS:
         raise VectorFileError(f"unknown vector format {format!r}; choose one of {', '.join(READ_FORMATS)}")
+    if format in ("word2vec-binary", "npy") and is_gzip(path):
+        # Both are read through a memory map, which needs the uncompressed bytes on disk.
+        raise VectorFileError(
+            f"{path}: is gzip-compressed {format} data, which embcli reads only uncompressed; "
+            f"decompress it first (gunzip -k {path}) and import the result"
+        )
     return format, detected
 
 
@@ -195,9 +223,11 @@ def _text_lines(path, report, progress):
     number = 0
     offset = 0
     carry = b""
-    with open(path, "rb") as handle:
+    with _open_maybe_gzip(path) as handle:
+        # Progress counts the bytes of the file read, compressed or not.
+        raw = getattr(handle, "fileobj", handle)
         while True:
-            chunk = handle.read(_BINARY_CHUNK)
+            chunk = _read_chunk(handle, path, offset + len(carry))
             data = carry + chunk
             if not chunk:
                 if data:
@@ -222,7 +252,16 @@ def _text_lines(path, report, progress):
                 yield number, offset, line
                 offset += len(raw) + 1
             if progress is not None:
-                progress(min(offset, size))
+                progress(min(raw.tell(), size))
+
+
+def _read_chunk(handle, path, offset):
+    try:
+        return handle.read(_BINARY_CHUNK)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise VectorFileError(
+            f"{path}: the gzip data is damaged or truncated after {offset:,} uncompressed bytes ({error})"
+        ) from None
 
 
 def _decode_line(raw, number, offset, report):
@@ -309,7 +348,8 @@ def _read_text(path, format, report, progress):
             if not header:
                 raise VectorFileError(
                     f"{path}: line 1 is not a word2vec 'count dim' header: {line[:80]!r}; "
-                    "if the file has no header, read it in the glove format"
+                    "if the file has no header, read it in the glove format",
+                    options=("format_glove",),
                 )
             declared, dim = int(header.group(1)), int(header.group(2))
             if dim < 1:
@@ -333,7 +373,8 @@ def _read_text(path, format, report, progress):
             if first_line_header and number == 2:
                 raise VectorFileError(
                     f"{path}: line 1 looks like a word2vec 'count dim' header ({first_line_header!r}); "
-                    "read the file in the word2vec format"
+                    "read the file in the word2vec format",
+                    options=("format_word2vec",),
                 )
             if not word:
                 report.problem(f"line {number}: the row has no word before its values")
@@ -679,7 +720,8 @@ def _read_npy(path, words_path, report):
     if matrix.shape[1] < 1:
         raise VectorFileError(f"{path}: the matrix has no columns")
     if words_path is None:
-        raise VectorFileError(f"{path}: a .npy matrix needs a word list, one word per line, in row order")
+        raise VectorFileError(f"{path}: a .npy matrix needs a word list, one word per line, in row order",
+                              options=("words",))
     words, counts = read_word_list(words_path)
     if len(words) != matrix.shape[0]:
         raise VectorFileError(
@@ -774,9 +816,11 @@ def check_words(words, format):
 def write_vectors(path, words, matrix, format, progress=None):
     """Write `words` and their (V, D) `matrix` to `path` in `format` (see WRITE_FORMATS).
 
-    For `projector`, `path` is a directory that receives vectors.tsv and metadata.tsv.
-    Each file is written under a temporary name and renamed, so a failed export leaves
-    no partial file. Returns the list of paths written.
+    `path` is a file name or a binary stream such as sys.stdout.buffer. For
+    `projector`, it is a directory that receives vectors.tsv and metadata.tsv. A regular
+    file (or the target of a symbolic link) is written under a temporary name and
+    renamed, so a failed export leaves no partial file. A FIFO, a device or another file
+    that is not regular is written in place. Returns the list of paths written.
     """
     if format not in WRITE_FORMATS:
         raise VectorFileError(f"unknown export format {format!r}; choose one of {', '.join(WRITE_FORMATS)}")
@@ -785,11 +829,13 @@ def write_vectors(path, words, matrix, format, progress=None):
         raise ValueError(f"{len(words)} words for {matrix.shape[0]} rows")
     check_words(words, format)
     if format == "projector":
+        if hasattr(path, "write"):
+            raise VectorFileError("the projector format writes two files, so it needs a directory, not a stream")
         os.makedirs(path, exist_ok=True)
         vectors_path = os.path.join(path, "vectors.tsv")
         metadata_path = os.path.join(path, "metadata.tsv")
-        _write_atomic(vectors_path, _text_rows(None, matrix, "\t", progress))
-        _write_atomic(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
+        _write_output(vectors_path, _text_rows(None, matrix, "\t", progress))
+        _write_output(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
                                       for i in range(0, len(words), 65536)))
         return [vectors_path, metadata_path]
     header = f"{len(words)} {matrix.shape[1]}\n".encode("ascii")
@@ -799,8 +845,40 @@ def write_vectors(path, words, matrix, format, progress=None):
         chunks = _text_rows(header, matrix, " ", progress, words)
     else:
         chunks = _text_rows(b"", matrix, " ", progress, words)
-    _write_atomic(path, chunks)
+    if hasattr(path, "write"):
+        for chunk in chunks:
+            path.write(chunk)
+        path.flush()
+        return [getattr(path, "name", "<stream>")]
+    _write_output(path, chunks)
     return [path]
+
+
+def _write_output(path, chunks):
+    """Write `chunks` to `path`: atomically for a regular file, in place for a FIFO or a device."""
+    try:
+        status = os.stat(path)  # follows symbolic links
+    except FileNotFoundError:
+        status = None
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot write ({error.strerror or error})") from None
+    if status is not None and stat.S_ISDIR(status.st_mode):
+        raise VectorFileError(f"{path}: is a directory; give a file name")
+    target = os.path.realpath(path)
+    # /dev/stdout and /dev/fd/N resolve to /proc/self/fd links, which only open() follows.
+    if (status is not None and not stat.S_ISREG(status.st_mode)) or target.startswith("/proc/"):
+        _write_in_place(path, chunks)
+    else:
+        _write_atomic(target, chunks)
+
+
+def _write_in_place(path, chunks):
+    try:
+        with open(path, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def _write_atomic(path, chunks):

@@ -31,7 +31,7 @@ import uuid
 import numpy as np
 
 from embcli import __version__
-from embcli.errors import EmbcliError, ModelBusy, ModelCorrupt, ModelNotFound
+from embcli.errors import DiskFull, EmbcliError, ModelBusy, ModelCorrupt, ModelNotFound, is_disk_full
 
 try:
     import fcntl
@@ -104,14 +104,27 @@ def temp_path(directory, name):
     return os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}")
 
 
+def final_name(path):
+    """Return the path that the temporary file `path` (see temp_path) becomes on commit."""
+    directory, base = os.path.split(path)
+    if base.startswith(TMP_PREFIX) and base[len(TMP_PREFIX) + 8 : len(TMP_PREFIX) + 9] == "-":
+        return os.path.join(directory, base[len(TMP_PREFIX) + 9 :])
+    return path
+
+
 @contextlib.contextmanager
 def removed_on_error(path):
-    """Remove the partly written file `path` if the block raises (disk full, signal)."""
+    """Remove the partly written file `path` if the block raises (disk full, signal).
+
+    A full disk raises DiskFull naming the file that `path` would have become.
+    """
     try:
         yield
-    except BaseException:
+    except BaseException as failure:
         with contextlib.suppress(OSError):
             os.remove(path)
+        if isinstance(failure, OSError) and is_disk_full(failure):
+            raise DiskFull(final_name(path)) from failure
         raise
 
 
@@ -168,10 +181,13 @@ class NpyRowWriter:
 
     def __exit__(self, kind, value, traceback):
         if self._handle is not None and not self._handle.closed:
-            self._handle.close()
+            with contextlib.suppress(OSError):
+                self._handle.close()
         if kind is not None:
             with contextlib.suppress(OSError):
                 os.remove(self.path)
+            if isinstance(value, OSError) and is_disk_full(value):
+                raise DiskFull(final_name(self.path)) from value
         return False
 
     def append(self, rows):

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embcli.errors import EmbcliError, QueryError
+from embcli.errors import QUOTE_CHARS, EmbcliError, QueryError, shorten
 
 TOKENIZER_NAMES = ("default", "whitespace", "jieba")
 
@@ -243,14 +243,22 @@ class Tokenizer:
         normalized = self.normalize(query).strip()
         if vocabulary is not None and normalized in vocabulary:
             return normalized
+        if len(query) > QUOTE_CHARS and len(normalized.split(maxsplit=1)) > 1:
+            # Every tokenizer splits at whitespace, so a long query with spaces is several
+            # tokens. Stop before tokenizing it, which takes minutes for a line of 100 MB.
+            # Short queries are tokenized, so their message can list the tokens.
+            raise QueryError(
+                f"{shorten(query)!r} contains several words, but a query is one word; "
+                "query them one at a time"
+            )
         tokens = self.tokenize(query)
         if len(tokens) == 1:
             return tokens[0]
         if not tokens:
-            raise QueryError(f"{query!r} contains no token under the {self.name} tokenizer")
-        listed = " ".join(tokens)
+            raise QueryError(f"{shorten(query)!r} contains no token under the {self.name} tokenizer")
+        listed = shorten(" ".join(tokens))
         raise QueryError(
-            f"{query!r} splits into {len(tokens)} tokens under the {self.name} "
+            f"{shorten(query)!r} splits into {len(tokens)} tokens under the {self.name} "
             f"tokenizer: {listed}; query them one at a time"
         )
 

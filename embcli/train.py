@@ -1317,6 +1317,10 @@ def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors,
     return os.path.join(model_dir, CHECKPOINT)
 
 
+# A checkpoint that cannot be resumed also blocks a plain train, so the fix is to discard it.
+_DISCARD_DAMAGED = "train from scratch, discarding the checkpoint"
+
+
 def read_checkpoint_state(model_dir):
     """Return the parsed checkpoint.json of `model_dir`, or raise ModelNotFound or ModelCorrupt."""
     from embcli.errors import ModelCorrupt, ModelNotFound
@@ -1328,7 +1332,7 @@ def read_checkpoint_state(model_dir):
     except FileNotFoundError:
         raise ModelNotFound(f"{model_dir} has no checkpoint to resume from; train without resuming") from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise ModelCorrupt(f"{path}: not valid JSON ({error}); train without resuming") from None
+        raise ModelCorrupt(f"{path}: not valid JSON ({error}); " + _DISCARD_DAMAGED, options=("force",)) from None
 
 
 def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
@@ -1347,19 +1351,19 @@ def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
         resumed = _config_from_json(state["config"], config)
         resumed.validate()
     except (KeyError, TypeError, ValueError, AttributeError, EmbcliError) as error:
-        raise ModelCorrupt(f"{path}: incomplete or invalid checkpoint ({error}); train without resuming") from None
+        raise ModelCorrupt(f"{path}: incomplete or invalid checkpoint ({error}); " + _DISCARD_DAMAGED, options=("force",)) from None
     if version > CHECKPOINT_VERSION:
         raise ModelCorrupt(f"{path} has checkpoint version {version}, newer than this embcli reads; upgrade embcli")
     if saved_vocab != meta["files"].get(store.VOCAB):
-        raise ModelCorrupt(f"{path} was saved for another vocabulary; train without resuming")
+        raise ModelCorrupt(f"{path} was saved for another vocabulary; " + _DISCARD_DAMAGED, options=("force",))
     if tokens_name not in (store.TOKENS, CHECKPOINT_TOKENS) or len(positions) != 2 * workers:
-        raise ModelCorrupt(f"{path}: incomplete or invalid checkpoint; train without resuming")
+        raise ModelCorrupt(f"{path}: incomplete or invalid checkpoint; " + _DISCARD_DAMAGED, options=("force",))
     for name in (CHECKPOINT_INPUT, CHECKPOINT_OUTPUT, tokens_name):
         file_path = os.path.join(model_dir, name)
         if not os.path.exists(file_path):
-            raise ModelCorrupt(f"{file_path} is missing, so {CHECKPOINT} cannot be resumed; train without resuming")
+            raise ModelCorrupt(f"{file_path} is missing, so {CHECKPOINT} cannot be resumed; " + _DISCARD_DAMAGED, options=("force",))
         if store.fingerprint(file_path) != files.get(name):
-            raise ModelCorrupt(f"{file_path} does not match {CHECKPOINT}; train without resuming")
+            raise ModelCorrupt(f"{file_path} does not match {CHECKPOINT}; " + _DISCARD_DAMAGED, options=("force",))
     table = _subword_table(words, resumed) if words is not None else None
     input_rows = vocab_size if table is None else table.input_rows
     input_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), input_rows, mmap=False)

@@ -138,7 +138,7 @@ def remap_ids(ids_path, lookup, out_path):
     line_end = np.int64(store.LINE_END)
     # First pass: count what survives, so the .npy header can be written up front.
     total = sum(len(block) for block in _remapped_blocks(ids_path, lookup, line_end))
-    with open(out_path, "wb") as out:
+    with store.removed_on_error(out_path), open(out_path, "wb") as out:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint32)),
                   "fortran_order": False, "shape": (total,)}
         np.lib.format.write_array_header_1_0(out, header)
@@ -214,8 +214,9 @@ def build_vocab(
 
     if min_count < 1:
         raise EmbcliError(f"min_count must be at least 1, not {min_count}")
-    if max_size is not None and max_size < 1:
-        raise EmbcliError(f"max_size must be at least 1, not {max_size}")
+    if max_size is not None and max_size < 2:
+        raise EmbcliError(f"a vocabulary of at most {max_size} word is too small, because word vectors "
+                          "need at least 2 words; raise the size limit", options=("max_size",))
     # Trained vectors and a training checkpoint are rows of the old vocabulary.
     trained = [
         name

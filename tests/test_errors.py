@@ -70,7 +70,10 @@ def test_environment_failure_is_not_called_a_bug(monkeypatch):
     monkeypatch.setattr(embcli.vocab, "build_vocab", no_space)
     result = runner.invoke(app, ["build-vocab", "corpus.txt"])
     assert result.exit_code == 1
-    assert result.stderr == "embcli: error: embcli-model/.tmp-x-embeddings.npy: No space left on device\n"
+    assert result.stderr == (
+        "embcli: error: no space left on device while writing embcli-model/.tmp-x-embeddings.npy; "
+        "free some space or choose another --model directory\n"
+    )
 
 
 def test_options_appended_as_flags():

@@ -145,4 +145,4 @@ def test_unanswered_section_shows_no_accuracy(model, tmp_path):
     assert result.exit_code == 0, result.stderr
     overall = [line for line in result.stdout.splitlines() if line.startswith("overall")]
     assert overall[0].split()[1] == "n/a"
-    assert "skipped 1 lines without four words, the first is line 3" in result.stderr
+    assert "skipped 1 line without four words, the first is line 3" in result.stderr

@@ -1,0 +1,62 @@
+"""export writes to stdout, follows symbolic links and writes FIFOs in place."""
+
+import os
+import threading
+
+from typer.testing import CliRunner
+
+from embcli.cli import app
+
+runner = CliRunner()
+
+
+def export(model, *args):
+    return runner.invoke(app, ["export", "-m", model, *args])
+
+
+def test_export_dash_writes_stdout(trained_model):
+    result = export(trained_model, "-")
+    assert result.exit_code == 0, result.stderr
+    header = result.stdout.splitlines()[0].split()
+    assert len(header) == 2
+    assert int(header[1]) == 32
+    assert not os.path.exists("-")
+
+
+def test_export_projector_to_stdout_is_usage_error(trained_model):
+    result = export(trained_model, "-", "--format", "projector")
+    assert result.exit_code == 2
+    assert "--format" in result.stderr
+    assert not os.path.exists("-")
+
+
+def test_export_follows_symbolic_link(trained_model, tmp_path):
+    target = tmp_path / "target.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    result = export(trained_model, str(link))
+    assert result.exit_code == 0, result.stderr
+    assert link.is_symlink()
+    assert os.readlink(link) == str(target)
+    assert target.read_text().split("\n", 1)[0].endswith(" 32")
+
+
+def test_export_writes_fifo_in_place(trained_model, tmp_path):
+    fifo = tmp_path / "vectors.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo, "rb").read()))
+    reader.start()
+    result = export(trained_model, str(fifo))
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert fifo.is_fifo()
+    assert received
+    assert received[0].split(b"\n", 1)[0].endswith(b" 32")
+
+
+def test_export_to_directory_is_error(trained_model, tmp_path):
+    result = export(trained_model, str(tmp_path))
+    assert result.exit_code == 1
+    assert "is a directory" in result.stderr

@@ -1,0 +1,96 @@
+"""import on files as users get them: a byte-order mark, gzip, strict-mode errors."""
+
+import gzip
+
+from typer.testing import CliRunner
+
+from embcli.cli import app
+
+runner = CliRunner()
+ROWS = b"the 0.1 0.2\ncat 0.3 0.4\n"
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_import_word2vec_text_with_bom(tmp_path):
+    path = tmp_path / "bom2.txt"
+    path.write_bytes(b"\xef\xbb\xbf2 2\n" + ROWS)
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 0, result.stderr
+    assert "2 words x 2 dimensions (word2vec)" in result.stderr
+
+
+def test_glove_with_header_names_format_flag(tmp_path):
+    path = tmp_path / "header.txt"
+    path.write_bytes(b"2 2\n" + ROWS)
+    result = invoke("import", str(path), "--format", "glove", "-m", "model")
+    assert result.exit_code == 1
+    assert "--format word2vec" in result.stderr
+
+
+def test_import_gzip_vec_file(tmp_path):
+    path = tmp_path / "x.vec.gz"
+    path.write_bytes(gzip.compress(b"2 2\n" + ROWS))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 0, result.stderr
+    assert "2 words x 2 dimensions (word2vec)" in result.stderr
+
+
+def test_import_gzip_glove_without_suffix(tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_bytes(gzip.compress(ROWS))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 0, result.stderr
+    assert "(glove)" in result.stderr
+
+
+def test_import_gzip_binary_says_gunzip(tmp_path):
+    path = tmp_path / "x.bin.gz"
+    path.write_bytes(gzip.compress(b"1 2\nthe " + bytes(8)))
+    result = invoke("import", str(path), "-m", "model", "--format", "word2vec-binary")
+    assert result.exit_code == 1
+    assert "gunzip" in result.stderr
+
+
+def test_import_truncated_gzip_is_error(tmp_path):
+    data = gzip.compress(b"2 2\n" + ROWS * 2000)
+    path = tmp_path / "x.vec.gz"
+    path.write_bytes(data[: len(data) // 2])
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 1
+    assert "truncated" in result.stderr
+    assert "bug" not in result.stderr
+
+
+def test_strict_errors_name_lenient(tmp_path):
+    cases = {
+        "count.txt": b"3 2\n" + ROWS,
+        "ragged.txt": b"2 2\nthe 0.1 0.2\ncat 0.3\n",
+        "utf8.txt": b"2 2\nthe 0.1 0.2\nc\xffat 0.3 0.4\n",
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = invoke("import", str(path), "-m", str(tmp_path / ("model-" + name)))
+        assert result.exit_code == 1, name
+        assert "--lenient" in result.stderr, name
+
+
+def test_truncated_binary_names_lenient(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"2 2\nthe " + bytes(8) + b"\ncat " + bytes(3))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 1
+    assert "--lenient" in result.stderr
+
+
+def test_npy_without_words_names_flag(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((2, 2), dtype=np.float32))
+    result = invoke("import", str(path), "-m", "model")
+    assert result.exit_code == 1
+    assert "--words" in result.stderr
