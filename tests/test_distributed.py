@@ -78,12 +78,15 @@ def neighbour_overlap(first, second, words):
     return sum(shared) / (10 * len(words))
 
 
-def test_two_ranks_match_one_process(vocab_dir, tmp_path):
+@pytest.mark.parametrize("chunk_order", ["slices", "in-turn"])
+def test_two_ranks_match_one_process(vocab_dir, tmp_path, chunk_order):
     model_dir = copy_model(vocab_dir, tmp_path / "two")
+    options = ["--chunk-order", chunk_order] if chunk_order == "in-turn" else []
     result = torchrun(model_dir, 2, "--dim", "32", "--epochs", "3", "--seed", "3",
-                      "--sync-tokens", str(SYNC_TOKENS))
+                      "--sync-tokens", str(SYNC_TOKENS), *options)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 ranks" in result.stderr
+    assert embcli.load(model_dir).meta["training"]["settings"]["chunk_order"] == chunk_order
 
     reference = one_process(vocab_dir, tmp_path / "one-seed3", 3)
     assert sorted(os.listdir(model_dir)) == sorted(os.listdir(reference.path))
