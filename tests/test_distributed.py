@@ -227,3 +227,18 @@ def test_tracking_trainer_marks_changed_rows(vocab_dir, method):
         assert not (changed & ~marks).any(), "a changed row is not marked"
         # The marks stay close to the changed rows, or synchronizing would send far more than needed.
         assert int(marks.sum()) <= 2 * int(changed.sum())
+
+
+def test_subwords_under_torchrun_is_a_usage_error(vocab_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from embcli.cli import app
+
+    model_dir = copy_model(vocab_dir, tmp_path / "sub")
+    for name, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29731")):
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["train", "-m", model_dir, "--subwords", "3-6", "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "not supported yet" in result.stderr
+    assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
