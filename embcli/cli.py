@@ -724,8 +724,12 @@ def info(
         settings = training["settings"]
         lines.append(("training", " ".join(f"{key}={value}" for key, value in settings.items())))
         stats = training["stats"]
-        lines.append(("run", f"{stats['seconds']:.1f} s, {stats['words_per_second']:,.0f} words/s, "
-                             f"final loss {stats['final_loss']:.4f}, device {training['device']}"))
+        run = (f"{stats['seconds']:.1f} s, {stats['words_per_second']:,.0f} words/s, "
+               f"final loss {stats['final_loss']:.4f}, device {training['device']}")
+        # The settings keep threads=0 when the default chose the count; this is what ran.
+        if isinstance(training.get("workers"), int):
+            run += f", {_count(training['workers'], 'worker')}"
+        lines.append(("run", run))
     else:
         lines.append(("training", "not trained yet"))
     if os.path.exists(os.path.join(model_dir, store.CHECKPOINT)):

@@ -107,6 +107,7 @@ def test_info_and_version(trained_model):
     assert result.exit_code == 0
     assert "vocabulary\t" in result.stdout
     assert "dim\t32" in result.stdout
+    assert ", 1 worker\n" in result.stdout
     result = invoke("info", "-m", trained_model, "--json")
     meta = json.loads(result.stdout)
     assert meta["training"]["settings"]["dim"] == 32
