@@ -543,7 +543,9 @@ def lookup(
         if row is None:
             _note_out_of_vocabulary(word, ngram_count)
         if as_json:
-            out.write(json.dumps({"word": word, "vector": [float(v) for v in vector]}, ensure_ascii=False) + "\n")
+            # str() of a float32 is its shortest exact form: 0.7, not 0.699999988079071.
+            values = [float(str(v)) for v in vector]
+            out.write(json.dumps({"word": word, "vector": values}, ensure_ascii=False) + "\n")
         else:
             out.write(word + "\t" + "\t".join(f"{v:.6g}" for v in vector.tolist()) + "\n")
     out.flush()

@@ -148,3 +148,16 @@ def test_info_names_corpus_given_to_train(small_corpus, tmp_path):
     assert invoke("train", str(other), "--dim", "8", "--epochs", "1", "--threads", "1", "-q").exit_code == 0
     result = invoke("info")
     assert f"trained on\t{other}" in result.stdout
+
+
+def test_lookup_json_prints_shortest_float32_values(trained_model):
+    import numpy as np
+
+    import embcli
+
+    result = invoke("lookup", "-m", trained_model, "lord", "--json")
+    assert result.exit_code == 0
+    record = json.loads(result.stdout)
+    values = np.array(record["vector"], dtype=np.float32)
+    assert (values == embcli.load(trained_model).vector("lord")).all()
+    assert all(len(repr(value)) <= 16 for value in record["vector"])
