@@ -537,7 +537,7 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
             epoch, chunk = positions[2 * worker], positions[2 * worker + 1] + 1
             if chunk >= chunks:
                 epoch, chunk = epoch + 1, 0
-            # The chunk goes first: a reader (or a kill) between the two stores sees
+            # The chunk goes first: a reader (or a kill) between the two stores reads
             # (old epoch, 0) at an epoch boundary, which repeats that epoch's work
             # instead of skipping the next epoch.
             positions[2 * worker + 1] = chunk
