@@ -331,9 +331,9 @@ def train(
         settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
                     "--ns-exponent", "--negatives", "--seed", "--threads", "--subwords", "--buckets",
                     "--combination", "--chunk-order")
-        given = [flag for flag in settings if any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv)]
-        if given:
-            note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(given)}")
+        ignored = [flag for flag in settings if any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv)]
+        if ignored:
+            note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(ignored)}")
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:
