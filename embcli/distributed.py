@@ -447,14 +447,14 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
 def positions_at_sync(corpus_tokens, config, world_size, syncs, index, start_positions):
     """Return every rank's [epoch, chunk] once synchronization `index` has completed.
 
-    Each rank's slice, chunks and synchronization points follow from the corpus length
-    alone, so rank 0 computes them all without a collective. A rank that started past
+    Each rank's chunks and synchronization points follow from the corpus length and the
+    chunk order alone, so rank 0 computes them all without a collective. A rank that started past
     that point (a resumed run) is at its start position.
     """
     positions = []
     for rank in range(world_size):
-        start, stop = train.slice_bounds(corpus_tokens, world_size, rank)
-        per_epoch = len(train.chunk_starts(start, stop, config.chunk_tokens))
+        per_epoch = len(train.worker_chunk_starts(corpus_tokens, config.chunk_tokens, world_size, rank,
+                                                  config.chunk_order))
         total = config.epochs * per_epoch
         began = start_positions[2 * rank] * per_epoch + start_positions[2 * rank + 1]
         done = max(min(began, total), sync_points(total, syncs)[index])

@@ -197,6 +197,14 @@ def chunk_starts(start, stop, chunk_tokens):
     return list(range(start, stop, chunk_tokens))
 
 
+def worker_chunk_starts(length, chunk_tokens, workers, worker, chunk_order):
+    """Return the start of each chunk that `worker` of `workers` trains, in training order."""
+    if chunk_order == "in-turn" and workers > 1:
+        return chunk_starts(0, length, chunk_tokens)[worker::workers]
+    start, stop = slice_bounds(length, workers, worker)
+    return chunk_starts(start, stop, chunk_tokens)
+
+
 class Trainer:
     """One worker's training loop over its slice of the corpus.
 
@@ -229,8 +237,8 @@ class Trainer:
         points in docs/benchmarks.md.
         """
         self.start, self.stop = 0, len(self.corpus)
-        everything = chunk_starts(0, len(self.corpus), self.config.chunk_tokens)
-        self.chunks = everything[self.worker :: self.workers]
+        self.chunks = worker_chunk_starts(len(self.corpus), self.config.chunk_tokens, self.workers,
+                                          self.worker, "in-turn")
 
     # -- pair generation -------------------------------------------------------------
 
@@ -800,8 +808,8 @@ def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors,
 
     Raises TrainingInterrupted after a signal, and TrainingError (or RuntimeError with the
     worker's traceback, for an unexpected exception in a worker) after a failure. If the
-    save itself fails, the error says so, and that the previous checkpoint, if any, is
-    unchanged (a save commits all its files at once or none).
+    save itself fails, the error reports that failure and whether a previous checkpoint is
+    left unchanged (a save commits all its files at once or none).
     """
     model_dir = checkpoints.model_dir
     command = f"embcli train --resume -m {model_dir}"
@@ -811,10 +819,10 @@ def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors,
     except (OSError, MemoryError) as error:
         earlier = os.path.join(model_dir, CHECKPOINT)
         if os.path.exists(earlier):
-            kept = f"the previous checkpoint {earlier} is unchanged; continue from it with: {command}"
+            fallback = f"the previous checkpoint {earlier} is unchanged; continue from it with: {command}"
         else:
-            kept = "no earlier checkpoint exists, so the run must start again"
-        raise TrainingError(f"{cause}, and saving a checkpoint failed ({error}); {kept}") from None
+            fallback = "no earlier checkpoint exists, so the run must start again"
+        raise TrainingError(f"{cause}, and saving a checkpoint failed ({error}); {fallback}") from None
     if failure is not None:
         message = f"{cause}; the work done so far is saved in {checkpoint}; continue with: {command}"
         if failure.traceback:

@@ -242,3 +242,26 @@ def test_subwords_under_torchrun_is_a_usage_error(vocab_dir, tmp_path, monkeypat
     assert result.exit_code == 2
     assert "not supported yet" in result.stderr
     assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
+
+
+@pytest.mark.parametrize("chunk_order", ["slices", "in-turn"])
+def test_positions_at_sync_follow_chunk_order(tmp_path, chunk_order):
+    import torch
+
+    from embcli import train
+    from embcli.distributed import positions_at_sync, sync_points
+
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.zeros(1000, dtype=np.uint32))
+    corpus = train.Corpus(str(tokens), np.ones(1, dtype=np.int64))
+    config = train.TrainConfig(epochs=3, chunk_tokens=96, chunk_order=chunk_order)
+    syncs = 4
+    for index in range(syncs):
+        positions = positions_at_sync(len(corpus), config, 2, syncs, index, [0] * 4)
+        for rank in range(2):
+            trainer = train._new_trainer(config, corpus, torch.zeros(1, 4), torch.zeros(1, 4),
+                                         torch.device("cpu"), rank, 2, None)
+            per_epoch = len(trainer.chunks)
+            done = sync_points(config.epochs * per_epoch, syncs)[index]
+            expected = [config.epochs, 0] if done >= config.epochs * per_epoch else list(divmod(done, per_epoch))
+            assert positions[2 * rank : 2 * rank + 2] == expected, (index, rank)
