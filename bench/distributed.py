@@ -61,7 +61,7 @@ def main():
         for seed in args.seeds:
             common = ["--epochs", str(args.epochs), "--dim", str(args.dim), "--seed", str(seed), "-q"]
             for ranks in args.ranks:
-                # One rank has nobody to synchronize with: one run is enough.
+                # One rank never synchronizes, so one run of it is enough.
                 for sync in args.sync_tokens if ranks > 1 else args.sync_tokens[-1:]:
                     model = fresh_copy(vocab_dir, f"r{ranks}-s{sync}-seed{seed}")
                     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",

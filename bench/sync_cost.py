@@ -37,7 +37,7 @@ def compared_rows(matrices, bases, block=1 << 16):
     return marks
 
 
-def rank_main(rank, port, rows, dim, changed, rounds=12, kept=8):
+def rank_main(rank, port, rows, dim, changed, rounds=12, fastest_count=8):
     import torch
     import torch.distributed as dist
 
@@ -67,9 +67,9 @@ def rank_main(rank, port, rows, dim, changed, rounds=12, kept=8):
             times[way].append((time.perf_counter() - wall, time.process_time() - cpu))
     if rank == 0:
         for way, values in times.items():
-            fastest = sorted(values)[:kept]
-            print(f"{way}: wall {sum(v[0] for v in fastest) / kept * 1000:.0f} ms, "
-                  f"CPU {sum(v[1] for v in fastest) / kept * 1000:.0f} ms per synchronization "
+            fastest = sorted(values)[:fastest_count]
+            print(f"{way}: wall {sum(v[0] for v in fastest) / fastest_count * 1000:.0f} ms, "
+                  f"CPU {sum(v[1] for v in fastest) / fastest_count * 1000:.0f} ms per synchronization "
                   f"({rows:,} x {dim} matrices, {changed:,} rows changed per rank)", flush=True)
     dist.destroy_process_group()
 

@@ -134,3 +134,17 @@ def is_disk_full(error):
         return True
     # numpy's tofile() reports a short write as "N requested and M written", without errno.
     return error.errno is None and "requested and" in str(error)
+
+
+def decode_utf8(data, path, error_class):
+    """Return `data` decoded as UTF-8 without a leading byte-order mark.
+
+    Raises `error_class` naming `path` and the line and byte offset of the first invalid byte.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise error_class(f"{path}: line {line}, byte offset {error.start}: invalid UTF-8") from None
+    return text.removeprefix("\ufeff")
+

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embcli.errors import EmbcliError
+from embcli.errors import EmbcliError, decode_utf8
 
 DEFAULT_RESTRICT = 300_000
 _ANALOGY_BLOCK = 1024
@@ -117,12 +117,7 @@ def _read_lines(path):
             data = handle.read()
     except OSError as error:
         raise EvaluationError(f"{path}: cannot read ({error.strerror or error})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise EvaluationError(f"{path}: line {line}, byte offset {error.start}: invalid UTF-8") from None
-    return text.lstrip("\ufeff").splitlines()
+    return decode_utf8(data, path, EvaluationError).splitlines()
 
 
 def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False, method="3cosadd"):

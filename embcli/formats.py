@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embcli.errors import VectorFileError
+from embcli.errors import VectorFileError, decode_utf8
 
 READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "projector")
@@ -772,13 +772,7 @@ def read_word_list(path):
             data = handle.read()
     except OSError as error:
         raise VectorFileError(f"{path}: cannot read the word list ({error.strerror or error})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise VectorFileError(f"{path}: line {line}, byte offset {error.start}: invalid UTF-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = decode_utf8(data, path, VectorFileError)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -154,8 +154,8 @@ class SubwordTrainer(Trainer):
         """Lay out a chunk's skip-gram pairs as update steps of about `batch` pairs.
 
         Pairs are grouped by center word, and each step takes the center occurrences
-        whose first pair falls in its `batch` pairs, so a step holds `batch` pairs give or
-        take 2 * window - 1. Within a step,
+        whose first pair falls in its `batch` pairs, so a step contains `batch` pairs give
+        or take 2 * window - 1. Within a step,
         the occurrences of one word share one combined vector and one gradient, which
         is the same update as combining each occurrence on its own, because all of a
         step's scores read the vectors from before the step.

@@ -92,7 +92,7 @@ def test_each_query_answered_before_next(name, model):
 
 
 def test_interactive_neighbors_match_batch(model):
-    """Answers given one at a time equal those of the same queries read in one block."""
+    """Results printed one query at a time equal those of the same queries read in one block."""
     batch = subprocess.run([sys.executable, "-m", "embcli", "neighbors", "-", "-k", "2", "-m", model],
                            input="king\napple\n", capture_output=True, text=True, timeout=TIMEOUT)
     assert batch.returncode == 0, batch.stderr

@@ -31,7 +31,7 @@ def test_reading_all_chunks_keeps_no_pages(tmp_path):
     path = str(tmp_path / "tokens.npy")
     values = np.arange(8 << 20, dtype=np.uint32)  # 32 MiB
     np.save(path, values)
-    # Evict the file and read it back, so that the page cache holds it as it holds a file
+    # Evict the file and read it back, so that its pages are cached as those of a file
     # that was read rather than just written. A fault then maps more neighbouring pages.
     # Reading each chunk with a margin before it then mapped about 6 MiB of pages again
     # after release() had dropped them (Linux 6.18, ext4), unless release() also drops the

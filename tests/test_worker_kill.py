@@ -48,11 +48,11 @@ def committed_files(model_dir):
     return {name: file_bytes(model_dir, name) for name in (store.VOCAB, store.TOKENS, store.EMBEDDINGS)}
 
 
-def wait_until(condition, process, what):
+def wait_until(condition, process, event):
     deadline = time.monotonic() + TIMEOUT
     while not condition():
-        assert process.poll() is None, f"embcli train ended (exit code {process.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert process.poll() is None, f"embcli train ended (exit code {process.returncode}) before {event}"
+        assert time.monotonic() < deadline, f"timed out waiting for {event}"
         time.sleep(0.005)
 
 
