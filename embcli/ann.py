@@ -338,7 +338,7 @@ def open_index(model):
         )
     if not os.path.exists(index_path):
         raise ModelNotFound(f"{index_path} is missing; rebuild it with 'embcli index'")
-    if store.fingerprint(index_path) != description.get("index"):
+    if not store.fingerprint_matches(index_path, description.get("index") or ""):
         raise IndexStale(f"{index_path} does not match {INDEX_META}; rebuild it with 'embcli index'")
     if kind == "ivf":
         index = _read_ivf(library, index_path)

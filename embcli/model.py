@@ -95,19 +95,6 @@ class Vocabulary:
     def __contains__(self, word):
         return self.find(word) is not None
 
-    def check_unique(self):
-        """Raise ModelCorrupt if a word is on two lines (compared as bytes, without decoding)."""
-        if self._index is not None:
-            return
-        count = self._data.count(b"\n")
-        if self._data.count(b"\t") == count:
-            # No word contains a tab, so words and counts alternate between separators.
-            words = self._data.replace(b"\n", b"\t").split(b"\t")[0:-1:2]
-        else:
-            words = [line.rpartition(b"\t")[0] for line in self._data.split(b"\n")[:-1]]
-        if len(set(words)) != count:
-            self._raise_duplicate()
-
     def find(self, word):
         """Return the row of `word`, or None if it is not in the vocabulary."""
         if self._index is not None:
@@ -116,16 +103,23 @@ class Vocabulary:
             self._search_data = b"\n" + self._data
         data = self._search_data
         key = b"\n" + word.encode("utf-8", errors="surrogatepass") + b"\t"
+        row = None
         position = 0
         while True:
             found = data.find(key, position)
             if found < 0:
-                return None
+                return row
+            position = found + 1
             # The word itself may contain a tab: the match counts only if a count follows.
             count = data[found + len(key) : data.find(b"\n", found + 1)]
-            if count.lstrip(b"-").isdigit():
-                return data.count(b"\n", 0, found)
-            position = found + 1
+            if not count.lstrip(b"-").isdigit():
+                continue
+            if row is not None:
+                # Checking the whole file for duplicates would cost more than the query,
+                # so each query checks its own word, and building the index checks all.
+                again = data.count(b"\n", 0, found) + 1
+                raise ModelCorrupt(f"{self.path}: word {word!r} is on line {row + 1} and again on line {again}")
+            row = data.count(b"\n", 0, found)
 
     def word(self, row):
         ends = self.ends
@@ -165,7 +159,6 @@ class Model:
         meta = store.read_meta(path)
         store.check_fingerprint(path, meta, store.VOCAB)
         vocabulary = Vocabulary.read(os.path.join(path, store.VOCAB))
-        vocabulary.check_unique()
         embeddings = os.path.join(path, store.EMBEDDINGS)
         if not os.path.exists(embeddings):
             raise ModelNotFound(f"{path} has a vocabulary but no embeddings; run 'embcli train' first")

@@ -22,7 +22,6 @@ writer has the lock waits for the commit to finish instead of applying it.
 """
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -67,23 +66,44 @@ def resolve_model_path(path=None):
     return os.environ.get("EMBCLI_MODEL") or DEFAULT_MODEL
 
 
-def fingerprint(path):
-    """Return a short hash of a file's size and its first and last MiB.
+try:
+    # hashlib would also load OpenSSL's module, which costs a query 2-3 ms of startup.
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - CPython builds without _blake2
+    from hashlib import blake2b
+
+# Fingerprints from embcli 0.1 hashed the first and last MiB and had no prefix; the
+# current ones hash the first and last FINGERPRINT_WINDOW bytes and start with "2:".
+FINGERPRINT_WINDOW = 64 << 10
+LEGACY_FINGERPRINT_WINDOW = 1 << 20
+
+
+def fingerprint(path, window=FINGERPRINT_WINDOW):
+    """Return a short hash of a file's size and its first and last `window` bytes.
 
     Cheap enough for every query, and different for two saves of the same shape
     with overwhelming probability, since trained floats differ in every block.
     """
-    digest = hashlib.blake2b(digest_size=12)
+    digest = blake2b(digest_size=12)
     size = os.path.getsize(path)
     digest.update(str(size).encode())
     with open(path, "rb") as handle:
-        digest.update(handle.read(1 << 20))
-        if size > 2 << 20:
-            handle.seek(-(1 << 20), os.SEEK_END)
-            digest.update(handle.read(1 << 20))
-        elif size > 1 << 20:
+        digest.update(handle.read(window))
+        if size > 2 * window:
+            handle.seek(-window, os.SEEK_END)
+            digest.update(handle.read(window))
+        elif size > window:
             digest.update(handle.read())
-    return digest.hexdigest()
+    value = digest.hexdigest()
+    return value if window == LEGACY_FINGERPRINT_WINDOW else "2:" + value
+
+
+def fingerprint_matches(path, expected):
+    """True if file `path` has the fingerprint `expected`, in either of its versions."""
+    if not isinstance(expected, str):
+        return False
+    window = FINGERPRINT_WINDOW if expected.startswith("2:") else LEGACY_FINGERPRINT_WINDOW
+    return fingerprint(path, window) == expected
 
 
 def _fsync_dir(directory):
@@ -535,7 +555,7 @@ def check_fingerprint(directory, meta, name):
         return
     if not os.path.exists(path):
         raise ModelCorrupt(f"{path} is missing; the model directory is incomplete")
-    if fingerprint(path) != expected:
+    if not fingerprint_matches(path, expected):
         advice = ("delete it, and queries compute the norms from the embeddings" if name == NORMS
                   else "retrain or re-import the model")
         raise ModelCorrupt(

@@ -154,7 +154,11 @@ def test_duplicate_vocabulary_word(model_copy):
     meta = json.load(open(os.path.join(model_copy, "meta.json")))
     meta["files"]["vocab.tsv"] = store.fingerprint(path)
     json.dump(meta, open(os.path.join(model_copy, "meta.json"), "w"))
-    assert "is on line 2 and again on line 4" in lookup_error(model_copy)
+    # A query checks its own word; reading the whole word list checks every word.
+    twice = lines[1].split("\t")[0]
+    assert "is on line 2 and again on line 4" in lookup_error(model_copy, twice)
+    with pytest.raises(ModelCorrupt, match="is on line 2 and again on line 4"):
+        Model.open(model_copy).index  # noqa: B018
 
 
 def test_non_finite_rows_reported(model_copy):
@@ -372,3 +376,17 @@ def test_damaged_token_cache(model_copy, tokens, message):
     assert result.exit_code == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fingerprints_of_earlier_versions_still_checked(model_copy):
+    # Models saved by embcli 0.1 carry fingerprints of the first and last MiB, unprefixed.
+    meta_path = os.path.join(model_copy, "meta.json")
+    meta = json.load(open(meta_path))
+    for name in meta["files"]:
+        meta["files"][name] = store.fingerprint(os.path.join(model_copy, name), store.LEGACY_FINGERPRINT_WINDOW)
+        assert not meta["files"][name].startswith("2:")
+    json.dump(meta, open(meta_path, "w"))
+    assert invoke("lookup", "-m", model_copy, "lord").exit_code == 0
+    with open(os.path.join(model_copy, "vocab.tsv"), "ab") as handle:
+        handle.write(b"extra\t1\n")
+    assert "was changed or replaced" in lookup_error(model_copy)
