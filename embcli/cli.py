@@ -1237,17 +1237,21 @@ def _fast_neighbors_arguments(argv):
 
 
 def _limit_blas_threads(argv):
-    """Run query commands on one OpenBLAS thread unless the user chose a thread count.
+    """Run one-off queries, import and export on one OpenBLAS thread unless the user chose a count.
 
-    On a busy 2-core machine, one thread was faster for every query size measured:
-    one neighbors query on a 100k x 300 matrix took 30 ms instead of 200 ms, because
-    waking worker threads costs more than a matrix-vector product, and 2,048 queries
-    from stdin took 4.9 s instead of 7.8 s. Set OPENBLAS_NUM_THREADS to override it.
+    A single query is a matrix-vector product: waking a second thread costs more than it
+    saves (30 ms instead of 200 ms for a 100k x 300 matrix on a busy machine), and
+    numpy starts faster with one. Batches from stdin (`-`) and `evaluate` are matrix
+    products that use every core: 10,000 queries on 100k x 300 took 4.1 s with two
+    threads and 6.4 s with one on the idle machine. Import and export make no BLAS call,
+    so an idle OpenBLAS thread would only spin. Set OPENBLAS_NUM_THREADS to override it.
     It must run before numpy is imported.
     """
-    if argv and argv[0] in ("neighbors", "analogy", "similarity", "lookup", "evaluate"):
-        if "OPENBLAS_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
-            os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    if not argv or "OPENBLAS_NUM_THREADS" in os.environ or "OMP_NUM_THREADS" in os.environ:
+        return
+    single_query = argv[0] in ("neighbors", "analogy", "similarity", "lookup") and "-" not in argv[1:]
+    if single_query or argv[0] in ("import", "export"):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
 def _hoist_global_flags(argv):

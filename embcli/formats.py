@@ -548,9 +548,14 @@ def _block_vectors(vectors, ends, words, first_entry, report):
     """
     from embcli.search import row_norms
 
-    kept = [i for i, word in enumerate(words) if word is not None]
-    rows = vectors[np.asarray(ends, dtype=np.int64)[kept] + 1]
-    words = [words[i] for i in kept]
+    starts = np.asarray(ends, dtype=np.int64) + 1
+    if None in words:
+        kept = [i for i, word in enumerate(words) if word is not None]
+        starts = starts[kept]
+        words = [words[i] for i in kept]
+    else:
+        kept = range(len(words))
+    rows = vectors[starts]
     norms = row_norms(rows)
     finite = np.isfinite(norms)  # a NaN or infinite value makes the norm non-finite
     if finite.all():

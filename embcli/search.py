@@ -61,7 +61,7 @@ def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None, skip
     def score(cosines, rows):
         return cosines(units[rows])
 
-    results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms, skip_zero_rows)
+    results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms, skip_zero_rows, reuse=True)
     zero = ~units.any(axis=1)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     return [empty if zero[q] else result for q, result in enumerate(results)]
@@ -84,11 +84,13 @@ def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inv
     return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms, skip_zero_rows)
 
 
-def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, skip_zero_rows=False):
+def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, skip_zero_rows=False, reuse=False):
     """Run `score(cosines, query_slice)` over all blocks; keep the top k.
 
     `cosines(unit_queries)` returns the (Qb, B) cosines of unit queries with the rows of
-    the current block.
+    the current block. With `reuse`, it writes them into the same memory every time,
+    so `score` must not keep an earlier result: a fresh 32 MiB block of scores per
+    product cost as much in page faults as a third of the product itself.
 
     After the first block, only scores above a query's current k-th best can enter its
     top k, and there are few of them, so later blocks cost a comparison per score
@@ -101,6 +103,7 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
     pairs = _exclusion_pairs(exclude, n_queries)
     if k == 0 or n_queries == 0:
         return [(best_index[q], best_score[q]) for q in range(n_queries)]
+    scratch = _Scratch(min(n_queries, QUERY_BLOCK) * min(rows_total, ROW_BLOCK))
     for start in range(0, rows_total, ROW_BLOCK):
         stop = min(start + ROW_BLOCK, rows_total)
         part = np.asarray(matrix[start:stop], dtype=np.float32)  # (B, D), a view of the mmap
@@ -114,11 +117,13 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
             part_units = part * inverse[:, None]
 
             def cosines(queries, part_units=part_units):
-                return queries @ part_units.T
+                out = scratch.scores(len(queries), part_units.shape[0]) if reuse else None
+                return np.matmul(queries, part_units.T, out=out)
         else:
 
             def cosines(queries, part=part, inverse=inverse):
-                products = queries @ part.T
+                out = scratch.scores(len(queries), part.shape[0]) if reuse else None
+                products = np.matmul(queries, part.T, out=out)
                 products *= inverse
                 return products
 
@@ -134,7 +139,7 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
             mine = (block_pairs[0] >= q_start) & (block_pairs[0] < q_stop)
             scores[block_pairs[0][mine] - q_start, block_pairs[1][mine]] = _NEVER
             if full:
-                merged = _merge_above(best_index[q_start:q_stop], best_score[q_start:q_stop], scores, start)
+                merged = _merge_above(best_index[q_start:q_stop], best_score[q_start:q_stop], scores, start, scratch)
                 new_index[q_start:q_stop], new_score[q_start:q_stop] = merged
             else:
                 # Seed the top k from the first columns, then merge the rest above it.
@@ -172,7 +177,7 @@ def _top_columns(scores, take):
     return np.argpartition(scores, scores.shape[1] - take, axis=1)[:, scores.shape[1] - take :]
 
 
-def _merge_above(best_index, best_score, scores, start):
+def _merge_above(best_index, best_score, scores, start, scratch=None):
     """Return the k best of (best_index, best_score) and the block `scores`, (Qb, k) each.
 
     A score must exceed the query's current k-th best to enter, so an equal score in a
@@ -180,8 +185,9 @@ def _merge_above(best_index, best_score, scores, start):
     """
     count, k = best_index.shape
     threshold = best_score.min(axis=1)
+    above = None if scratch is None else scratch.mask(*scores.shape)
     # flatnonzero on a sparse mask is about 10 times faster than 2-D nonzero.
-    flat = np.flatnonzero(scores > threshold[:, None])
+    flat = np.flatnonzero(np.greater(scores, threshold[:, None], out=above))
     query, column = np.divmod(flat, scores.shape[1])
     if query.size == 0:
         return best_index, best_score
@@ -193,6 +199,29 @@ def _merge_above(best_index, best_score, scores, start):
     rank = np.arange(len(order)) - np.searchsorted(sorted_query, sorted_query)
     chosen = order[rank < k]  # each query keeps exactly k: it had k before
     return candidate_index[chosen].reshape(count, k), candidate_score[chosen].reshape(count, k)
+
+
+class _Scratch:
+    """Memory for one block of scores and one block of comparisons, reused by every block.
+
+    A view of `rows` x `columns` is taken from the front of a flat buffer, so it is
+    contiguous whatever its shape, and matmul writes into it with BLAS.
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self._scores = None
+        self._mask = None
+
+    def scores(self, rows, columns):
+        if self._scores is None:
+            self._scores = np.empty(self.size, dtype=np.float32)
+        return self._scores[: rows * columns].reshape(rows, columns)
+
+    def mask(self, rows, columns):
+        if self._mask is None:
+            self._mask = np.empty(self.size, dtype=bool)
+        return self._mask[: rows * columns].reshape(rows, columns)
 
 
 def _exclusion_pairs(exclude, n_queries):
