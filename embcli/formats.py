@@ -28,6 +28,7 @@ binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector'
 enough for every float32 to read back bit for bit.
 """
 
+import functools
 import gzip
 import mmap
 import os
@@ -508,19 +509,30 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
     entries = 0  # entries read so far, kept or skipped
     released = 0  # the map before this offset is dropped from this process's memory
     last_space = size - 1 - width  # the last offset where a word's space leaves room for its vector
+    run_pattern, entry_pattern = _binary_patterns(width, block)
     while True:
-        raw_words, ends = [], []
-        add_word, add_end = raw_words.append, ends.append  # bound once: this loop runs once per entry
-        for _ in range(block):
-            end = find(b" ", position, position + _MAX_WORD_BYTES + 1)
-            if end < 0 or end > last_space:
-                break
-            add_word(data[position:end])
-            add_end(end)
-            position = end + 1 + width
-            if position < size and data[position] == 0x0A:
-                position += 1
-        if ends:
+        run = run_pattern.match(data, position)
+        if run:
+            # Well-formed entries, found by the regular expression engine in C; the
+            # loop below, one Python step per entry, takes over where they stop.
+            raw_words = entry_pattern.findall(data, position, run.end())
+            lengths = np.fromiter(map(len, raw_words), dtype=np.int64, count=len(raw_words))
+            starts = np.cumsum(lengths + (1 + width)) - (1 + width) - lengths + position
+            ends = starts + lengths
+            position = run.end()
+        else:
+            raw_words, ends = [], []
+            add_word, add_end = raw_words.append, ends.append  # bound once: this loop runs once per entry
+            for _ in range(block):
+                end = find(b" ", position, position + _MAX_WORD_BYTES + 1)
+                if end < 0 or end > last_space:
+                    break
+                add_word(data[position:end])
+                add_end(end)
+                position = end + 1 + width
+                if position < size and data[position] == 0x0A:
+                    position += 1
+        if len(ends):
             words = _binary_words(raw_words, ends, entries + 1, declared, seen, report)
             yield _block_vectors(vectors, ends, words, entries + 1, report)
             entries += len(ends)
@@ -533,9 +545,24 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
                     released = done
         if progress is not None:
             progress(position)
-        if len(ends) < block:
+        if not run and len(ends) < block:
             break
     _check_binary_end(binary, position, entries, report)
+
+
+@functools.lru_cache(maxsize=8)
+def _binary_patterns(width, block):
+    """Return (run, entry) regular expressions for entries whose vectors take `width` bytes.
+
+    `run` matches up to `block` consecutive well-formed entries: an optional newline
+    (after the previous vector), a word of 1 to _MAX_WORD_BYTES bytes without space or
+    newline, a space, and `width` bytes of any value. `entry` captures the newline and
+    word of each entry of such a run. A word decides where its entry ends, so the
+    entries of a run follow each other without gaps.
+    """
+    entry = rb"(\n?[^ \n]{1,%d}) .{%d}" % (_MAX_WORD_BYTES, width)
+    run = rb"(?:\n?[^ \n]{1,%d} .{%d}){1,%d}" % (_MAX_WORD_BYTES, width, block)
+    return re.compile(run, re.DOTALL), re.compile(entry, re.DOTALL)
 
 
 def _block_vectors(vectors, ends, words, first_entry, report):
@@ -659,6 +686,9 @@ def _binary_words(raw, ends, first_entry, declared, seen, report):
     """
     last_entry = first_entry + len(raw) - 1
     joined = b"\0".join(raw)
+    if b"\n" in joined:
+        # Words of a run keep the newline that ends the previous vector.
+        joined = joined.replace(b"\0\n", b"\0").removeprefix(b"\n")
     if last_entry <= declared and b"\n" not in joined:
         try:
             words = joined.decode("utf-8").split("\0")

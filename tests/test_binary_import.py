@@ -178,3 +178,31 @@ def test_duplicate_within_first_block(tmp_path):
     vectors = read_vectors(path, lenient=True)
     assert vectors.words == words[:30] + words[31:]
     np.testing.assert_array_equal(vectors.matrix, np.delete(matrix, 30, axis=0))
+
+
+def test_entries_after_irregular_ones(tmp_path):
+    # Blank lines between entries and an empty word interrupt the runs of regular
+    # entries that are parsed together; the entries after them are read as before.
+    words, matrix = sample(6)
+    path = write_binary(tmp_path / "v.bin", words, matrix)
+    data = open(path, "rb").read()
+    for word in ("w6000", "w2500", "w7"):  # from the end, so earlier offsets stay valid
+        at = data.index(b"\n" + word.encode() + b" ")
+        data = data[:at] + b"\n\n" + data[at:]
+    at = data.index(b"\nw9000 ")
+    empty = b"\n " + np.ones(DIM, dtype="<f4").tobytes()
+    data = data[:at] + empty + data[at:]
+    path = tmp_path / "irregular.bin"
+    path.write_bytes(data.replace(f"{ROWS} {DIM}".encode(), f"{ROWS + 1} {DIM}".encode(), 1))
+    vectors = read_vectors(str(path), lenient=True)
+    assert vectors.warning_count == 1
+    assert "empty word" in vectors.warnings[0]
+    assert vectors.words == words
+    np.testing.assert_array_equal(vectors.matrix, matrix)
+    model = str(tmp_path / "model")
+    import_file(model, str(path), lenient=True)
+    _, saved_words, saved_matrix, _ = saved(model)
+    assert saved_words == words
+    np.testing.assert_array_equal(saved_matrix, matrix)
+    with pytest.raises(VectorFileError, match="empty word"):
+        read_vectors(str(path))
