@@ -22,7 +22,10 @@ writer has the lock waits for the commit to finish instead of applying it.
 """
 
 import contextlib
+import errno
+import fcntl
 import json
+import mmap
 import os
 import time
 import uuid
@@ -178,31 +181,67 @@ class NpyRowWriter:
 
     For matrices whose row count is known only at the end: the header is written for
     `max_rows` rows and rewritten by `finish()` for the rows appended, padded with
-    spaces to the same length, as the .npy format allows. The kernel is asked to start
-    writing each `WRITEBACK_BYTES` to disk as soon as it is appended, so the final fsync
-    waits only for the last part. Use it as a context manager: the file is removed
-    if the block raises.
+    spaces to the same length, as the .npy format allows. Use it as a context manager:
+    the file is removed if the block raises.
+
+    Where the file system allows it, the rows bypass the page cache (O_DIRECT): they
+    are copied into page-aligned buffers of CHUNK_BYTES that a thread hands to the disk
+    while the caller prepares the next rows. Copying 1.2 GB into the page cache with
+    write() took 0.3 to 3.4 s of CPU from one run to the next on this machine; direct
+    writes of the same bytes took 0.04 s of CPU and 0.6 s in all. The pages are then
+    not cached, so the first query after an import reads the matrix from disk. Without
+    O_DIRECT, rows are written with write() and the kernel is asked to start writing
+    back each WRITEBACK_BYTES, so the final fsync waits only for the last part.
     """
 
     WRITEBACK_BYTES = 64 << 20
+    CHUNK_BYTES = 8 << 20
+    ALIGN = 4096  # O_DIRECT offsets, lengths and buffer addresses are multiples of this
+    BUFFERS = 3
 
     def __init__(self, directory, name, dim, max_rows):
         self.path = temp_path(directory, name)
         self.dim = dim
         self.rows = 0
         self.header_bytes = len(_npy_header((max_rows, dim)))
-        self._handle = None
+        self._fd = None
+        self._direct = False
         self._started = 0  # bytes of data already handed to the kernel for writeback
+        self._buffer = None  # the page-aligned buffer being filled (direct mode)
+        self._filled = 0  # bytes of _buffer in use
+        self._offset = 0  # file offset of _buffer's first byte
+        self._free = None  # buffers ready to be filled
+        self._pending = None  # (buffer, length, offset) for the writing thread; None stops it
+        self._thread = None
+        self._failure = None  # what stopped the writing thread
 
     def __enter__(self):
-        self._handle = open(self.path, "wb", buffering=0)
-        self._handle.write(_npy_header((0, self.dim), self.header_bytes))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        direct = getattr(os, "O_DIRECT", 0)
+        if direct:
+            try:
+                self._fd = os.open(self.path, flags | direct, 0o644)
+                self._direct = True
+            except OSError as error:
+                if error.errno != errno.EINVAL:  # EINVAL: this file system refuses O_DIRECT
+                    raise
+        if self._fd is None:
+            self._fd = os.open(self.path, flags, 0o644)
+        header = _npy_header((0, self.dim), self.header_bytes)
+        if self._direct:
+            self._start_thread()
+            self._take_buffer()
+            self._copy(memoryview(header))
+        else:
+            _write_all(self._fd, header)
         return self
 
     def __exit__(self, kind, value, traceback):
-        if self._handle is not None and not self._handle.closed:
+        self._stop_thread()
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                self._handle.close()
+                os.close(self._fd)
+            self._fd = None
         if kind is not None:
             with contextlib.suppress(OSError):
                 os.remove(self.path)
@@ -213,26 +252,104 @@ class NpyRowWriter:
     def append(self, rows):
         """Append the (n, dim) float32 rows `rows` to the file."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
-        view = memoryview(rows).cast("B")
-        while view:
-            view = view[self._handle.write(view) :]
+        data = memoryview(rows).cast("B")
         self.rows += rows.shape[0]
+        if self._direct:
+            self._copy(data)
+            return
+        _write_all(self._fd, data)
         written = 4 * self.dim * self.rows
         if hasattr(os, "posix_fadvise") and written - self._started >= self.WRITEBACK_BYTES:
             # On Linux, POSIX_FADV_DONTNEED starts writeback of the range's dirty pages
             # without waiting for it. It drops only clean pages from the page cache, and
             # the range was just written, so its pages stay cached for the queries.
-            os.posix_fadvise(self._handle.fileno(), self.header_bytes + self._started, written - self._started,
+            os.posix_fadvise(self._fd, self.header_bytes + self._started, written - self._started,
                              os.POSIX_FADV_DONTNEED)
             self._started = written
 
     def finish(self):
         """Write the final header, fsync and close the file; return its path."""
-        self._handle.seek(0)
-        self._handle.write(_npy_header((self.rows, self.dim), self.header_bytes))
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        size = self.header_bytes + 4 * self.dim * self.rows
+        if self._direct:
+            # The last buffer goes out padded to a whole block; the file is then cut
+            # to its size, and the header rewritten through the page cache.
+            padded = -(-self._filled // self.ALIGN) * self.ALIGN
+            self._buffer[self._filled : padded] = bytes(padded - self._filled)
+            self._submit(padded)
+            self._stop_thread()
+            self._raise_failure()
+            os.ftruncate(self._fd, size)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        os.pwrite(self._fd, _npy_header((self.rows, self.dim), self.header_bytes), 0)
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
         return self.path
+
+    # Direct mode: the buffers and the writing thread.
+
+    def _copy(self, data):
+        while len(data):
+            self._raise_failure()
+            take = min(len(data), self.CHUNK_BYTES - self._filled)
+            self._buffer[self._filled : self._filled + take] = data[:take]
+            self._filled += take
+            data = data[take:]
+            if self._filled == self.CHUNK_BYTES:
+                self._submit(self.CHUNK_BYTES)
+                self._take_buffer()
+
+    def _submit(self, length):
+        self._pending.put((self._buffer, length, self._offset))
+        self._offset += length
+        self._buffer = None
+        self._filled = 0
+
+    def _take_buffer(self):
+        self._buffer = self._free.get()
+
+    def _start_thread(self):
+        import queue
+        import threading
+
+        self._free = queue.Queue()
+        for _ in range(self.BUFFERS):
+            self._free.put(mmap.mmap(-1, self.CHUNK_BYTES))  # anonymous maps are page-aligned
+        self._pending = queue.Queue()
+        self._thread = threading.Thread(target=self._write_buffers, name="embcli-npy-writer", daemon=True)
+        self._thread.start()
+
+    def _write_buffers(self):
+        while True:
+            item = self._pending.get()
+            if item is None:
+                return
+            buffer, length, offset = item
+            if self._failure is None:
+                try:
+                    view = memoryview(buffer)[:length]
+                    while len(view):
+                        done = os.pwrite(self._fd, view, offset)
+                        view, offset = view[done:], offset + done
+                except BaseException as failure:  # noqa: BLE001 - raised again in the caller's thread
+                    self._failure = failure
+            self._free.put(buffer)
+
+    def _stop_thread(self):
+        if self._thread is not None:
+            self._pending.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise_failure(self):
+        if self._failure is not None:
+            raise self._failure
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while len(view):
+        view = view[os.write(fd, view) :]
 
 
 def _npy_header(shape, length=None):

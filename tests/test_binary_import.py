@@ -206,3 +206,24 @@ def test_entries_after_irregular_ones(tmp_path):
     np.testing.assert_array_equal(saved_matrix, matrix)
     with pytest.raises(VectorFileError, match="empty word"):
         read_vectors(str(path))
+
+
+class SmallChunks(store.NpyRowWriter):
+    CHUNK_BYTES = 2 * store.NpyRowWriter.ALIGN
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_npy_row_writer_across_buffers(tmp_path, monkeypatch, direct):
+    # Rows of 7 floats (28 bytes) straddle every buffer boundary; without O_DIRECT the
+    # writer falls back to write() through the page cache.
+    if not direct:
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    matrix = np.random.default_rng(7).standard_normal((1000, 7)).astype(np.float32)
+    with SmallChunks(str(tmp_path), "m.npy", 7, max_rows=5000) as writer:
+        if not direct:
+            assert not writer._direct
+        for start in range(0, 1000, 37):
+            writer.append(matrix[start : start + 37])
+        path = writer.finish()
+    np.testing.assert_array_equal(np.load(path), matrix)
+    assert os.path.getsize(path) == writer.header_bytes + matrix.nbytes
