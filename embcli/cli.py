@@ -334,6 +334,8 @@ def train(
         ignored = [flag for flag in settings if any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv)]
         if ignored:
             note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(ignored)}")
+    if not corpus and (launch is None or launch.rank == 0):
+        _warn_corpus_changed(model_dir)
     if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:
@@ -358,6 +360,22 @@ def train(
         f"in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
     )
+
+
+def _warn_corpus_changed(model_dir):
+    from embcli import store
+    from embcli.corpus import corpus_change
+    from embcli.errors import EmbcliError
+
+    try:
+        sources = store.read_meta(model_dir).get("corpus", {}).get("sources", [])
+    except EmbcliError:
+        return  # training itself reports what is wrong with the model directory
+    for source in sources:
+        change = corpus_change(source)
+        if change:
+            note(f"warning: {change}; training reads the token ids that build-vocab saved from it then. "
+                 "To train on the text as it is now, run 'embcli build-vocab' again")
 
 
 def _distributed_launch():

@@ -23,6 +23,7 @@ import gzip
 import lzma
 import os
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -63,23 +64,25 @@ def describe_source(path):
     return SourceInfo(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
-def check_unchanged(recorded):
-    """Raise CorpusChanged if a recorded corpus file changed since it was read."""
-    from embcli.errors import CorpusChanged
+def corpus_change(recorded):
+    """Return how a recorded corpus file changed since it was read, or None if it did not.
 
+    Training reads the token cache that build-vocab made, not the corpus, so a change
+    is worth a warning: the model learns from the text as it was then.
+    """
     path = recorded["path"]
     if path == "-" or recorded.get("size") is None:
-        return  # standard input or a pipe: nothing left to compare
+        return None  # standard input or a pipe: nothing left to compare
     try:
         stat = os.stat(path)
     except OSError:
-        raise CorpusChanged(f"{path}: the corpus the vocabulary was built from is gone")
-    if stat.st_size != recorded["size"] or stat.st_mtime_ns != recorded["mtime_ns"]:
-        raise CorpusChanged(
-            f"{path} changed since the vocabulary was built "
-            f"(size {recorded['size']:,} -> {stat.st_size:,} bytes); "
-            "rebuild the vocabulary"
-        )
+        return f"{path}, the corpus the vocabulary was built from, is gone"
+    if stat.st_size != recorded["size"]:
+        return f"{path} changed since the vocabulary was built ({recorded['size']:,} bytes then, {stat.st_size:,} now)"
+    if stat.st_mtime_ns != recorded["mtime_ns"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stat.st_mtime_ns / 1e9))
+        return f"{path} was modified at {when}, after the vocabulary was built (its size is the same)"
+    return None
 
 
 _GZIP_MAGIC = b"\x1f\x8b"

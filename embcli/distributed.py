@@ -246,8 +246,6 @@ def train_distributed(model_dir, config, launch, resume=False, progress=None, st
 
 def _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens,
            checkpoint_seconds=train.DEFAULT_CHECKPOINT_SECONDS):
-    from embcli.corpus import check_unchanged
-
     meta = store.read_meta(model_dir)
     words, counts = store.read_vocab(model_dir, meta)
     if not words:
@@ -256,8 +254,6 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     if not os.path.exists(tokens_path):
         raise ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
     if launch.rank == 0:
-        for source in meta.get("corpus", {}).get("sources", []):
-            check_unchanged(source)
         store.check_fingerprint(model_dir, meta, store.TOKENS)
     _check_same_data(meta, device)
     if device.type == "cpu":

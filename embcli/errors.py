@@ -56,10 +56,6 @@ class EmptyCorpus(CorpusError):
     """The corpus has no tokens, or none that pass the vocabulary threshold."""
 
 
-class CorpusChanged(CorpusError):
-    """A corpus file differs from the one the vocabulary was built from."""
-
-
 class ModelNotFound(EmbcliError):
     """The model directory, or a file it needs, does not exist."""
 

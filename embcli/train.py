@@ -905,7 +905,6 @@ def _subword_table(words, config):
 def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress,
                  table=None):
     """Return (_Resume for epoch 0, path of a new token cache or None)."""
-    from embcli.corpus import check_unchanged
     from embcli.tokenize import Tokenizer
     from embcli.vocab import encode_corpus
 
@@ -916,8 +915,6 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
                                            encoding, errors, encode_progress)
         corpus_record = [source.to_json() for source in scan.sources]
     else:
-        for source in meta.get("corpus", {}).get("sources", []):
-            check_unchanged(source)
         if not os.path.exists(os.path.join(model_dir, store.TOKENS)):
             from embcli.errors import ModelNotFound
 

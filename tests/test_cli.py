@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 from typer.testing import CliRunner
@@ -161,3 +162,20 @@ def test_lookup_json_prints_shortest_float32_values(trained_model):
     values = np.array(record["vector"], dtype=np.float32)
     assert (values == embcli.load(trained_model).vector("lord")).all()
     assert all(len(repr(value)) <= 16 for value in record["vector"])
+
+
+def test_train_warns_when_the_corpus_changed_after_build_vocab(small_corpus, tmp_path):
+    # Training reads the token cache, so a touched, edited or deleted corpus is a warning.
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(small_corpus, corpus)
+    assert invoke("build-vocab", str(corpus), "--min-count", "3").exit_code == 0
+    os.utime(corpus, ns=(0, 10**18))
+    touched = invoke("train", "--dim", "8", "--epochs", "1", "--threads", "1")
+    assert touched.exit_code == 0, touched.stderr
+    assert f"warning: {corpus} was modified at" in touched.stderr
+    assert "its size is the same" in touched.stderr
+    corpus.unlink()
+    gone = invoke("train", "--dim", "8", "--epochs", "1", "--threads", "1", "--force")
+    assert gone.exit_code == 0, gone.stderr
+    assert f"warning: {corpus}, the corpus the vocabulary was built from, is gone" in gone.stderr
+    assert "run 'embcli build-vocab' again" in gone.stderr
