@@ -717,7 +717,7 @@ def info(
     model_dir = store.resolve_model_path(model)
     meta = store.read_meta(model_dir)
     if as_json:
-        sys.stdout.write(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(meta, ensure_ascii=False) + "\n")  # one line, as every --json output
         return
     lines = [("model", os.path.abspath(model_dir))]
     vocab = meta.get("vocab", {})

@@ -110,6 +110,7 @@ def test_info_and_version(trained_model):
     assert "dim\t32" in result.stdout
     assert ", 1 worker\n" in result.stdout
     result = invoke("info", "-m", trained_model, "--json")
+    assert result.stdout.count("\n") == 1  # one JSON line, like every --json output
     meta = json.loads(result.stdout)
     assert meta["training"]["settings"]["dim"] == 32
     result = invoke("--version")
