@@ -89,8 +89,8 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
 
     `cosines(unit_queries)` returns the (Qb, B) cosines of unit queries with the rows of
     the current block. With `reuse`, it writes them into the same memory every time,
-    so `score` must not keep an earlier result: a fresh 32 MiB block of scores per
-    product cost as much in page faults as a third of the product itself.
+    so `score` must not keep an earlier result. (A fresh 32 MiB block of scores for
+    each product cost a third as much as the product, in page faults.)
 
     After the first block, only scores above a query's current k-th best can enter its
     top k, and there are few of them, so later blocks cost a comparison per score

@@ -75,7 +75,7 @@ try:
 except ImportError:  # pragma: no cover - CPython builds without _blake2
     from hashlib import blake2b
 
-# Fingerprints from embcli 0.1 hashed the first and last MiB and had no prefix; the
+# Fingerprints from embcli 0.1 hash the first and last MiB and have no prefix. The
 # current ones hash the first and last FINGERPRINT_WINDOW bytes and start with "2:".
 FINGERPRINT_WINDOW = 64 << 10
 LEGACY_FINGERPRINT_WINDOW = 1 << 20
@@ -223,7 +223,7 @@ class NpyRowWriter:
                 self._fd = os.open(self.path, flags | direct, 0o644)
                 self._direct = True
             except OSError as error:
-                if error.errno != errno.EINVAL:  # EINVAL: this file system refuses O_DIRECT
+                if error.errno != errno.EINVAL:  # EINVAL: this file system does not support O_DIRECT
                     raise
         if self._fd is None:
             self._fd = os.open(self.path, flags, 0o644)
@@ -271,8 +271,8 @@ class NpyRowWriter:
         """Write the final header, fsync and close the file; return its path."""
         size = self.header_bytes + 4 * self.dim * self.rows
         if self._direct:
-            # The last buffer goes out padded to a whole block; the file is then cut
-            # to its size, and the header rewritten through the page cache.
+            # The last buffer is written padded to a whole block. Then the file is cut
+            # to its size, and the header is rewritten through the page cache.
             padded = -(-self._filled // self.ALIGN) * self.ALIGN
             self._buffer[self._filled : padded] = bytes(padded - self._filled)
             self._submit(padded)
