@@ -91,8 +91,7 @@ def _padded(rows, width):
 
 def _unit_rows(rows):
     """Return `rows` scaled to unit length as float32; zero rows stay zero (cosine 0)."""
-    rows = np.asarray(rows, dtype=np.float32)
-    return rows * search.safe_inverse(search.row_norms(rows))[:, None]
+    return search.unit_rows(rows)
 
 
 class IndexStale(EmbcliError):
@@ -295,7 +294,10 @@ class ApproximateIndex:
         for q, (query, row_ids) in enumerate(zip(queries, found)):
             # Sorted ids read the memory-mapped matrix in file order.
             row_ids = np.unique(row_ids[row_ids >= 0])
-            exact = (self.model.matrix[row_ids] @ query) * inverse_norms[row_ids]
+            if search.has_extreme_norms(inverse_norms[row_ids]):
+                exact = search.unit_rows(self.model.matrix[row_ids]) @ query
+            else:
+                exact = (self.model.matrix[row_ids] @ query) * inverse_norms[row_ids]
             best = np.argsort(-exact, kind="stable")[:want]
             ids[q, : len(best)] = row_ids[best]
             scores[q, : len(best)] = exact[best]

@@ -885,6 +885,10 @@ def _parse_vector(text, dim, where):
         raise QueryError(f"{where}: the vector is all zeros, so cosine similarity is undefined")
     if not all(abs(v) < float("inf") for v in values):
         raise QueryError(f"{where}: the vector contains NaN or infinity")
+    float32_max = 3.4028234663852886e38
+    large = next((f for f, v in zip(fields, values) if abs(v) > float32_max), None)
+    if large is not None:
+        raise QueryError(f"{where}: the value {large[:40]} is outside the float32 range (about -3.4e38 to 3.4e38)")
     return values
 
 

@@ -30,6 +30,7 @@ enough for every float32 to read back bit for bit.
 
 import functools
 import gzip
+import math
 import mmap
 import os
 import re
@@ -324,7 +325,7 @@ def _read_text(path, format, report, progress):
         keep = np.ones(len(pending_words), dtype=bool)
         finite = np.isfinite(matrix).all(axis=1)
         for i in np.flatnonzero(~finite):
-            report.problem(f"line {pending_lines[i]}: {pending_words[i]!r} has a NaN or infinite value")
+            report.problem(f"line {pending_lines[i]}: {pending_words[i]!r} {_not_finite_reason(pending_values[i])}")
             keep[i] = False
         for i, word in enumerate(pending_words):
             if not keep[i]:
@@ -396,6 +397,21 @@ def _read_text(path, format, report, progress):
     return Vectors(words, matrix, format)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _not_finite_reason(text):
+    """Return why the value texts `text` of a row give a non-finite float32 value."""
+    for value in text.split(" "):
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(number) and abs(number) > _FLOAT32_MAX:
+            return f"has the value {value[:40]}, outside the float32 range (about -3.4e38 to 3.4e38)"
+    return "has a NaN or infinite value"
+
+
 def _parse_values(values, words, lines, dim, report):
     """Return the (n, dim) float32 matrix of the value texts of n rows."""
     try:
@@ -411,7 +427,8 @@ def _parse_values(values, words, lines, dim, report):
     for i, text in enumerate(values):
         fields = text.split(" ")
         try:
-            matrix[i] = [float(value) for value in fields]
+            with np.errstate(over="ignore"):  # out-of-range values become infinity, reported later
+                matrix[i] = [float(value) for value in fields]
         except ValueError:
             bad = next(value for value in fields if not _is_number(value))
             report.problem(f"line {lines[i]}: {words[i]!r} has an invalid value {bad[:40]!r}")
@@ -584,13 +601,10 @@ def _block_vectors(vectors, ends, words, first_entry, report):
     else:
         kept = range(len(words))
     rows = vectors[starts]
-    norms = row_norms(rows)
-    finite = np.isfinite(norms)  # a NaN or infinite value makes the norm non-finite
+    norms = row_norms(rows)  # float64: finite for every row of finite float32 values
+    finite = np.isfinite(norms)
     if finite.all():
         return words, rows, norms
-    # A norm also overflows to infinity for large finite values: check those rows.
-    suspect = np.flatnonzero(~finite)
-    finite[suspect] = np.isfinite(rows[suspect]).all(axis=1)
     for i in np.flatnonzero(~finite):
         report.problem(f"entry {first_entry + kept[i]}: {words[i]!r} has a NaN or infinite value")
     return [word for word, ok in zip(words, finite) if ok], rows[finite], norms[finite]
@@ -767,11 +781,15 @@ def _read_npy(path, words_path, report):
             f"{path} has {matrix.shape[0]:,} rows but {words_path} has {len(words):,} words; "
             "they must match row for row"
         )
-    values = np.array(matrix, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 values beyond float32 become infinity
+        values = np.array(matrix, dtype=np.float32)
     finite = np.isfinite(values).all(axis=1)
     keep = finite.copy()
     for i in np.flatnonzero(~finite):
-        report.problem(f"row {i + 1}: {words[i]!r} has a NaN or infinite value")
+        reason = "has a NaN or infinite value"
+        if np.isfinite(matrix[i]).all():
+            reason = "has a value outside the float32 range (about -3.4e38 to 3.4e38)"
+        report.problem(f"row {i + 1}: {words[i]!r} {reason}")
     seen = {}
     for i, word in enumerate(words):
         if not keep[i]:

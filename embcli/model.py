@@ -211,6 +211,12 @@ class Model:
     def _set_norms(self, norms):
         bad = np.flatnonzero(~np.isfinite(norms))
         if len(bad):
+            # norms.npy is float32, so a row of finite values near the float32 maximum
+            # may have an infinite stored norm: recompute those norms in float64.
+            norms = np.array(norms, dtype=np.float64)
+            norms[bad] = search.row_norms(self.matrix[bad])
+            bad = np.flatnonzero(~np.isfinite(norms))
+        if len(bad):
             self._raise_not_finite(int(bad[0]), len(bad))
         self._inverse_norms = search.safe_inverse(norms)
 

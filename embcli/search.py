@@ -13,26 +13,55 @@ QUERY_BLOCK = 512
 _NEVER = np.float32(-np.inf)
 
 
+# Rows whose norm lies outside [_SMALL_NORM, _LARGE_NORM] are scaled to unit length in
+# float64 before their products, because a float32 product of such a row could
+# underflow to a subnormal or overflow, and 1/norm itself may not fit in float32.
+_SMALL_NORM = 1e-30
+_LARGE_NORM = 1e30
+
+
 def row_norms(matrix, block=ROW_BLOCK):
-    """Return the L2 norm of each row as float32, reading `matrix` one block at a time."""
-    norms = np.empty(matrix.shape[0], dtype=np.float32)
+    """Return the L2 norm of each row as float64, reading `matrix` one block at a time.
+
+    Squares are summed in float64, so the norm of any finite float32 row is finite and
+    is 0 only for a zero row.
+    """
+    norms = np.empty(matrix.shape[0], dtype=np.float64)
     for start in range(0, matrix.shape[0], block):
-        rows = np.asarray(matrix[start : start + block], dtype=np.float32)
+        rows = np.asarray(matrix[start : start + block], dtype=np.float64)
         norms[start : start + block] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     return norms
 
 
 def safe_inverse(norms):
-    """Return 1/norm, with 0 where the norm is 0 (so zero rows score 0, not NaN)."""
-    inverse = np.zeros_like(norms, dtype=np.float32)
+    """Return 1/norm as float32, with 0 where the norm is 0 (so zero rows score 0, not NaN).
+
+    The inverse of a norm below about 3e-39 does not fit in float32 and becomes
+    infinity, so `_search` scales such rows with `unit_rows` instead.
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    inverse = np.zeros(norms.shape, dtype=np.float64)
     np.divide(1.0, norms, out=inverse, where=norms > 0)
-    return inverse
+    with np.errstate(over="ignore"):
+        return inverse.astype(np.float32)
 
 
 def unit_rows(vectors):
-    """Return `vectors` (Q, D) scaled to unit length as float32; zero rows stay zero."""
-    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-    return vectors * safe_inverse(np.sqrt(np.einsum("ij,ij->i", vectors, vectors)))[:, None]
+    """Return `vectors` (Q, D) scaled to unit length as float32; zero rows stay zero.
+
+    The scaling runs in float64, so any finite row that is not zero gets a unit vector,
+    from subnormal values up to the float32 maximum.
+    """
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    units = np.zeros(vectors.shape, dtype=np.float64)
+    np.divide(vectors, norms[:, None], out=units, where=norms[:, None] > 0)
+    return units.astype(np.float32)
+
+
+def has_extreme_norms(inverse):
+    """Return True if some row's 1/norm marks a norm outside [_SMALL_NORM, _LARGE_NORM]."""
+    return bool(np.any(inverse > 1 / _SMALL_NORM) or np.any((inverse > 0) & (inverse < 1 / _LARGE_NORM)))
 
 
 def cosine(a, b):
@@ -108,13 +137,15 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
         stop = min(start + ROW_BLOCK, rows_total)
         part = np.asarray(matrix[start:stop], dtype=np.float32)  # (B, D), a view of the mmap
         if inverse_norms is None:
-            inverse = safe_inverse(np.sqrt(np.einsum("ij,ij->i", part, part)))
+            inverse = safe_inverse(row_norms(part))
         else:
             inverse = inverse_norms[start:stop]
         zero_rows = np.flatnonzero(inverse == 0) if skip_zero_rows else np.zeros(0, dtype=np.int64)
-        if n_queries >= part.shape[1]:
+        extreme = has_extreme_norms(inverse)
+        if n_queries >= part.shape[1] or extreme:
             # Many queries: scale the (B, D) block once rather than each (Qb, B) product.
-            part_units = part * inverse[:, None]
+            # Rows with extreme norms are scaled in float64 (see _SMALL_NORM).
+            part_units = unit_rows(part) if extreme else part * inverse[:, None]
 
             def cosines(queries, part_units=part_units):
                 out = scratch.scores(len(queries), part_units.shape[0]) if reuse else None

@@ -381,7 +381,11 @@ def save_norms_temp(directory, matrix, meta, norms=None):
     """
     from embcli.search import row_norms
 
-    path = save_npy_temp(directory, NORMS, row_norms(matrix) if norms is None else norms)
+    norms = row_norms(matrix) if norms is None else norms
+    # A norm above the float32 maximum is stored as infinity, and Model recomputes it.
+    with np.errstate(over="ignore"):
+        norms = np.asarray(norms).astype(np.float32)
+    path = save_npy_temp(directory, NORMS, norms)
     meta["norms_of"] = meta["files"][EMBEDDINGS]
     meta["files"][NORMS] = fingerprint(path)
     return path

@@ -52,7 +52,7 @@ def test_import_equals_file(tmp_path, newline):
     meta, saved_words, saved_matrix, norms = saved(model)
     assert saved_words == words
     np.testing.assert_array_equal(saved_matrix, matrix)
-    np.testing.assert_array_equal(norms, row_norms(matrix))
+    np.testing.assert_array_equal(norms, row_norms(matrix).astype(np.float32))
     assert meta["imported"]["format"] == "word2vec-binary"
     assert vectors.words == words
     assert vectors.matrix.shape == (ROWS, DIM)
