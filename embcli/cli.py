@@ -1086,6 +1086,10 @@ def evaluate(
     analogy_results = [evaluation.evaluate_analogies(opened, path, restrict, case_sensitive, method)
                        for path in analogies]
     pair_results = [evaluation.evaluate_pairs(opened, path, restrict, case_sensitive) for path in similarity_files]
+    for result in pair_results:
+        if result.skipped_lines:
+            note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} without two words "
+                 f"and a finite score, {_first_lines(result.skipped_lines)}")
     if as_json:
         sys.stdout.write(json.dumps({
             "model": os.path.abspath(opened.path),
@@ -1118,6 +1122,13 @@ def evaluate(
                 for r in pair_results]
         out.extend(_table(("file", "spearman", "pearson", "pairs", "oov"), rows))
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def _first_lines(numbers, shown=5):
+    """Return "line 3" or "the first are lines 3, 8, 9" for a list of line numbers."""
+    if len(numbers) == 1:
+        return f"line {numbers[0]}"
+    return "the first are lines " + ", ".join(str(n) for n in numbers[:shown])
 
 
 def _analogy_row(section):

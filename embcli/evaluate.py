@@ -20,6 +20,7 @@ Sections whose name starts with "gram" are syntactic, the others semantic, as in
 questions-words set (Mikolov et al., 2013).
 """
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,6 +204,9 @@ def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False)
         except ValueError:
             skipped.append(number)
             continue
+        if not math.isfinite(score):
+            skipped.append(number)  # a NaN or infinite score makes both correlations meaningless
+            continue
         if not case_sensitive:
             first, second = first.upper(), second.upper()
         if first not in known or second not in known:
@@ -214,7 +218,7 @@ def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False)
     if not gold:
         raise EvaluationError(
             f"{path}: no pair has both words among the first {restrict:,} words of the model"
-            + (f" ({len(skipped)} lines were not 'word word score')" if skipped else "")
+            + (f" ({len(skipped)} lines were not 'word word score' with a finite score)" if skipped else "")
         )
     predicted = model.similarity_of_rows(rows1, rows2)
     gold = np.asarray(gold, dtype=np.float64)

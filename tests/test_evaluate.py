@@ -1,6 +1,7 @@
 """evaluate: analogy accuracy, pair correlations, cutoff and case rules, table and JSON."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -146,3 +147,21 @@ def test_unanswered_section_shows_no_accuracy(model, tmp_path):
     overall = [line for line in result.stdout.splitlines() if line.startswith("overall")]
     assert overall[0].split()[1] == "n/a"
     assert "skipped 1 line without four words, the first is line 3" in result.stderr
+
+
+def test_pairs_skip_bad_scores_with_warning(model, tmp_path):
+    pairs = tmp_path / "bad_pairs.txt"
+    pairs.write_text("king\tqueen\t9\nman\twoman\tnan\nboy girl\napple\tpear\tabc\n"
+                     "walk\ttalk\tinf\nking\tapple\t1\nwalk\twalked\t5\n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)["similarity"][0]
+    assert report["skipped_lines"] == [2, 3, 4, 5]
+    assert report["pairs"] == 3
+    assert "bad_pairs.txt: skipped 4 lines without two words and a finite score" in result.stderr
+    assert "the first are lines 2, 3, 4, 5" in result.stderr
+    text = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs)])
+    assert "skipped 4 lines" in text.stderr
+    assert "nan" not in text.stdout
