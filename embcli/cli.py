@@ -263,7 +263,7 @@ def train(
     sample: float = typer.Option(1e-3, "--sample", min=0.0, help="Subsampling threshold for frequent words; 0 turns it off."),
     epochs: int = typer.Option(5, "--epochs", min=1, help="Passes over the corpus."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate, decaying linearly. [default: 0.025 skipgram, 0.05 cbow]"),
-    ns_exponent: float = typer.Option(0.75, "--ns-exponent", help="Negatives are drawn from word counts raised to this power."),
+    ns_exponent: float = typer.Option(0.75, "--ns-exponent", help="Negatives are drawn from word counts raised to this power, from -1 to 1."),
     negatives: str = typer.Option("shared", "--negatives",
                                   help="shared: each block of pairs shares its negatives (faster); per-pair: word2vec's objective."),
     seed: int = typer.Option(1, "--seed", help="Random seed. Runs with --threads 1 are reproducible."),
@@ -301,8 +301,10 @@ def train(
             raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N", param_hint="--device")
-    if not math.isfinite(ns_exponent):
-        raise typer.BadParameter(f"{ns_exponent} is not a finite number", param_hint="--ns-exponent")
+    if not (math.isfinite(ns_exponent) and -1 <= ns_exponent <= 1):
+        raise typer.BadParameter(f"{ns_exponent:g} is outside the accepted range -1 to 1 (0.75 is word2vec's "
+                                 "value, 0 draws negatives uniformly, 1 in proportion to the counts)",
+                                 param_hint="--ns-exponent")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise typer.BadParameter(f"{lr:g} is not a positive finite number", param_hint="--lr")
     cores = os.cpu_count() or 1

@@ -54,6 +54,13 @@ LINE_END = int(store.LINE_END)
 LOSS_EVERY = 4
 
 
+# Accepted --ns-exponent values. gensim 4 takes any float, and its documentation
+# describes 1 (draw in proportion to the counts), 0 (uniformly) and negative values (rare
+# words more often). Beyond 1 or -1 nearly all draws go to the most frequent or rarest
+# words, and the powers overflow float64 (a count of 10**10 to the power 31).
+NS_EXPONENT_RANGE = (-1.0, 1.0)
+
+
 @dataclass
 class TrainConfig:
     """Training settings. `lr=None` means 0.025 for skip-gram and 0.05 for CBOW."""
@@ -106,8 +113,9 @@ class TrainConfig:
             raise EmbcliError(f"shared_negatives must be at least 1, not {self.shared_negatives}")
         if self.resolved_lr() <= 0 or not math.isfinite(self.resolved_lr()):
             raise EmbcliError(f"learning rate must be a positive number, not {self.lr}")
-        if not math.isfinite(self.ns_exponent):
-            raise EmbcliError(f"ns_exponent must be a finite number, not {self.ns_exponent}")
+        if not (math.isfinite(self.ns_exponent) and NS_EXPONENT_RANGE[0] <= self.ns_exponent <= NS_EXPONENT_RANGE[1]):
+            raise EmbcliError(f"ns_exponent must be between {NS_EXPONENT_RANGE[0]} and {NS_EXPONENT_RANGE[1]}, "
+                              f"not {self.ns_exponent}")
         if self.sample < 0:
             raise EmbcliError(f"sample must be 0 (off) or positive, not {self.sample}")
         if self.min_n:
@@ -178,7 +186,16 @@ def keep_probabilities(counts, sample):
 
 
 def negative_cdf(counts, exponent):
-    weights = np.asarray(counts, dtype=np.float64) ** exponent
+    """Return the cumulative distribution of counts**exponent, normalised to end at 1.
+
+    The powers are taken in log space, relative to the largest, so they cannot
+    overflow. A word with count 0 is never drawn.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    positive = counts > 0
+    logs = exponent * np.log(counts[positive])
+    weights = np.zeros(len(counts))
+    weights[positive] = np.exp(logs - logs.max()) if len(logs) else 0.0
     cdf = np.cumsum(weights)
     return cdf / cdf[-1]
 

@@ -2,6 +2,7 @@
 
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from embcli import store
 from embcli.cli import app
+from embcli.errors import EmbcliError
 from embcli.train import Corpus, TrainConfig, Trainer, init_vectors, keep_probabilities
 
 CPU = torch.device("cpu")
@@ -244,3 +246,31 @@ def test_checkpoint_config_without_chunk_order_resumes_in_slices():
     del saved["chunk_order"]
     assert _config_from_json(saved, TrainConfig()).chunk_order == "slices"
     assert _config_from_json(_config_json(TrainConfig()), TrainConfig()).chunk_order == "in-turn"
+
+
+def test_negative_cdf_without_warnings():
+    from embcli.train import negative_cdf
+
+    counts = np.array([10**12, 10**9, 1000, 5, 1, 0], dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for exponent in (-1.0, 0.0, 0.75, 1.0):
+            cdf = negative_cdf(counts, exponent)
+            assert np.all(np.isfinite(cdf)), exponent
+            assert np.all(np.diff(cdf) >= 0), exponent
+            assert cdf[-1] == pytest.approx(1.0)
+            assert cdf[-1] == cdf[-2], "a count of 0 is never drawn"
+    uniform = negative_cdf(counts[:5], 0.0)
+    np.testing.assert_allclose(np.diff(uniform, prepend=0), 0.2)
+    proportional = negative_cdf(np.array([1, 3]), 1.0)
+    np.testing.assert_allclose(proportional, [0.25, 1.0])
+
+
+@pytest.mark.parametrize("exponent", ["100", "1e30", "-1.5", "1.01"])
+def test_ns_exponent_outside_range_rejected(exponent):
+    result = CliRunner().invoke(app, ["train", "-m", "nothing-here", "--ns-exponent", exponent])
+    assert result.exit_code == 2
+    assert "--ns-exponent" in result.output
+    assert "range -1 to 1" in result.output
+    with pytest.raises(EmbcliError, match="ns_exponent must be between -1.0 and 1.0"):
+        TrainConfig(ns_exponent=float(exponent)).validate()
