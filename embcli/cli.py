@@ -565,7 +565,10 @@ def lookup(
         if as_json:
             # str() of a float32 is its shortest exact form: 0.7, not 0.699999988079071.
             values = [float(str(v)) for v in vector]
-            out.write(json.dumps({"word": word, "vector": values}, ensure_ascii=False) + "\n")
+            fields = {"word": word, "vector": values}
+            if row is None:
+                fields["from_subwords"] = [word]
+            out.write(json.dumps(fields, ensure_ascii=False) + "\n")
         else:
             out.write(word + "\t" + "\t".join(f"{v:.6g}" for v in vector.tolist()) + "\n")
     out.flush()
@@ -683,10 +686,13 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
                     results[i] = result
             return results
 
+        from_subwords = set()
+
         def resolve(word):
             row, vector, ngram_count = opened.resolve(word, subwords=subwords)
             if row is None:
                 _note_out_of_vocabulary(word, ngram_count)
+                from_subwords.add(word)
                 if not np.any(vector):
                     raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
                 return vector
@@ -696,7 +702,8 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
         def emit(word, result):
             for neighbor, score in result:
                 if as_json:
-                    _json_line({"query": word, "word": neighbor, "score": round(score, 6)})
+                    _json_line({"query": word, "word": neighbor, "score": round(score, 6),
+                                **_subword_field((word,), from_subwords)})
                 elif batch:
                     sys.stdout.write(f"{word}\t{neighbor}\t{score:.4f}\n")
                 else:
@@ -943,9 +950,11 @@ def _stdin_fields(count):
         yield line, (fields if len(fields) == count and all(fields) else None), number
 
 
-def _rows_of_fields(opened, query, expected):
-    """Return the rows of the words of one analogy or similarity query.
+def _inputs_of_fields(opened, query, expected, subwords, from_subwords):
+    """Return the inputs of the words of one analogy or similarity query, as Model.query_input does.
 
+    A word outside the vocabulary is built from its n-grams when `subwords` is true and
+    the model has them: it gets a note on stderr and is added to the set `from_subwords`.
     A stdin query's errors start with its line number; `expected` describes a
     well-formed line.
     """
@@ -956,11 +965,26 @@ def _rows_of_fields(opened, query, expected):
     if fields is None:
         raise QueryError(f"{where}{shorten(line)!r}: expected {expected}")
     try:
-        return opened.rows(fields)
+        if not (subwords and opened.has_subwords):
+            return opened.rows(fields)
+        inputs = []
+        for word in fields:
+            row, vector, ngram_count = opened.resolve(word, subwords=True)
+            if row is None:
+                _note_out_of_vocabulary(word, ngram_count)
+                from_subwords.add(word)
+            inputs.append(vector if row is None else row)
+        return inputs
     except EmbcliError as failure:
         if number is None:
             raise
         raise QueryError(f"{where}{failure}") from None
+
+
+def _subword_field(words, from_subwords):
+    """Return {"from_subwords": [...]} naming those of `words` built from n-grams, or {} if none is."""
+    built = [word for word in words if word in from_subwords]
+    return {"from_subwords": built} if built else {}
 
 
 @app.command()
@@ -977,6 +1001,7 @@ def analogy(
                                            help="Search only the N most frequent words. [default: all]"),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
+    no_subwords: bool = NoSubwordsOption,
 ):
     """Answer 'A is to B as C is to ?' with the k best words, e.g. analogy man king woman."""
     from embcli.model import ANALOGY_METHODS, Model
@@ -995,19 +1020,25 @@ def analogy(
                                  param_hint="WORDS")
     opened = Model.open(model)
 
+    from_subwords = set()
+
     def resolve(query):
-        return _rows_of_fields(opened, query, "three words A B C separated by spaces or tabs")
+        return _inputs_of_fields(opened, query, "three words A B C separated by spaces or tabs",
+                                 not no_subwords, from_subwords)
 
     def answer(triples):
         if k == 0:
             return [[] for _ in triples]
+        if from_subwords:
+            return opened.analogy_of_inputs(triples, k, method, not include_inputs, restrict)
         return opened.analogy_of_rows(triples, k, method, not include_inputs, restrict)
 
     def emit(query, result):
         fields = query[1]
         for word, score in result:
             if as_json:
-                _json_line({"query": fields, "word": word, "score": round(score, 6)})
+                _json_line({"query": fields, "word": word, "score": round(score, 6),
+                            **_subword_field(fields, from_subwords)})
             elif batch:
                 sys.stdout.write("\t".join(fields) + f"\t{word}\t{score:.4f}\n")
             else:
@@ -1024,6 +1055,7 @@ def similarity(
                                       "separated by a tab or spaces.", show_default=False),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
+    no_subwords: bool = NoSubwordsOption,
 ):
     """Print the cosine similarity of two words (0 when a vector is all zeros)."""
     from embcli.model import Model
@@ -1039,17 +1071,23 @@ def similarity(
         raise typer.BadParameter(f"expected two words, or -, got {len(words)} arguments", param_hint="WORDS")
     opened = Model.open(model)
 
+    from_subwords = set()
+
     def resolve(query):
-        return _rows_of_fields(opened, query, "two words separated by spaces or a tab")
+        return _inputs_of_fields(opened, query, "two words separated by spaces or a tab",
+                                 not no_subwords, from_subwords)
 
     def answer(pairs):
-        rows = list(zip(*pairs))
-        return opened.similarity_of_rows(rows[0], rows[1]).tolist()
+        columns = list(zip(*pairs))
+        if from_subwords:
+            return opened.similarity_of_inputs(columns[0], columns[1]).tolist()
+        return opened.similarity_of_rows(columns[0], columns[1]).tolist()
 
     def emit(query, score):
         first, second = query[1]
         if as_json:
-            _json_line({"word1": first, "word2": second, "score": round(score, 6)})
+            _json_line({"word1": first, "word2": second, "score": round(score, 6),
+                        **_subword_field((first, second), from_subwords)})
         elif batch:
             sys.stdout.write(f"{first}\t{second}\t{score:.4f}\n")
         else:

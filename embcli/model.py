@@ -372,29 +372,58 @@ class Model:
         results = search.top_k(self.matrix, vectors, k, limit=restrict, inverse_norms=self.inverse_norms)
         return [self._named(result) for result in results]
 
-    def analogy(self, a, b, c, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
+    def analogy(self, a, b, c, k=10, method="3cosadd", exclude_inputs=True, restrict=None, subwords=True):
         """Return [(word, score)] answering "a is to b as c is to ?".
 
         3cosadd ranks words by cosine with b - a + c (each normalized first); 3cosmul
-        uses Levy and Goldberg's multiplicative objective. The three inputs are left
-        out of the answers unless `exclude_inputs` is False.
+        uses Levy and Goldberg's multiplicative objective. The inputs found in the
+        vocabulary are left out of the answers unless `exclude_inputs` is False. An
+        input outside the vocabulary is built from its n-grams when the model has them
+        and `subwords` is true.
         """
-        return self.analogy_batch([(a, b, c)], k, method, exclude_inputs, restrict)[0]
+        return self.analogy_batch([(a, b, c)], k, method, exclude_inputs, restrict, subwords)[0]
 
-    def analogy_batch(self, triples, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
+    def analogy_batch(self, triples, k=10, method="3cosadd", exclude_inputs=True, restrict=None, subwords=True):
         _check_counts(k, restrict)
         if method not in ANALOGY_METHODS:
             raise QueryError(f"unknown analogy method {method!r}; choose one of {', '.join(ANALOGY_METHODS)}")
-        rows = self.rows([word for triple in triples for word in triple])
-        rows = np.asarray(rows, dtype=np.int64).reshape(len(triples), 3)
-        return self.analogy_of_rows(rows, k, method, exclude_inputs, restrict)
+        words = [word for triple in triples for word in triple]
+        if not (subwords and self.has_subwords):
+            rows = np.asarray(self.rows(words), dtype=np.int64).reshape(len(triples), 3)
+            return self.analogy_of_rows(rows, k, method, exclude_inputs, restrict)
+        inputs = [self.query_input(word) for word in words]
+        return self.analogy_of_inputs([inputs[i : i + 3] for i in range(0, len(inputs), 3)], k, method,
+                                      exclude_inputs, restrict)
+
+    def query_input(self, word, subwords=True):
+        """Return the row of `word`, or for a word built from n-grams its vector (a float32 array)."""
+        row, vector, _ = self.resolve(word, subwords)
+        return vector if row is None else row
 
     def analogy_of_rows(self, rows, k=10, method="3cosadd", exclude_inputs=True, restrict=None,
                         skip_zero_rows=False):
         """Return answers for an (n, 3) array of rows (a, b, c); zero rows score 0 unless skipped."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-        a, b, c = (search.unit_rows(self.matrix[rows[:, i]]) for i in range(3))
+        vectors = [self.matrix[rows[:, i]] for i in range(3)]
         exclude = [tuple(int(r) for r in triple) for triple in rows] if exclude_inputs else None
+        return self._analogy(vectors, exclude, k, method, restrict, skip_zero_rows)
+
+    def analogy_of_inputs(self, triples, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
+        """Return answers for triples (a, b, c) whose items are rows or vectors, as `query_input` returns.
+
+        Only the items that are rows can be left out of the answers.
+        """
+        vectors = [np.stack([self._input_vector(item) for item in column]) for column in zip(*triples)]
+        exclude = None
+        if exclude_inputs:
+            exclude = [tuple(int(item) for item in triple if not isinstance(item, np.ndarray)) for triple in triples]
+        return self._analogy(vectors, exclude, k, method, restrict)
+
+    def _input_vector(self, item):
+        return item if isinstance(item, np.ndarray) else np.asarray(self.matrix[int(item)], dtype=np.float32)
+
+    def _analogy(self, vectors, exclude, k, method, restrict, skip_zero_rows=False):
+        a, b, c = (search.unit_rows(v) for v in vectors)
         if method == "3cosadd":
             results = search.top_k(self.matrix, b - a + c, k, exclude=exclude, limit=restrict,
                                    inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
@@ -403,19 +432,25 @@ class Model:
                                           inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
         return [self._named(result) for result in results]
 
-    def similarity(self, word1, word2):
-        """Return the cosine similarity of two words; 0.0 when either vector is all zeros."""
-        return search.cosine(self.matrix[self.row(word1)], self.matrix[self.row(word2)])
+    def similarity(self, word1, word2, subwords=True):
+        """Return the cosine similarity of two words; 0.0 when either vector is all zeros.
+
+        A word outside the vocabulary is built from its n-grams when the model has them
+        and `subwords` is true.
+        """
+        return search.cosine(self.vector(word1, subwords), self.vector(word2, subwords))
 
     def similarity_of_rows(self, rows1, rows2):
         """Return the cosine similarity of each pair of rows as a float64 array."""
-        left = np.asarray(self.matrix[np.asarray(rows1, dtype=np.int64)], dtype=np.float64)
-        right = np.asarray(self.matrix[np.asarray(rows2, dtype=np.int64)], dtype=np.float64)
-        norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
-        dots = np.einsum("ij,ij->i", left, right)
-        scores = np.zeros(len(dots))
-        np.divide(dots, norms, out=scores, where=norms > 0)
-        return np.clip(scores, -1.0, 1.0)
+        left = self.matrix[np.asarray(rows1, dtype=np.int64)]
+        right = self.matrix[np.asarray(rows2, dtype=np.int64)]
+        return similarity_of_vectors(left, right)
+
+    def similarity_of_inputs(self, inputs1, inputs2):
+        """Return the cosine similarity of each pair of rows or vectors, as `query_input` returns."""
+        left = np.stack([self._input_vector(item) for item in inputs1])
+        right = np.stack([self._input_vector(item) for item in inputs2])
+        return similarity_of_vectors(left, right)
 
     def _named(self, result):
         index, score = result
@@ -427,6 +462,20 @@ class Model:
 
         weights = torch.from_numpy(np.array(self.matrix, dtype=np.float32))
         return torch.nn.Embedding.from_pretrained(weights, freeze=freeze)
+
+
+def similarity_of_vectors(left, right):
+    """Return the cosine similarity of each pair of rows of two (n, dim) arrays, as float64.
+
+    A pair with a zero vector scores 0.
+    """
+    left = np.asarray(left, dtype=np.float64)
+    right = np.asarray(right, dtype=np.float64)
+    norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+    dots = np.einsum("ij,ij->i", left, right)
+    scores = np.zeros(len(dots))
+    np.divide(dots, norms, out=scores, where=norms > 0)
+    return np.clip(scores, -1.0, 1.0)
 
 
 def _check_counts(k, restrict):

@@ -257,6 +257,68 @@ def test_neighbors_unseen_word_without_torch(subword_model):
     assert result.stderr.strip().endswith("NO-TORCH")
 
 
+def test_similarity_unseen_word(subword_model):
+    from embcli.model import Model
+
+    model = Model.open(subword_model)
+    expected = model.similarity("tabernacles", "tabernacle")
+    assert expected > 0.5
+    result = invoke("similarity", "-m", subword_model, "tabernacles", "tabernacle")
+    assert result.exit_code == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(expected, abs=1e-4)
+    assert "tabernacles: not in vocabulary" in result.stderr
+    assert "n-grams" in result.stderr
+    result = invoke("similarity", "-m", subword_model, "--json", "-", input="tabernacles\ttabernacle\nday\tnight\n")
+    assert result.exit_code == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["from_subwords"] == ["tabernacles"]
+    assert "from_subwords" not in second
+    assert second["score"] == pytest.approx(model.similarity("day", "night"), abs=1e-5)
+
+
+def test_analogy_unseen_word(subword_model):
+    from embcli.model import Model
+
+    model = Model.open(subword_model)
+    expected = model.analogy("famine", "famines", "tabernacle", k=3)
+    assert len(expected) == 3
+    assert "famine" not in [word for word, _ in expected]
+    result = invoke("analogy", "-m", subword_model, "famine", "famines", "tabernacle", "-k", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["word"] for line in lines] == [word for word, _ in expected]
+    assert all(line["from_subwords"] == ["famines"] for line in lines)
+    assert "famines: not in vocabulary" in result.stderr
+
+
+def test_no_subwords_similarity_and_analogy(subword_model):
+    from embcli.errors import UnknownWord
+    from embcli.model import Model
+
+    result = invoke("similarity", "-m", subword_model, "--no-subwords", "tabernacles", "tabernacle")
+    assert result.exit_code == 1
+    assert "tabernacles: not in vocabulary" in result.stderr
+    result = invoke("analogy", "-m", subword_model, "--no-subwords", "famine", "famines", "tabernacle")
+    assert result.exit_code == 1
+    assert "famines: not in vocabulary" in result.stderr
+    model = Model.open(subword_model)
+    with pytest.raises(UnknownWord):
+        model.similarity("tabernacles", "tabernacle", subwords=False)
+    with pytest.raises(UnknownWord):
+        model.analogy("famine", "famines", "tabernacle", subwords=False)
+
+
+def test_json_marks_words_from_ngrams(subword_model):
+    result = invoke("lookup", "-m", subword_model, "--json", "tabernacles", "tabernacle")
+    unseen, known = (json.loads(line) for line in result.stdout.splitlines())
+    assert unseen["from_subwords"] == ["tabernacles"]
+    assert "from_subwords" not in known
+    result = invoke("neighbors", "-m", subword_model, "--json", "-k", "1", "tabernacles", "tabernacle")
+    unseen, known = (json.loads(line) for line in result.stdout.splitlines())
+    assert unseen["from_subwords"] == ["tabernacles"]
+    assert "from_subwords" not in known
+
+
 def test_vec_export_reads_back_in_gensim(subword_model, tmp_path):
     from gensim.models import KeyedVectors
 
