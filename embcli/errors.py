@@ -80,8 +80,12 @@ class ModelBusy(EmbcliError):
     """Another embcli process is writing the same model directory."""
 
 
-class UnknownWord(EmbcliError):
-    """A query word is not in the model's vocabulary."""
+class UnknownWord(EmbcliError, KeyError):
+    """A query word is not in the model's vocabulary.
+
+    It is also a KeyError, so code written for gensim's KeyedVectors
+    (`except KeyError`) catches it.
+    """
 
     def __init__(self, word, model_path=None, vocab_size=None, token=None):
         self.word = word
@@ -94,6 +98,10 @@ class UnknownWord(EmbcliError):
             details.append(f"{size}{model_path}")
         where = f" ({'; '.join(details)})" if details else ""
         super().__init__(f"{shorten(word)}: not in vocabulary{where}")
+
+    def __str__(self):
+        # KeyError's str() would quote the message as a repr.
+        return str(self.args[0])
 
 
 class QueryError(EmbcliError):

@@ -479,9 +479,13 @@ def similarity_of_vectors(left, right):
 
 
 def _check_counts(k, restrict):
-    """Raise QueryError unless `k` is a positive integer and `restrict` None or one."""
-    for name, value in (("k", k), ("restrict", restrict)):
+    """Raise QueryError unless `k` is an integer of 0 or more and `restrict` None or a positive integer.
+
+    k=0 returns empty lists, as the CLI's -k 0 prints nothing.
+    """
+    for name, value, least in (("k", k, 0), ("restrict", restrict, 1)):
         if value is None and name == "restrict":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise QueryError(f"{name} must be a positive whole number, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            kind = "a positive whole number" if least else "a whole number, 0 or more"
+            raise QueryError(f"{name} must be {kind}, not {value!r}")

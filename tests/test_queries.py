@@ -217,9 +217,25 @@ def test_api_rejects_bad_k_and_word_lists(tmp_path):
     from embcli.errors import QueryError
 
     model = embcli.load(imported("20", tmp_path))
-    for bad in (dict(k=-1), dict(k=0), dict(k=2.5), dict(restrict=0)):
+    for bad in (dict(k=-1), dict(k=2.5), dict(restrict=0)):
         with pytest.raises(QueryError):
             model.neighbors("king", **bad)
     with pytest.raises(TypeError, match="must be a str"):
         model.neighbors(["king", "queen"])
     assert len(model.neighbors("king", k=2)) == 2
+
+
+def test_api_k_zero_and_key_error(tmp_path):
+    from embcli.errors import UnknownWord
+
+    model = embcli.load(imported("20", tmp_path))
+    assert model.neighbors("king", k=0) == []
+    assert model.neighbors_batch(["king", "queen"], k=0) == [[], []]
+    assert model.analogy("man", "king", "woman", k=0) == []
+    with pytest.raises(KeyError):
+        model.vector("unicornword")
+    with pytest.raises(KeyError) as caught:
+        model.similarity("king", "unicornword")
+    assert isinstance(caught.value, UnknownWord)
+    assert str(caught.value).startswith("unicornword: not in vocabulary")
+    assert caught.value.word == "unicornword"
