@@ -91,24 +91,78 @@ def _disk_full_message(path):
     return f"no space left on device while writing {path}; free some space or choose another --model directory"
 
 
+class StdoutError(OSError):
+    """A write to standard output failed, for example because it is a file on a full disk."""
+
+
+class _CheckedStdout:
+    """A proxy of sys.stdout whose failed writes raise StdoutError instead of a bare OSError.
+
+    Without it, a full disk behind `> file` would be reported like a failed write in the
+    model directory. BrokenPipeError passes through unchanged.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as failure:
+            raise StdoutError(failure.errno, failure.strerror) from None
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as failure:
+            raise StdoutError(failure.errno, failure.strerror) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _settle_stdout():
+    """Flush stdout, or discard what it holds if that fails, so the exit adds no traceback."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _discard_stdout()
+
+
+def _discard_stdout():
+    """Point stdout at os.devnull, so the flush at exit cannot fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def handle_errors(function):
     """Turn EmbcliError into a one-line message and exit code; hide tracebacks."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+            sys.stdout.flush()  # so a failed write is reported here, not at interpreter exit
+            return result
         except DiskFull as failure:
             error(_disk_full_message(failure.path))
+            _settle_stdout()
             raise typer.Exit(1) from None
         except EmbcliError as failure:
             error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
         except BrokenPipeError:
             # The reader of stdout went away (for example `| head`): stop quietly.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            _discard_stdout()
             raise typer.Exit(0) from None
+        except StdoutError as failure:
+            error(f"cannot write to standard output ({failure.strerror or failure})")
+            _discard_stdout()
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
@@ -123,6 +177,7 @@ def handle_errors(function):
                 raise
             if isinstance(failure, OSError) and is_disk_full(failure):
                 error(_disk_full_message(failure.filename or "a file"))
+                _settle_stdout()
                 raise typer.Exit(1) from None
             if isinstance(failure, OSError) and failure.strerror:
                 # The environment failed (disk full, permission denied), not embcli.
@@ -1356,6 +1411,7 @@ def main():
         # Started with stdout or stderr closed (`>&-`): there is nowhere to write.
         sys.exit(1)
     sys.argv[1:] = _hoist_global_flags(sys.argv[1:])
+    sys.stdout = _CheckedStdout(sys.stdout)
 
     # Training routes SIGTERM to its own handler while it runs, and restores this one.
     signal.signal(signal.SIGTERM, _raise_terminated)

@@ -57,3 +57,24 @@ def test_cli_reports_bare_enospc(capsys):
         command()
     assert caught.value.exit_code == 1
     assert "no space left on device while writing" in capsys.readouterr().err
+
+
+@needs_dev_full
+@pytest.mark.parametrize("buffered", [False, True])
+@pytest.mark.parametrize("command", [["neighbors", "a", "-k", "1"], ["similarity", "a", "b"], ["info"]])
+def test_full_stdout_names_standard_output(tmp_path, command, buffered):
+    import subprocess
+    import sys
+
+    source = tmp_path / "small.glove"
+    source.write_text("a 1 2 0\nb 2 1 0\nc 0 0 1\n")
+    model = str(tmp_path / "small")
+    subprocess.run([sys.executable, "-m", "embcli", "import", str(source), "-m", model, "-q"], check=True)
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    if not buffered:
+        environment["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "embcli", command[0], "-m", model, *command[1:]],
+                                stdout=full, stderr=subprocess.PIPE, text=True, env=environment, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == "embcli: error: cannot write to standard output (No space left on device)\n"
