@@ -638,9 +638,11 @@ def read_meta(directory):
         raise ModelCorrupt(f"{path}: not valid JSON ({error})") from None
     if not isinstance(meta, dict):
         raise ModelCorrupt(f"{path}: expected a JSON object")
-    version = meta.get("format_version")
-    if not isinstance(version, int):
+    if "format_version" not in meta:
         raise ModelCorrupt(f"{path}: no format_version")
+    version = meta["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelCorrupt(f"{path}: format_version should be an integer, not {version!r}")
     if version > FORMAT_VERSION:
         raise ModelCorrupt(
             f"{path} has format version {version}, but this embcli {__version__} reads "
@@ -648,6 +650,11 @@ def read_meta(directory):
         )
     _check_meta_types(path, meta)
     return meta
+
+
+# The tokenizer names embcli.tokenize has a rule for, repeated here so that opening a
+# model for queries need not import the tokenizer.
+TOKENIZER_NAMES = ("default", "whitespace", "jieba")
 
 
 def _check_meta_types(path, meta):
@@ -661,6 +668,13 @@ def _check_meta_types(path, meta):
             raise ModelCorrupt(f"{path}: the fingerprint of {name} should be a string")
     if "dim" in meta and (not isinstance(meta["dim"], int) or meta["dim"] < 1):
         raise ModelCorrupt(f"{path}: dim should be a positive integer, not {meta['dim']!r}")
+    tokenizer = meta.get("tokenizer", {})
+    name = tokenizer.get("name", "default")
+    if name not in TOKENIZER_NAMES:
+        raise ModelCorrupt(f"{path}: unknown tokenizer {name!r} (this embcli has {', '.join(TOKENIZER_NAMES)}); "
+                           "upgrade embcli if a newer version wrote the model, else build it again")
+    if not isinstance(tokenizer.get("lowercase", True), bool):
+        raise ModelCorrupt(f"{path}: tokenizer lowercase should be true or false, not {tokenizer['lowercase']!r}")
 
 
 def check_fingerprint(directory, meta, name):

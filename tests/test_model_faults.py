@@ -125,11 +125,15 @@ def test_swapped_vocabulary_rejected(model_copy):
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"format_version": 99}, "format version 99"),
-     ({"format_version": "1"}, "no format_version"),
+     ({"format_version": "1"}, "meta.json: format_version should be an integer, not '1'"),
+     ({"format_version": None}, "format_version should be an integer, not None"),
      ({"files": ["vocab.tsv"]}, "'files' should be a JSON dict"),
      ({"tokenizer": "default"}, "'tokenizer' should be a JSON dict"),
+     ({"tokenizer": {"name": "bogus"}}, "meta.json: unknown tokenizer 'bogus' (this embcli has default, "),
+     ({"tokenizer": {"name": "default", "lowercase": "yes"}}, "lowercase should be true or false, not 'yes'"),
      ({"dim": -3}, "dim should be a positive integer")],
-    ids=["newer", "string-version", "files-list", "tokenizer-string", "negative-dim"],
+    ids=["newer", "string-version", "null-version", "files-list", "tokenizer-string", "tokenizer-unknown",
+         "lowercase-string", "negative-dim"],
 )
 def test_bad_metadata(model_copy, change, message):
     meta = json.load(open(os.path.join(model_copy, "meta.json")))
@@ -139,6 +143,19 @@ def test_bad_metadata(model_copy, change, message):
     info = invoke("info", "-m", model_copy)
     assert info.exit_code == 1
     assert message in info.stderr
+
+
+def test_missing_format_version(model_copy):
+    meta = json.load(open(os.path.join(model_copy, "meta.json")))
+    del meta["format_version"]
+    json.dump(meta, open(os.path.join(model_copy, "meta.json"), "w"))
+    assert "meta.json: no format_version" in lookup_error(model_copy)
+
+
+def test_store_knows_every_tokenizer():
+    from embcli import store, tokenize
+
+    assert store.TOKENIZER_NAMES == tokenize.TOKENIZER_NAMES
 
 
 def test_meta_not_json(model_copy):
