@@ -267,13 +267,14 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
 
     positions = [0] * (2 * launch.world_size)
     corpus_record = meta.get("corpus", {}).get("sources", [])
+    done_before = (0.0, 0.0, 0.0)  # words, examples and seconds of the run before a resume
     if resume:
-        input_vectors, output_vectors, positions, config, sync_tokens = load_checkpoint(
+        input_vectors, output_vectors, positions, config, sync_tokens, done_before = load_checkpoint(
             model_dir, meta, config, len(words), launch.world_size, sync_tokens)
     else:
         input_vectors, output_vectors = train.init_vectors(len(words), config.dim, config.seed)
     start = train._Resume(config, launch.world_size, positions, input_vectors, output_vectors,
-                          store.TOKENS, corpus_record, resumed=resume)
+                          store.TOKENS, corpus_record, *done_before, resumed=resume)
     input_vectors = input_vectors.to(device)
     output_vectors = output_vectors.to(device)
     # Rank 0's values win, so the replicas start equal even if initialisation differed.
@@ -332,8 +333,8 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         """Save `matrices`, the replicas as of synchronization `index`, as a checkpoint (rank 0)."""
         at_sync = positions_at_sync(len(corpus), config, launch.world_size, syncs, index, positions)
         fraction = sum(at_sync[::2]) / max(config.epochs * launch.world_size, 1)
-        totals = (fraction * words_total, local["examples"] * launch.world_size,
-                  time.time() - began, words_total)
+        totals = (fraction * words_total, start.examples_done + local["examples"] * launch.world_size,
+                  start.seconds_done + time.time() - began, words_total)
         save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, at_sync, *matrices,
                         corpus_record, totals)
 
@@ -379,9 +380,12 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    seconds = time.time() - began
+    seconds = start.seconds_done + time.time() - began
 
     words_sum, examples_sum = _sum_across([local["words"], local["examples"]], device)
+    # A resumed run's summary and meta.json count the whole run, as embcli.train's do.
+    words_sum += start.words_done
+    examples_sum += start.examples_done
     if local["done"] >= total_chunks:
         finished_position = (config.epochs, 0)
     else:
@@ -398,6 +402,9 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         number = stop.signal or signal.SIGTERM
         name = "SIGINT" if number == signal.SIGINT else "SIGTERM"
         epochs_reached = min(gathered[::2]) + 1
+        if launch.rank != 0:
+            # Only rank 0 saves the checkpoint, so only it says where and how to resume.
+            raise TrainingInterrupted(f"rank {launch.rank} stopped by {name}", exit_code=128 + number)
         raise TrainingInterrupted(
             f"training stopped by {name} ({min(epochs_reached, config.epochs)} of {config.epochs} epochs) "
             f"on {launch.world_size} ranks; checkpoint saved in {model_dir}/{train.CHECKPOINT}; continue "
@@ -510,7 +517,9 @@ def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions,
 
 
 def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens):
-    """Return (input, output, positions, config, sync_tokens) from the checkpoint in `model_dir`.
+    """Return (input, output, positions, config, sync_tokens, done) from the checkpoint in `model_dir`.
+
+    `done` is (words, examples, seconds) of the run up to the checkpoint.
 
     The checkpoint's settings win over `config` and `sync_tokens`, except the device. A
     checkpoint without a "distributed" entry keeps the given `sync_tokens`. Raises ModelCorrupt when the
@@ -532,4 +541,5 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
     start = train._load_checkpoint(model_dir, meta, config, vocab_size)
     distributed = state.get("distributed") or {}
     sync_tokens = distributed.get("sync_tokens", sync_tokens)
-    return start.input_vectors, start.output_vectors, start.positions, start.config, sync_tokens
+    done = (start.words_done, start.examples_done, start.seconds_done)
+    return start.input_vectors, start.output_vectors, start.positions, start.config, sync_tokens, done

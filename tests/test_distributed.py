@@ -137,7 +137,8 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode != 0
-    assert "checkpoint saved" in rest
+    assert rest.count("checkpoint saved") == 1, rest[-3000:]
+    assert "rank 1 stopped by SIGTERM" in rest
     with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
         state = json.load(handle)
     assert state["workers"] == 2
@@ -156,6 +157,11 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     model = embcli.load(model_dir)
     assert model.dim == 16
     assert model.meta["training"]["settings"]["epochs"] == 8
+    # The summary and meta.json count the words of all 8 epochs, before and after the resume.
+    whole_run = 8 * meta["vocab"]["tokens_covered"]
+    assert model.meta["training"]["stats"]["words"] == pytest.approx(whole_run, rel=0.02)
+    assert model.meta["training"]["stats"]["words"] > state["words_done"]
+    assert f"trained {model.meta['training']['stats']['words']:,} words" in resumed.stderr
 
 
 SYNC_CHECK = """
