@@ -29,6 +29,13 @@ app = typer.Typer(
 
 STATE = {"quiet": False, "debug": False}
 
+def _check_model_option(value):
+    if value == "":
+        raise typer.BadParameter("the model directory is empty; give a path, or leave the option out "
+                                 "to use $EMBCLI_MODEL, else ./embcli-model")
+    return value
+
+
 ModelOption = typer.Option(
     None,
     "--model",
@@ -36,6 +43,7 @@ ModelOption = typer.Option(
     envvar="EMBCLI_MODEL",
     help="Model directory. [default: $EMBCLI_MODEL, else ./embcli-model]",
     show_default=False,
+    callback=_check_model_option,
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON lines instead of tab-separated text.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="Print nothing on stderr but errors.")
@@ -322,7 +330,8 @@ def train(
     negatives: str = typer.Option("shared", "--negatives",
                                   help="shared: each block of pairs shares its negatives (faster); per-pair: word2vec's objective."),
     seed: int = typer.Option(1, "--seed", help="Random seed. Runs with --threads 1 are reproducible."),
-    threads: int = typer.Option(0, "--threads", min=0, help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
+    threads: int = typer.Option(0, "--threads", min=0, show_default=False,
+                                help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     chunk_order: Optional[str] = typer.Option(
         None, "--chunk-order", show_default=False,
         help="How workers split the corpus: in-turn (they read it side by side) or slices (one contiguous "
@@ -583,6 +592,24 @@ def _read_stdin_queries():
         yield line
 
 
+def _numbered_queries(words):
+    """Return (queries, batch) as _queries does, each query a (word, stdin line number or None) pair."""
+    STATE["stdin_failures"] = 0
+    if words == ["-"]:
+        return ((line, number) for number, line in _stdin_lines()), True
+    queries, batch = _queries(words)
+    return [(word, None) for word in queries], batch
+
+
+def _with_line(failure, number):
+    """Return `failure` itself for a command-line query, else a QueryError that starts with the stdin line."""
+    from embcli.errors import QueryError
+
+    if number is None:
+        return failure
+    return QueryError(f"<stdin>: line {number}: {failure}")
+
+
 def _queries(words):
     """Return (queries, batch) where batch is True when queries come from stdin."""
     STATE["stdin_failures"] = 0
@@ -677,14 +704,14 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
                                      param_hint=flag)
     effort = nprobe if approximate.kind == "ivf" else ef
     settings = {} if rerank is None else {"rerank": rerank}
-    queries, batch = _queries(words)
+    queries, batch = _numbered_queries(words)
     failed = 0
-    for word in queries:
+    for word, number in queries:
         try:
             result = approximate.neighbors_batch([word], k, effort, **settings)[0]
         except EmbcliError as failure:
             sys.stdout.flush()
-            error(str(failure))
+            error(str(_with_line(failure, number)))
             failed += 1
             continue
         for neighbor, score in result:
@@ -723,7 +750,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
     elif approx:
         failed = _approximate_neighbors(opened, words, k, *efforts, as_json)
     else:
-        queries, batch = _queries(words)
+        queries, batch = _numbered_queries(words)
 
         def answer(inputs):
             # An input is a row, or the n-gram vector of a word outside the vocabulary.
@@ -743,18 +770,23 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
 
         from_subwords = set()
 
-        def resolve(word):
-            row, vector, ngram_count = opened.resolve(word, subwords=subwords)
-            if row is None:
-                _note_out_of_vocabulary(word, ngram_count)
-                from_subwords.add(word)
-                if not np.any(vector):
-                    raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
-                return vector
-            opened._check_nonzero(word, row)
+        def resolve(query):
+            word, number = query
+            try:
+                row, vector, ngram_count = opened.resolve(word, subwords=subwords)
+                if row is None:
+                    _note_out_of_vocabulary(word, ngram_count)
+                    from_subwords.add(word)
+                    if not np.any(vector):
+                        raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
+                    return vector
+                opened._check_nonzero(word, row)
+            except EmbcliError as failure:
+                raise _with_line(failure, number) from None
             return row
 
-        def emit(word, result):
+        def emit(query, result):
+            word = query[0]
             for neighbor, score in result:
                 if as_json:
                     _json_line({"query": word, "word": neighbor, "score": round(score, 6),
@@ -837,7 +869,8 @@ def index(
     ef_construction: Optional[int] = typer.Option(None, "--ef-construction", min=1,
                                                   help="hnsw: candidates kept while building (more: better recall, "
                                                        "slower build). [default: 100]"),
-    threads: int = typer.Option(0, "--threads", min=0, help="Build threads. [default: 0, one per core]"),
+    threads: int = typer.Option(0, "--threads", min=0, show_default=False,
+                                help="Build threads. [default: 0, one per core]"),
     quiet: bool = QuietOption,
 ):
     """Build an approximate nearest-neighbour index (IVF or HNSW) for 'neighbors --approx'."""
@@ -1261,6 +1294,8 @@ def export(
     from embcli.model import Model
 
     STATE["quiet"] = STATE["quiet"] or quiet
+    if not output:
+        raise typer.BadParameter("the output path is empty; give a file name, or - for stdout", param_hint="OUTPUT")
     if format not in WRITE_FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(WRITE_FORMATS)}", param_hint="--format")
     if output == "-" and format == "projector":
@@ -1351,6 +1386,8 @@ def _fast_neighbors_arguments(argv):
                 options["k" if argument != "--restrict" else "restrict"] = int(value)
             elif argument == "--vector":
                 options["vector"] = value
+            elif not value:
+                return None  # typer reports the empty model directory
             else:
                 options["model"] = value
         elif argument.startswith("-") and argument != "-":

@@ -66,6 +66,37 @@ def test_analogy_stdin_errors_give_line(trained_model):
     assert "line 3: unicornword: not in vocabulary" in result.stderr
 
 
+def test_neighbors_stdin_errors_give_line(trained_model):
+    result = invoke("neighbors", "-m", trained_model, "-", "-k", "1", input="lord\n\nunicornword\ngod\n")
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == 2
+    assert "<stdin>: line 3: unicornword: not in vocabulary" in result.stderr
+
+
+def test_empty_model_and_output_are_usage_errors(trained_model):
+    import subprocess
+    import sys
+
+    for args in (["info", "-m", ""], ["neighbors", "-m", "", "lord"], ["export", "-m", trained_model, ""]):
+        result = invoke(*args)
+        assert result.exit_code == 2, args
+        option = "OUTPUT" if args[0] == "export" else "--model"
+        assert option in result.stderr, args
+        assert "is empty" in result.stderr, args
+    # `neighbors` has its own argument parser in main(), which must hand this case to typer.
+    process = subprocess.run([sys.executable, "-m", "embcli", "neighbors", "-m", "", "lord"],
+                             capture_output=True, text=True, timeout=60)
+    assert process.returncode == 2
+    assert "the model directory is empty" in process.stderr
+
+
+def test_help_shows_each_default_once():
+    for command in ("train", "index"):
+        text = " ".join(invoke(command, "--help").stdout.split())
+        assert "[default: 0, one per core" in text, command
+        assert "[default: 0;" not in text, command
+
+
 def test_dash_among_words_is_usage_error(trained_model):
     for command in ("neighbors", "lookup"):
         result = invoke(command, "-m", trained_model, "lord", "-")
