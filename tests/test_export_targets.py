@@ -79,3 +79,18 @@ def test_export_to_model_file_rejected(trained_model, tmp_path):
     # Another name in the model directory is allowed.
     assert export(str(model), str(model / "vectors.txt")).exit_code == 0
     assert runner.invoke(app, ["lookup", "-m", str(model), "lord"]).exit_code == 0
+
+
+def test_export_to_closed_pipe_reports_nothing_written(trained_model):
+    # The reader leaves after 10 bytes; the export must not claim it wrote everything.
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "embcli", "export", "-m", trained_model, "-",
+                                "--format", "word2vec-binary"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(10)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0
+    assert "wrote" not in stderr
+    assert "Traceback" not in stderr
