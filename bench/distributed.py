@@ -95,7 +95,8 @@ def report(label, model, wall):
     print(f"{label}: {stats['stats']['words_per_second']:,.0f} words/s, wall {wall:.1f} s, "
           f"analogy {scores['analogy']:.2f} %, WS-353 {scores['ws353']:.3f}, SimLex {scores['simlex']:.3f}, "
           f"syncs {distributed.get('synchronizations', '-')}, "
-          f"sync time rank 0 {distributed.get('sync_seconds_rank0', '-')} s", flush=True)
+          f"sync time rank 0 {distributed.get('sync_seconds_rank0', '-')} s "
+          f"(waiting for the other ranks {distributed.get('sync_wait_seconds_rank0', '-')} s)", flush=True)
 
 
 def print_table(rows):

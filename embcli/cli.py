@@ -1303,10 +1303,30 @@ def export(
                                  "write to stdout (-); give a directory, or choose another --format",
                                  param_hint="--format")
     opened = Model.open(model)
+    if output != "-":
+        _check_not_model_file(opened.path, output, format)
     target = sys.stdout.buffer if output == "-" else output
     written = write_vectors(target, opened.words, opened.matrix, format)
     note(f"wrote {_count(len(opened), 'word')} x {_count(opened.dim, 'dimension')} as {format}: "
          f"{', '.join(written)}")
+
+
+def _check_not_model_file(model_dir, output, format):
+    """Raise EmbcliError if exporting to `output` would replace a file of the model directory."""
+    from embcli import store
+    from embcli.ann import INDEX_FILES, INDEX_META
+    from embcli.subwords import SUBWORDS
+
+    reserved = {store.META, store.VOCAB, store.EMBEDDINGS, store.TOKENS, store.NORMS, store.JOURNAL,
+                store.LOCK, *store.CHECKPOINT_FILES, SUBWORDS, INDEX_META, *INDEX_FILES.values()}
+    targets = [os.path.join(output, "vectors.tsv"), os.path.join(output, "metadata.tsv")] \
+        if format == "projector" else [output]
+    model_dir = os.path.realpath(model_dir)
+    for target in targets:
+        resolved = os.path.realpath(target)
+        if os.path.dirname(resolved) == model_dir and os.path.basename(resolved) in reserved:
+            raise EmbcliError(f"{target} is the model's own {os.path.basename(resolved)}, which the export "
+                              "would replace; write the export outside the model directory or under another name")
 
 
 @app.command("import")

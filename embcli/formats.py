@@ -898,11 +898,26 @@ def write_vectors(path, words, matrix, format, progress=None):
         chunks = _text_rows(b"", matrix, " ", progress, words)
     if hasattr(path, "write"):
         for chunk in chunks:
-            path.write(chunk)
+            _write_whole(path, chunk)
         path.flush()
         return [getattr(path, "name", "<stream>")]
     _write_output(path, chunks)
     return [path]
+
+
+def _write_whole(stream, data):
+    """Write all of `data` to the binary `stream`.
+
+    A buffered stream's write() may return a short count when a large write to a pipe
+    is cut short, for example when the reader exits; writing the rest then raises
+    BrokenPipeError instead of losing it without a word.
+    """
+    view = memoryview(data)
+    while len(view):
+        written = stream.write(view)
+        if written is None:  # a non-blocking raw stream that could not take any of it
+            continue
+        view = view[written:]
 
 
 def _write_output(path, chunks):

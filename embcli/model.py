@@ -141,6 +141,7 @@ class Model:
         self.matrix = matrix  # (V, D) float32, memory-mapped
         self._tokenizer = None
         self._inverse_norms = None
+        self._norms_from_file = False
         self._subwords = None
 
     @classmethod
@@ -173,6 +174,7 @@ class Model:
         norms = store.load_norms(path, meta, matrix.shape[0])
         if norms is not None:
             opened._set_norms(norms)
+            opened._norms_from_file = True
         return opened
 
     @property
@@ -454,7 +456,28 @@ class Model:
 
     def _named(self, result):
         index, score = result
+        if self._norms_from_file and len(index):
+            self._check_stored_norms(index)
         return [(self.word(int(i)), float(s)) for i, s in zip(index, score)]
+
+    def _check_stored_norms(self, rows):
+        """Raise ModelCorrupt if norms.npy disagrees with the embeddings at `rows`.
+
+        The fingerprints cover only the start and end of each file, so an edit in the
+        middle of embeddings.npy would otherwise give cosines far above 1. The rows of
+        the answers are checked, which costs k rows per query.
+        """
+        vectors = np.asarray(self.matrix[np.asarray(rows)], dtype=np.float64)
+        actual = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        stored = self._inverse_norms[np.asarray(rows)].astype(np.float64)
+        wrong = np.flatnonzero(np.abs(stored * actual - (actual > 0)) > 1e-3)
+        if len(wrong):
+            row = int(rows[wrong[0]])
+            raise ModelCorrupt(
+                f"{os.path.join(self.path, store.NORMS)} does not match {store.EMBEDDINGS} at row {row} "
+                f"({self.word(row)!r}): the embeddings changed after the norms were saved; delete "
+                f"{store.NORMS}, and queries compute the norms from the embeddings"
+            )
 
     def to_torch(self, freeze=False):
         """Return a torch.nn.Embedding initialised from the matrix (imports torch)."""

@@ -279,7 +279,7 @@ class NpyRowWriter:
             self._stop_thread()
             self._raise_failure()
             os.ftruncate(self._fd, size)
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self._clear_direct()
         os.pwrite(self._fd, _npy_header((self.rows, self.dim), self.header_bytes), 0)
         os.fsync(self._fd)
         os.close(self._fd)
@@ -329,11 +329,26 @@ class NpyRowWriter:
                 try:
                     view = memoryview(buffer)[:length]
                     while len(view):
-                        done = os.pwrite(self._fd, view, offset)
+                        try:
+                            done = os.pwrite(self._fd, view, offset)
+                        except OSError as error:
+                            # Some file systems accept O_DIRECT when opening but not when
+                            # writing: go on through the page cache.
+                            if error.errno != errno.EINVAL or not self._clear_direct():
+                                raise
+                            continue
                         view, offset = view[done:], offset + done
                 except BaseException as failure:  # noqa: BLE001 - raised again in the caller's thread
                     self._failure = failure
             self._free.put(buffer)
+
+    def _clear_direct(self):
+        """Turn O_DIRECT off for the open file; return whether it was on."""
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        if not flags & os.O_DIRECT:
+            return False
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        return True
 
     def _stop_thread(self):
         if self._thread is not None:

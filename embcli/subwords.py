@@ -188,11 +188,17 @@ class SubwordTable:
         return subword_meta(self.min_n, self.max_n, self.buckets, self.combination)
 
 
+MAX_BUCKETS = 2**32 - 1
+
+
 def check_settings(min_n, max_n, buckets, combination):
     if not 1 <= min_n <= max_n:
         raise EmbcliError(f"n-gram range {min_n}-{max_n} needs 1 <= MIN <= MAX")
     if buckets < 1:
         raise EmbcliError(f"the number of buckets must be at least 1, not {buckets}")
+    if buckets > MAX_BUCKETS:
+        raise EmbcliError(f"the number of buckets must be at most {MAX_BUCKETS:,}, because n-gram hashes "
+                          f"are 32-bit, not {buckets:,}", options=("buckets",))
     if combination not in COMBINATIONS:
         raise EmbcliError(f"combination must be mean or sum, not {combination!r}")
 

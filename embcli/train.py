@@ -729,7 +729,9 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             start = _load_checkpoint(model_dir, meta, config, len(words), words)
             config = start.config
             table = start.table
-        else:
+        if config.min_n:
+            _check_room_for_subwords(model_dir, config, len(words))
+        if not resume:
             table = _subword_table(words, config)
             start, new_cache = _fresh_start(model_dir, meta, config, words, corpus_paths,
                                             encoding, errors, encode_progress, table)
@@ -917,6 +919,25 @@ def _subword_table(words, config):
     from embcli.subwords import SubwordTable
 
     return SubwordTable.build(words, config.min_n, config.max_n, config.buckets, config.combination)
+
+
+def _check_room_for_subwords(model_dir, config, vocab_size):
+    """Raise EmbcliError, before training, if the disk cannot take the saved subword model.
+
+    subwords.npy holds every bucket's row, used or not, so a large --buckets can need
+    far more disk than training needs memory.
+    """
+    import shutil
+
+    needed = (config.buckets + vocab_size) * config.dim * 4
+    free = shutil.disk_usage(model_dir).free
+    if needed > free:
+        raise EmbcliError(
+            f"saving this model needs {needed / 2**30:,.1f} GiB ({config.buckets:,} n-gram buckets and "
+            f"{vocab_size:,} words x {config.dim} dimensions), but {model_dir} has {free / 2**30:,.1f} GiB "
+            "free; lower the number of buckets or free some space",
+            options=("buckets",),
+        )
 
 
 def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress,

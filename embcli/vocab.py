@@ -217,6 +217,14 @@ def build_vocab(
     if max_size is not None and max_size < 2:
         raise EmbcliError(f"a vocabulary of at most {max_size} word is too small, because word vectors "
                           "need at least 2 words; raise the size limit", options=("max_size",))
+    foreign = _files_of_another_program(model_dir)
+    if foreign and not replace_embeddings:
+        raise EmbcliError(
+            f"{model_dir} contains {', '.join(foreign)} but no model that embcli saved, so "
+            "build-vocab would replace files of another program; choose another model "
+            "directory, or replace them on purpose",
+            options=("force",),
+        )
     # Trained vectors and a training checkpoint are rows of the old vocabulary.
     trained = [
         name
@@ -243,6 +251,27 @@ def build_vocab(
         return _build_vocab_locked(
             model_dir, paths, tokenizer, min_count, max_size, encoding, errors, progress, trained
         )
+
+
+def _files_of_another_program(model_dir):
+    """Return the names of model files in `model_dir` that no embcli save wrote there.
+
+    They are there when meta.json is missing or is not embcli's (not JSON, or without a
+    format version).
+    """
+    from embcli.errors import ModelCorrupt, ModelNotFound
+
+    if not os.path.isdir(model_dir):
+        return []
+    present = [name for name in (store.META, store.VOCAB, store.EMBEDDINGS, store.TOKENS, store.NORMS)
+               if os.path.exists(os.path.join(model_dir, name))]
+    if not present:
+        return []
+    try:
+        store.read_meta(model_dir)
+    except (ModelCorrupt, ModelNotFound):
+        return present
+    return []
 
 
 def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encoding, errors,

@@ -1,5 +1,6 @@
 """word2vec binary import, which copies the vectors block by block into embeddings.npy."""
 
+import errno
 import json
 import os
 import struct
@@ -227,3 +228,23 @@ def test_npy_row_writer_across_buffers(tmp_path, monkeypatch, direct):
         path = writer.finish()
     np.testing.assert_array_equal(np.load(path), matrix)
     assert os.path.getsize(path) == writer.header_bytes + matrix.nbytes
+
+
+def test_npy_row_writer_falls_back_when_direct_writes_fail(tmp_path, monkeypatch):
+    # A file system may accept O_DIRECT when opening and then reject the writes (EINVAL).
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    matrix = np.random.default_rng(9).standard_normal((1000, 7)).astype(np.float32)
+    with SmallChunks(str(tmp_path), "m.npy", 7, max_rows=5000) as writer:
+        for start in range(0, 1000, 100):
+            writer.append(matrix[start : start + 100])
+        path = writer.finish()
+    np.testing.assert_array_equal(np.load(path), matrix)

@@ -180,3 +180,19 @@ def test_train_warns_when_the_corpus_changed_after_build_vocab(small_corpus, tmp
     assert gone.exit_code == 0, gone.stderr
     assert f"warning: {corpus}, the corpus the vocabulary was built from, is gone" in gone.stderr
     assert "run 'embcli build-vocab' again" in gone.stderr
+
+
+def test_build_vocab_keeps_files_of_another_program(small_corpus, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "meta.json").write_text('{"my": "project settings"}\n')
+    (folder / "vocab.tsv").write_text("my\tlist\n")
+    refused = invoke("build-vocab", "-m", str(folder), small_corpus)
+    assert refused.exit_code == 1
+    assert "meta.json, vocab.tsv but no model that embcli saved" in refused.stderr
+    assert "[--force]" in refused.stderr
+    assert (folder / "meta.json").read_text() == '{"my": "project settings"}\n'
+    assert (folder / "vocab.tsv").read_text() == "my\tlist\n"
+    replaced = invoke("build-vocab", "-m", str(folder), small_corpus, "--force")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert json.loads((folder / "meta.json").read_text())["format_version"] == 1

@@ -1,6 +1,7 @@
 """export writes to stdout, follows symbolic links and writes FIFOs in place."""
 
 import os
+import shutil
 import threading
 
 from typer.testing import CliRunner
@@ -60,3 +61,36 @@ def test_export_to_directory_is_error(trained_model, tmp_path):
     result = export(trained_model, str(tmp_path))
     assert result.exit_code == 1
     assert "is a directory" in result.stderr
+
+
+def test_export_to_model_file_rejected(trained_model, tmp_path):
+    # Writing over the model's own files would leave a directory that no command can read.
+    model = tmp_path / "copy"
+    shutil.copytree(trained_model, model)
+    before = {name: (model / name).read_bytes() for name in os.listdir(model)}
+    link = tmp_path / "link.npy"
+    link.symlink_to(model / "embeddings.npy")
+    for target in (model / "embeddings.npy", model / "vocab.tsv", model / "meta.json", link):
+        result = export(str(model), str(target))
+        assert result.exit_code == 1, target
+        assert "the model's own" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert {name: (model / name).read_bytes() for name in os.listdir(model)} == before
+    # Another name in the model directory is allowed.
+    assert export(str(model), str(model / "vectors.txt")).exit_code == 0
+    assert runner.invoke(app, ["lookup", "-m", str(model), "lord"]).exit_code == 0
+
+
+def test_export_to_closed_pipe_reports_nothing_written(trained_model):
+    # The reader leaves after 10 bytes; the export must not claim it wrote everything.
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "embcli", "export", "-m", trained_model, "-",
+                                "--format", "word2vec-binary"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(10)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0
+    assert "wrote" not in stderr
+    assert "Traceback" not in stderr

@@ -407,3 +407,27 @@ def test_fingerprints_of_earlier_versions_still_checked(model_copy):
     with open(os.path.join(model_copy, "vocab.tsv"), "ab") as handle:
         handle.write(b"extra\t1\n")
     assert "was changed or replaced" in lookup_error(model_copy)
+
+
+def test_embeddings_edited_after_norms_detected(model_copy):
+    # The fingerprints cover the first and last 64 KiB, so an edit of a middle row goes
+    # unseen and leaves norms.npy stale; a query whose answers include that row reports
+    # it instead of printing a cosine above 1.
+    model = Model.open(model_copy)
+    middle = len(model) // 2
+    assert middle * model.dim * 4 > store.FINGERPRINT_WINDOW + 128
+    matrix = np.load(os.path.join(model_copy, "embeddings.npy"))
+    matrix[middle] *= 10
+    rewrite_embeddings(model_copy, matrix, record=False)
+    result = invoke("neighbors", "-m", model_copy, "lord", "-k", str(len(model)))
+    assert result.exit_code == 1
+    assert "norms.npy does not match embeddings.npy" in result.stderr
+    assert f"row {middle} ({model.words[middle]!r})" in result.stderr
+    # Without norms.npy the norms come from the edited matrix, and cosines stay in range.
+    os.remove(os.path.join(model_copy, "norms.npy"))
+    meta = json.load(open(os.path.join(model_copy, "meta.json")))
+    del meta["files"]["norms.npy"]
+    json.dump(meta, open(os.path.join(model_copy, "meta.json"), "w"))
+    answered = invoke("neighbors", "-m", model_copy, "lord", "-k", str(len(model)))
+    assert answered.exit_code == 0, answered.stderr
+    assert max(float(line.split("\t")[1]) for line in answered.stdout.splitlines()) <= 1.0

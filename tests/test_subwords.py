@@ -402,3 +402,18 @@ def test_resume_subwords_matches_uninterrupted(tmp_path, small_corpus):
         resumed = np.load(os.path.join(model_dir, name), allow_pickle=False)
         uninterrupted = np.load(os.path.join(reference, name), allow_pickle=False)
         assert np.array_equal(resumed, uninterrupted), name
+
+
+def test_buckets_beyond_hash_or_disk_rejected(small_corpus):
+    assert invoke("build-vocab", small_corpus, "--min-count", "3").exit_code == 0
+    too_many = invoke("train", "--subwords", "3-6", "--buckets", "5000000000", "--threads", "1")
+    assert too_many.exit_code == 1
+    assert "at most 4,294,967,295" in too_many.stderr
+    assert "[--buckets]" in too_many.stderr
+    # 4 billion rows of 1,000 floats (16 TB) fit on no test machine's disk.
+    no_room = invoke("train", "--subwords", "3-6", "--buckets", "4000000000", "--dim", "1000",
+                     "--threads", "1")
+    assert no_room.exit_code == 1
+    assert "saving this model needs" in no_room.stderr
+    assert "GiB free" in no_room.stderr
+    assert not os.path.exists(os.path.join("embcli-model", "embeddings.npy"))
