@@ -413,7 +413,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         name = "SIGINT" if number == signal.SIGINT else "SIGTERM"
         epochs_reached = min(gathered[::2]) + 1
         if launch.rank != 0:
-            # Only rank 0 saves the checkpoint, so only it says where and how to resume.
+            # Only rank 0 saves the checkpoint, so only it prints where it is and how to resume.
             raise TrainingInterrupted(f"rank {launch.rank} stopped by {name}", exit_code=128 + number)
         raise TrainingInterrupted(
             f"training stopped by {name} ({min(epochs_reached, config.epochs)} of {config.epochs} epochs) "
