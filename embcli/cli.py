@@ -978,8 +978,9 @@ def _parse_vector(text, dim, where):
         raise QueryError(f"{where}: {bad[:40]!r} is not a number") from None
     if len(values) != dim:
         raise QueryError(f"{where}: the vector has {len(values)} values, but the model has {dim} dimensions")
-    if not any(values):
-        raise QueryError(f"{where}: the vector is all zeros, so cosine similarity is undefined")
+    # Values up to half the smallest float32 subnormal (1.4e-45) round to 0 in float32.
+    if not any(abs(v) > 7.006492321624085e-46 for v in values):
+        raise QueryError(f"{where}: the vector is all zeros in float32, so cosine similarity is undefined")
     if not all(abs(v) < float("inf") for v in values):
         raise QueryError(f"{where}: the vector contains NaN or infinity")
     float32_max = 3.4028234663852886e38

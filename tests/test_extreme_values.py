@@ -109,3 +109,9 @@ def test_npy_value_beyond_float32(tmp_path):
                     "-m", str(tmp_path / "m"))
     assert result.exit_code == 1
     assert "row 2: 'huge' has a value outside the float32 range" in result.stderr
+
+
+def test_vector_rounding_to_zero_is_an_error(extreme_model):
+    result = invoke("neighbors", "-m", extreme_model, "--vector", "1e-46 1e-46 0")
+    assert result.exit_code == 1
+    assert "all zeros in float32" in result.stderr
