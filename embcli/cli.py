@@ -1306,7 +1306,7 @@ def export(
     opened = Model.open(model)
     if output != "-":
         _check_not_model_file(opened.path, output, format)
-    target = sys.stdout.buffer if output == "-" else output
+    target = _CheckedStdout(sys.stdout.buffer) if output == "-" else output
     written = write_vectors(target, opened.words, opened.matrix, format)
     note(f"wrote {_count(len(opened), 'word')} x {_count(opened.dim, 'dimension')} as {format}: "
          f"{', '.join(written)}")

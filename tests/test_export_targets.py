@@ -94,3 +94,15 @@ def test_export_to_closed_pipe_reports_nothing_written(trained_model):
     assert process.wait(timeout=60) == 0
     assert "wrote" not in stderr
     assert "Traceback" not in stderr
+
+
+def test_export_to_full_stdout_names_standard_output(trained_model):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([sys.executable, "-m", "embcli", "export", "-m", trained_model, "-"],
+                                stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert result.returncode == 1
+    assert b"cannot write to standard output (No space left on device)" in result.stderr
+    assert b"--model" not in result.stderr
