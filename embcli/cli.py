@@ -1286,7 +1286,9 @@ def export(
     output: str = typer.Argument(..., help="File to write, or - for stdout; for --format projector, a directory "
                                  "that receives vectors.tsv and metadata.tsv.", show_default=False),
     format: str = typer.Option("word2vec", "--format", "-f",
-                               help="word2vec (text), word2vec-binary, glove (text, no header) or projector."),
+                               help="word2vec (text), word2vec-binary, glove (text, no header), fasttext "
+                                    "(.vec, the word2vec text format), npy (a .npy matrix plus a word "
+                                    "list beside it, NAME.words.txt) or projector."),
     model: Optional[str] = ModelOption,
     quiet: bool = QuietOption,
 ):
@@ -1299,9 +1301,9 @@ def export(
         raise typer.BadParameter("the output path is empty; give a file name, or - for stdout", param_hint="OUTPUT")
     if format not in WRITE_FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(WRITE_FORMATS)}", param_hint="--format")
-    if output == "-" and format == "projector":
-        raise typer.BadParameter("the projector format writes two files into a directory, so it cannot "
-                                 "write to stdout (-); give a directory, or choose another --format",
+    if output == "-" and format in ("projector", "npy"):
+        raise typer.BadParameter(f"the {format} format writes two files, so it cannot write to stdout (-); "
+                                 "give a file or directory name, or choose another --format",
                                  param_hint="--format")
     opened = Model.open(model)
     if output != "-":
@@ -1320,8 +1322,14 @@ def _check_not_model_file(model_dir, output, format):
 
     reserved = {store.META, store.VOCAB, store.EMBEDDINGS, store.TOKENS, store.NORMS, store.JOURNAL,
                 store.LOCK, *store.CHECKPOINT_FILES, SUBWORDS, INDEX_META, *INDEX_FILES.values()}
-    targets = [os.path.join(output, "vectors.tsv"), os.path.join(output, "metadata.tsv")] \
-        if format == "projector" else [output]
+    if format == "projector":
+        targets = [os.path.join(output, "vectors.tsv"), os.path.join(output, "metadata.tsv")]
+    elif format == "npy" and output.endswith(".npy"):
+        from embcli.formats import npy_words_path
+
+        targets = [output, npy_words_path(output)]
+    else:
+        targets = [output]
     model_dir = os.path.realpath(model_dir)
     for target in targets:
         resolved = os.path.realpath(target)

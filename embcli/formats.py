@@ -45,7 +45,7 @@ import numpy as np
 from embcli.errors import VectorFileError, decode_utf8
 
 READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy")
-WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "projector")
+WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy", "projector")
 NPY_MAGIC = b"\x93NUMPY"
 UTF8_BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -849,7 +849,7 @@ def read_word_list(path):
 
 def check_words(words, format):
     """Raise VectorFileError if a word cannot be written in `format` and read back."""
-    if format == "projector":
+    if format in ("projector", "npy"):
         forbidden = ("\t", "\n", "\r")
     elif format == "word2vec-binary":
         forbidden = (" ", "\n")
@@ -868,7 +868,10 @@ def write_vectors(path, words, matrix, format, progress=None):
     """Write `words` and their (V, D) `matrix` to `path` in `format` (see WRITE_FORMATS).
 
     `path` is a file name or a binary stream such as sys.stdout.buffer. For
-    `projector`, it is a directory that receives vectors.tsv and metadata.tsv. A regular
+    `projector`, it is a directory that receives vectors.tsv and metadata.tsv. For `npy`,
+    it is a name ending in .npy: the float32 matrix goes there and the words, one per
+    line, beside it (npy_words_path). `fasttext` is fastText's .vec text format, which is
+    word2vec's text format. A regular
     file (or the target of a symbolic link) is written under a temporary name and
     renamed, so a failed export leaves no partial file. A FIFO, a device or another file
     that is not regular is written in place. Returns the list of paths written.
@@ -889,10 +892,19 @@ def write_vectors(path, words, matrix, format, progress=None):
         _write_output(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
                                       for i in range(0, len(words), 65536)))
         return [vectors_path, metadata_path]
+    if format == "npy":
+        if hasattr(path, "write"):
+            raise VectorFileError("the npy format writes two files (the matrix and its words), so it needs "
+                                  "a file name, not a stream")
+        words_path = npy_words_path(path)
+        _write_output(path, _npy_rows(matrix, progress))
+        _write_output(words_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
+                                   for i in range(0, len(words), 65536)))
+        return [path, words_path]
     header = f"{len(words)} {matrix.shape[1]}\n".encode("ascii")
     if format == "word2vec-binary":
         chunks = _binary_rows(header, words, matrix, progress)
-    elif format == "word2vec":
+    elif format in ("word2vec", "fasttext"):
         chunks = _text_rows(header, matrix, " ", progress, words)
     else:
         chunks = _text_rows(b"", matrix, " ", progress, words)
@@ -962,6 +974,27 @@ def _write_atomic(path, chunks):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def npy_words_path(path):
+    """Return the word list written beside the .npy matrix `path`: vectors.npy -> vectors.words.txt."""
+    if not str(path).endswith(".npy"):
+        raise VectorFileError(f"{path}: the npy format needs a file name ending in .npy")
+    return str(path)[: -len(".npy")] + ".words.txt"
+
+
+def _npy_rows(matrix, progress, block=65536):
+    """Yield a float32 .npy file of `matrix`: the header, then the rows block by block."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": tuple(int(n) for n in matrix.shape)})
+    yield header.getvalue()
+    for start in range(0, matrix.shape[0], block):
+        yield np.ascontiguousarray(matrix[start : start + block], dtype="<f4").tobytes()
+        if progress is not None:
+            progress(min(start + block, matrix.shape[0]))
 
 
 def _text_rows(header, matrix, separator, progress, words=None, block=4096):

@@ -28,7 +28,7 @@ def random_vectors(count=50, dim=7, seed=1):
 
 
 @pytest.mark.parametrize("format, options", [("word2vec", {}), ("word2vec-binary", {"binary": True}),
-                                             ("glove", {"no_header": True})])
+                                             ("glove", {"no_header": True}), ("fasttext", {})])
 def test_gensim_loads_our_export(tmp_path, format, options):
     words, matrix = random_vectors()
     path = tmp_path / "v"
@@ -126,3 +126,15 @@ def test_evaluation_agrees_with_gensim(tmp_path, restrict):
         assert ours_pairs["pearson"] == pytest.approx(pearson[0], abs=0.001)
         assert ours_pairs["spearman"] == pytest.approx(spearman.statistic, abs=0.001)
         assert ours_pairs["oov_share"] * 100 == pytest.approx(oov, abs=1e-9)
+
+
+def test_npy_export_matches_gensim_vectors(tmp_path):
+    # The .npy matrix and its word list hold what gensim holds in vectors and index_to_key.
+    words, matrix = random_vectors()
+    path = tmp_path / "v.npy"
+    written = write_vectors(str(path), words, matrix, "npy")
+    assert written == [str(path), str(tmp_path / "v.words.txt")]
+    keyed = KeyedVectors(matrix.shape[1])
+    keyed.add_vectors(words, matrix)
+    assert np.load(path, allow_pickle=False).tobytes() == keyed.vectors.tobytes()
+    assert (tmp_path / "v.words.txt").read_text(encoding="utf-8").splitlines() == keyed.index_to_key
