@@ -847,7 +847,7 @@ def info(
             run += f", {_count(training['workers'], 'worker')}"
         lines.append(("run", run))
     else:
-        lines.append(("training", "not trained yet"))
+        lines.append(("training", "none: imported vectors" if "imported" in meta else "not trained yet"))
     if os.path.exists(os.path.join(model_dir, store.CHECKPOINT)):
         checkpoint = os.path.join(model_dir, store.CHECKPOINT)
         lines.append(("checkpoint", f"{checkpoint} (continue with: embcli train --resume -m {model_dir})"))

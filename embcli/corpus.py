@@ -108,7 +108,8 @@ def _open_binary(path):
             raise CorpusError(f"{path}: cannot read ({error.strerror})") from None
         owned = True
     magic = handle.peek(6)[:6] if hasattr(handle, "peek") else b""
-    if magic.startswith(_GZIP_MAGIC) or (path.endswith(".gz") and path != "-"):
+    # The first bytes decide, not the name: a plain text file named .gz is read as text.
+    if magic.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=handle), handle, owned
     if magic.startswith(_BZIP2_MAGIC) and len(magic) >= 4 and magic[3:4].isdigit():
         return bz2.BZ2File(handle), handle, owned

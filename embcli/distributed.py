@@ -262,7 +262,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         raise EmbcliError(f"{model_dir}/vocab.tsv is empty; rebuild the vocabulary")
     tokens_path = os.path.join(model_dir, store.TOKENS)
     if not os.path.exists(tokens_path):
-        raise ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
+        raise ModelNotFound(train._no_token_cache_message(model_dir, meta))
     if launch.rank == 0:
         store.check_fingerprint(model_dir, meta, store.TOKENS)
     _check_same_data(meta, device)

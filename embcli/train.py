@@ -921,6 +921,14 @@ def _subword_table(words, config):
     return SubwordTable.build(words, config.min_n, config.max_n, config.buckets, config.combination)
 
 
+def _no_token_cache_message(model_dir, meta):
+    if "imported" in meta:
+        return (f"{model_dir} holds vectors imported from {meta['imported'].get('path', 'a file')}, "
+                "without a corpus to train on; to train, run 'embcli build-vocab CORPUS' with "
+                "another model directory")
+    return f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again"
+
+
 def _check_room_for_subwords(model_dir, config, vocab_size):
     """Raise EmbcliError, before training, if the disk cannot take the saved subword model.
 
@@ -956,7 +964,7 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
         if not os.path.exists(os.path.join(model_dir, store.TOKENS)):
             from embcli.errors import ModelNotFound
 
-            raise ModelNotFound(f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again")
+            raise ModelNotFound(_no_token_cache_message(model_dir, meta))
         store.check_fingerprint(model_dir, meta, store.TOKENS)
         corpus_record = meta.get("corpus", {}).get("sources", [])
     torch.manual_seed(config.seed)

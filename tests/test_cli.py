@@ -196,3 +196,15 @@ def test_build_vocab_keeps_files_of_another_program(small_corpus, tmp_path):
     replaced = invoke("build-vocab", "-m", str(folder), small_corpus, "--force")
     assert replaced.exit_code == 0, replaced.stderr
     assert json.loads((folder / "meta.json").read_text())["format_version"] == 1
+
+
+def test_imported_model_info_and_train_say_imported(tmp_path):
+    vectors = tmp_path / "v.txt"
+    vectors.write_text("3 2\nking 1 0\nqueen 0 1\nman 1 1\n", encoding="utf-8")
+    assert invoke("import", str(vectors), "-m", "imp").exit_code == 0
+    info = invoke("info", "-m", "imp")
+    assert "training\tnone: imported vectors" in info.stdout
+    train = invoke("train", "-m", "imp", "--epochs", "1")
+    assert train.exit_code != 0
+    assert f"imp holds vectors imported from {vectors}" in train.stderr
+    assert "Traceback" not in train.stderr

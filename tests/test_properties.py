@@ -212,3 +212,9 @@ def test_damaged_model_file_gives_model_error(trained_model, tmp_path_factory, n
         assert model.vector(word).shape == (model.dim,)
     except EmbcliError:
         pass
+
+
+def test_plain_text_named_gz_read_as_text(tmp_path):
+    path = tmp_path / "corpus.txt.gz"
+    path.write_bytes(b"plain text\nnot compressed\n")
+    assert read_lines(path) == ["plain text", "not compressed"]
