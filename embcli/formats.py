@@ -51,6 +51,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_WARNINGS = 20
 _HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
+# Two integers, one of them negative: a broken header, not a GloVe row of one value.
+_NEGATIVE_HEADER = re.compile(rb"^\s*(-\d+[ \t]+-?\d+|\d+[ \t]+-\d+)\s*$")
 _TEXT_BLOCK_LINES = 8192
 _BINARY_CHUNK = 16 << 20
 # Entries of a word2vec binary file parsed and copied together.
@@ -108,6 +110,9 @@ def detect_format(path):
     first, newline, rest = start.removeprefix(UTF8_BOM).partition(b"\n")
     header = _HEADER.match(first)
     if not header:
+        if _NEGATIVE_HEADER.match(first):
+            raise VectorFileError(f"{path}: line 1 is a 'count dim' header with a negative number: "
+                                  f"{first.strip().decode('ascii')!r}")
         return "glove"
     dim = int(header.group(2))
     if not newline or not rest:
@@ -627,7 +632,7 @@ def _check_binary_end(binary, position, entries, report):
             f"{_MAX_WORD_BYTES:,} bytes; the file is not word2vec binary or is damaged"
         )
         return
-    tail = data[position : position + 60].split(b" ")[0]
+    tail = data[position : position + 60].split(b" ")[0].lstrip(b"\n")
     if entries >= declared:
         report.problem(
             f"the header declares {_plural(declared, 'vector')} but {size - position:,} "

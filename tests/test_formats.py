@@ -328,3 +328,10 @@ def test_damaged_files_raise_only_embcli_errors(tmp_path, data, format, cut, pos
             continue
         assert len(vectors.words) == vectors.matrix.shape[0]
         assert np.isfinite(vectors.matrix).all()
+
+
+def test_negative_header_rejected(tmp_path):
+    path = tmp_path / "negative.txt"
+    path.write_text("2 -3\na 1 2 3\nb 1 2 3\n", encoding="utf-8")
+    with pytest.raises(VectorFileError, match="line 1 is a 'count dim' header with a negative number"):
+        read_vectors(str(path))
