@@ -890,12 +890,18 @@ def write_vectors(path, words, matrix, format, progress=None):
     if format == "projector":
         if hasattr(path, "write"):
             raise VectorFileError("the projector format writes two files, so it needs a directory, not a stream")
+        created = not os.path.isdir(path)
         os.makedirs(path, exist_ok=True)
         vectors_path = os.path.join(path, "vectors.tsv")
         metadata_path = os.path.join(path, "metadata.tsv")
-        _write_output(vectors_path, _text_rows(None, matrix, "\t", progress))
-        _write_output(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
-                                      for i in range(0, len(words), 65536)))
+        try:
+            _write_output(vectors_path, _text_rows(None, matrix, "\t", progress))
+            _write_output(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
+                                          for i in range(0, len(words), 65536)))
+        except BaseException:
+            if created and not os.listdir(path):
+                os.rmdir(path)  # leave no empty directory behind a failed export
+            raise
         return [vectors_path, metadata_path]
     if format == "npy":
         if hasattr(path, "write"):
