@@ -932,8 +932,8 @@ def _write_whole(stream, data):
     """Write all of `data` to the binary `stream`.
 
     A buffered stream's write() may return a short count when a large write to a pipe
-    is cut short, for example when the reader exits; writing the rest then raises
-    BrokenPipeError instead of losing it without a word.
+    is cut short, for example when the reader exits. Writing the rest then raises
+    BrokenPipeError, so no part of the data is dropped silently.
     """
     view = memoryview(data)
     while len(view):

@@ -932,7 +932,7 @@ def _no_token_cache_message(model_dir, meta):
 def _check_room_for_subwords(model_dir, config, vocab_size):
     """Raise EmbcliError, before training, if the disk cannot take the saved subword model.
 
-    subwords.npy holds every bucket's row, used or not, so a large --buckets can need
+    subwords.npy contains every bucket's row, used or not, so a large --buckets can need
     far more disk than training needs memory.
     """
     import shutil
