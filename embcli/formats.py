@@ -250,14 +250,14 @@ def _text_lines(path, report, progress):
             except UnicodeDecodeError:
                 decoded = None
             raw_lines = block.split(b"\n")[:-1]
-            for index, raw in enumerate(raw_lines):
+            for index, line_bytes in enumerate(raw_lines):
                 number += 1
                 if decoded is not None:
                     line = decoded[index]
                 else:
-                    line = _decode_line(raw, number, offset, report)
+                    line = _decode_line(line_bytes, number, offset, report)
                 yield number, offset, line
-                offset += len(raw) + 1
+                offset += len(line_bytes) + 1
             if progress is not None:
                 progress(min(raw.tell(), size))
 

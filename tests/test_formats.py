@@ -335,3 +335,17 @@ def test_negative_header_rejected(tmp_path):
     path.write_text("2 -3\na 1 2 3\nb 1 2 3\n", encoding="utf-8")
     with pytest.raises(VectorFileError, match="line 1 is a 'count dim' header with a negative number"):
         read_vectors(str(path))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_text_import_reports_progress(tmp_path, compress):
+    # The CLI passes a progress callback for files of 32 MiB or more.
+    import gzip
+
+    text = "3 2\nking 1 0\nqueen 0 1\nman 1 1\n".encode()
+    path = tmp_path / ("v.vec.gz" if compress else "v.vec")
+    path.write_bytes(gzip.compress(text) if compress else text)
+    seen = []
+    vectors = read_vectors(str(path), progress=seen.append)
+    assert vectors.words == ["king", "queen", "man"]
+    assert seen and seen[-1] == os.path.getsize(path)
