@@ -13,11 +13,11 @@ QUERY_BLOCK = 512
 _NEVER = np.float32(-np.inf)
 
 
-# Rows whose norm lies outside [_SMALL_NORM, _LARGE_NORM] are scaled to unit length in
+# Rows whose norm lies outside [SMALL_NORM, LARGE_NORM] are scaled to unit length in
 # float64 before their products, because a float32 product of such a row could
 # underflow to a subnormal or overflow, and 1/norm itself may not fit in float32.
-_SMALL_NORM = 1e-30
-_LARGE_NORM = 1e30
+SMALL_NORM = 1e-30
+LARGE_NORM = 1e30
 
 
 def row_norms(matrix, block=ROW_BLOCK):
@@ -72,8 +72,8 @@ def unit_rows(vectors):
 
 
 def has_extreme_norms(inverse):
-    """Return True if some row's 1/norm marks a norm outside [_SMALL_NORM, _LARGE_NORM]."""
-    return bool(np.any(inverse > 1 / _SMALL_NORM) or np.any((inverse > 0) & (inverse < 1 / _LARGE_NORM)))
+    """Return True if some row's 1/norm marks a norm outside [SMALL_NORM, LARGE_NORM]."""
+    return bool(np.any(inverse > 1 / SMALL_NORM) or np.any((inverse > 0) & (inverse < 1 / LARGE_NORM)))
 
 
 def cosine(a, b):
@@ -156,7 +156,7 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
         extreme = has_extreme_norms(inverse)
         if n_queries >= part.shape[1] or extreme:
             # Many queries: scale the (B, D) block once rather than each (Qb, B) product.
-            # Rows with extreme norms are scaled in float64 (see _SMALL_NORM).
+            # Rows with extreme norms are scaled in float64 (see SMALL_NORM).
             part_units = unit_rows(part) if extreme else part * inverse[:, None]
 
             def cosines(queries, part_units=part_units):

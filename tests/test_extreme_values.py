@@ -115,3 +115,15 @@ def test_vector_rounding_to_zero_is_an_error(extreme_model):
     result = invoke("neighbors", "-m", extreme_model, "--vector", "1e-46 1e-46 0")
     assert result.exit_code == 1
     assert "all zeros in float32" in result.stderr
+
+
+def test_subnormal_and_huge_rows_pass_the_stored_norm_check(tmp_path):
+    # 1/norm of these rows does not fit float32; the check of stored norms must skip them.
+    source = tmp_path / "ext.glove"
+    source.write_text("a 3e38 3e38 0\nb 1 1 0\nc 1 0 0\nd 1e-40 2e-40 0\ne 0 1 0\n")
+    model = str(tmp_path / "ext")
+    assert invoke("import", str(source), "-m", model, "-q").exit_code == 0
+    for word, best, score in (("a", "b", 1.0), ("d", "a", 0.9487)):
+        result = invoke("neighbors", "-m", model, word, "-k", "1")
+        assert result.exit_code == 0, result.stderr
+        assert scores(result.stdout) == {best: pytest.approx(score, abs=1e-4)}
