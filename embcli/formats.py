@@ -743,6 +743,10 @@ def _binary_words(raw, ends, first_entry, declared, seen, report):
             report.problem(f"entry {entry}, byte offset {offset}: empty word")
             result.append(None)
             continue
+        if "\n" in word or "\r" in word:
+            report.problem(f"entry {entry}, byte offset {offset}: the word {word[:60]!r} contains a line break")
+            result.append(None)
+            continue
         if word in seen:
             report.problem(
                 f"entry {entry}, byte offset {offset}: duplicate word {word!r} (first seen in entry {seen[word]})"

@@ -437,6 +437,11 @@ def save_vocab_temp(directory, words, counts):
         lines = "\t0\n".join(words) + "\t0\n"  # imported vectors without counts: the fast common case
     else:
         lines = "".join(map("{}\t{}\n".format, words, counts.tolist()))
+    if lines.count("\n") != len(words) or "\r" in lines:
+        # One word per line is the file's format: a line break in a word would misalign
+        # every later word with its row, so no such vocabulary is ever saved.
+        bad = next(word for word in words if "\n" in word or "\r" in word)
+        raise EmbcliError(f"the word {bad[:60]!r} contains a line break, which {VOCAB} cannot hold")
     write_bytes_synced(path, lines.encode("utf-8"))
     return path
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embcli import store
-from embcli.errors import VectorFileError
+from embcli.errors import EmbcliError, VectorFileError
 from embcli.formats import import_file, read_vectors, write_vectors
 from embcli.search import row_norms
 
@@ -248,3 +248,24 @@ def test_npy_row_writer_falls_back_when_direct_writes_fail(tmp_path, monkeypatch
             writer.append(matrix[start : start + 100])
         path = writer.finish()
     np.testing.assert_array_equal(np.load(path), matrix)
+
+
+def test_word_with_line_break_rejected(tmp_path):
+    # vocab.tsv holds one word per line, so such a word would misalign every later row.
+    words, matrix = sample(10)
+    words[5000] = "ze\nro"
+    path = write_binary(tmp_path / "v.bin", words, matrix)
+    with pytest.raises(VectorFileError, match="entry 5001, byte offset .*contains a line break"):
+        import_file(str(tmp_path / "strict"), path)
+    model = str(tmp_path / "model")
+    vectors = import_file(model, path, lenient=True)
+    assert vectors.warning_count == 1
+    _, saved_words, saved_matrix, _ = saved(model)
+    assert saved_words == words[:5000] + words[5001:]
+    np.testing.assert_array_equal(saved_matrix, np.delete(matrix, 5000, axis=0))
+
+
+def test_vocabulary_with_line_break_never_saved(tmp_path):
+    with pytest.raises(EmbcliError, match="contains a line break"):
+        store.save_vocab_temp(str(tmp_path), ["a", "b\nc"], [0, 0])
+    assert os.listdir(tmp_path) == []
