@@ -1386,7 +1386,7 @@ def import_vectors(
         note(f"warning: {vectors.warning_count - len(vectors.warnings):,} more problems were skipped")
     note(f"imported {_count(len(vectors.words), 'word')} x {_count(vectors.matrix.shape[1], 'dimension')} "
          f"({vectors.format}) "
-         f"from {path} into {model_dir} in {time.perf_counter() - started:.1f} s")
+         f"from {'<stdin>' if path == '-' else path} into {model_dir} in {time.perf_counter() - started:.1f} s")
 
 
 def _fast_neighbors_arguments(argv):

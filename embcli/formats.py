@@ -28,13 +28,16 @@ binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector'
 enough for every float32 to read back bit for bit.
 """
 
+import contextlib
 import functools
 import gzip
 import math
 import mmap
 import os
 import re
+import shutil
 import stat
+import sys
 import uuid
 import warnings
 import zlib
@@ -1051,14 +1054,55 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
     copied block by block into the model's embeddings.npy, so its matrix is never held
     in memory whole: the returned Vectors' matrix is the saved embeddings.npy,
     memory-mapped read-only. Other formats are read whole with read_vectors first.
+    `path` may be - (standard input), a pipe or a FIFO: detecting the format and reading
+    need the file twice, so such a stream is first copied to a temporary file in
+    `model_dir`, and messages still name `path`.
     """
+    path = str(path)
+    if not _is_stream(path):
+        return _import_file(model_dir, path, format, lenient, words_path, progress, replace, path)
     from embcli import store
 
-    path = str(path)
+    store.ensure_directory(model_dir)
+    # Not a store temporary name: the import's own write removes those when it starts.
+    # NOTE: a process killed during the import leaves this copy behind.
+    copy = os.path.join(model_dir, f".import-input-{uuid.uuid4().hex[:8]}")
+    try:
+        source = sys.stdin.buffer if path == "-" else open(path, "rb")
+        try:
+            with open(copy, "wb") as handle:
+                shutil.copyfileobj(source, handle, 1 << 20)
+        finally:
+            if source is not sys.stdin.buffer:
+                source.close()
+        try:
+            vectors = _import_file(model_dir, copy, format, lenient, words_path, progress, replace, path)
+        except VectorFileError as error:
+            raise VectorFileError(str(error).replace(copy, path)) from None
+        vectors.warnings = [message.replace(copy, path) for message in vectors.warnings]
+        return vectors
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(copy)
+
+
+def _is_stream(path):
+    """True for - (standard input) and for a path that is not a regular file (a pipe or FIFO)."""
+    if path == "-":
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False  # reported as not found by the reader
+
+
+def _import_file(model_dir, path, format, lenient, words_path, progress, replace, source_name):
+    from embcli import store
+
     format, _ = _resolve_format(path, format)
     if format != "word2vec-binary":
         vectors = read_vectors(path, format, lenient, words_path, progress)
-        import_model(model_dir, vectors, path, lenient, replace)
+        import_model(model_dir, vectors, path, lenient, replace, source_name)
         return vectors
     report = _Warnings(lenient, path)
     with store.writer_lock(model_dir):
@@ -1076,12 +1120,13 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
                 raise VectorFileError(f"{path}: contains no vectors")
             embeddings_tmp = writer.finish()
             vectors = Vectors(words, None, "word2vec-binary", warnings=report.messages, warning_count=report.count)
-            _commit_import(model_dir, vectors, binary.dim, embeddings_tmp, np.concatenate(norms), path, lenient)
+            _commit_import(model_dir, vectors, binary.dim, embeddings_tmp, np.concatenate(norms), path, lenient,
+                           source_name)
     vectors.matrix = store.load_matrix(os.path.join(model_dir, store.EMBEDDINGS), len(words))
     return vectors
 
 
-def import_model(model_dir, vectors, source_path, lenient=False, replace=False):
+def import_model(model_dir, vectors, source_path, lenient=False, replace=False, source_name=None):
     """Write `vectors` as the model directory `model_dir` (vocab.tsv, embeddings.npy, meta.json).
 
     Imported models are queried with the whitespace tokenizer and case kept, so a query
@@ -1094,7 +1139,8 @@ def import_model(model_dir, vectors, source_path, lenient=False, replace=False):
     with store.writer_lock(model_dir):
         _check_no_model(model_dir, replace)
         embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.matrix.astype(np.float32, copy=False))
-        return _commit_import(model_dir, vectors, vectors.matrix.shape[1], embeddings_tmp, None, source_path, lenient)
+        return _commit_import(model_dir, vectors, vectors.matrix.shape[1], embeddings_tmp, None, source_path, lenient,
+                              source_name)
 
 
 def _check_no_model(model_dir, replace):
@@ -1106,7 +1152,7 @@ def _check_no_model(model_dir, replace):
         )
 
 
-def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, lenient):
+def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, lenient, source_name=None):
     """Write vocab.tsv, norms.npy and meta.json beside `embeddings_tmp` and commit them; return meta.
 
     `norms` are the row norms of the matrix, or None to compute them from vectors.matrix.
@@ -1124,7 +1170,7 @@ def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, 
     }
     meta["dim"] = int(dim)
     meta["imported"] = {
-        "path": os.path.abspath(source_path),
+        "path": "<stdin>" if source_name == "-" else os.path.abspath(source_name or source_path),
         "format": vectors.format,
         "bytes": os.path.getsize(source_path),
         "lenient": lenient,

@@ -94,3 +94,34 @@ def test_npy_without_words_names_flag(tmp_path):
     result = invoke("import", str(path), "-m", "model")
     assert result.exit_code == 1
     assert "--words" in result.stderr
+
+
+def test_import_from_stdin_and_fifo(tmp_path):
+    # Format detection and reading each need the file, so a stream is copied once first.
+    import json
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    text = "3 2\nking 1 0\nqueen 0 1\nman 1 1\n"
+    result = runner.invoke(app, ["import", "-", "-m", str(tmp_path / "from-stdin")], input=text)
+    assert result.exit_code == 0, result.stderr
+    assert "from <stdin>" in result.stderr
+    meta = json.loads((tmp_path / "from-stdin" / "meta.json").read_text())
+    assert meta["imported"]["path"] == "<stdin>"
+    assert meta["vocab"]["size"] == 3
+    fifo = tmp_path / "vectors.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(text))
+    writer.start()
+    done = subprocess.run([sys.executable, "-m", "embcli", "import", str(fifo), "-m", str(tmp_path / "from-fifo")],
+                          capture_output=True, timeout=60)
+    writer.join()
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path / "from-fifo")) == [".lock", "embeddings.npy", "meta.json", "norms.npy",
+                                                          "vocab.tsv"]
+    bad = runner.invoke(app, ["import", "-", "-m", str(tmp_path / "bad")], input="2 3\na 1 2\n")
+    assert bad.exit_code == 1
+    assert "-: line 2: 'a' has 2 values, expected 3" in bad.stderr
+    assert "import-input" not in bad.stderr
