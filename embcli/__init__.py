@@ -81,8 +81,11 @@ def import_vectors(path, model=None, format=None, words=None, lenient=False, for
 def export_vectors(path, model=None, format="word2vec"):
     """Write the model's vectors to `path` in `format`; return the paths written."""
     from embcli.formats import write_vectors
+    from embcli.model import check_export_target
 
     opened = load(model)
+    if not hasattr(path, "write"):
+        check_export_target(opened.path, str(path), format)
     return write_vectors(path, opened.words, opened.matrix, format)
 
 

@@ -1294,7 +1294,7 @@ def export(
 ):
     """Write the model's vectors in another tool's file format."""
     from embcli.formats import WRITE_FORMATS, write_vectors
-    from embcli.model import Model
+    from embcli.model import Model, check_export_target
 
     STATE["quiet"] = STATE["quiet"] or quiet
     if not output:
@@ -1307,35 +1307,11 @@ def export(
                                  param_hint="--format")
     opened = Model.open(model)
     if output != "-":
-        _check_not_model_file(opened.path, output, format)
+        check_export_target(opened.path, output, format)
     target = _CheckedStdout(sys.stdout.buffer) if output == "-" else output
     written = write_vectors(target, opened.words, opened.matrix, format)
     note(f"wrote {_count(len(opened), 'word')} x {_count(opened.dim, 'dimension')} as {format}: "
          f"{', '.join(written)}")
-
-
-def _check_not_model_file(model_dir, output, format):
-    """Raise EmbcliError if exporting to `output` would replace a file of the model directory."""
-    from embcli import store
-    from embcli.ann import INDEX_FILES, INDEX_META
-    from embcli.subwords import SUBWORDS
-
-    reserved = {store.META, store.VOCAB, store.EMBEDDINGS, store.TOKENS, store.NORMS, store.JOURNAL,
-                store.LOCK, *store.CHECKPOINT_FILES, SUBWORDS, INDEX_META, *INDEX_FILES.values()}
-    if format == "projector":
-        targets = [os.path.join(output, "vectors.tsv"), os.path.join(output, "metadata.tsv")]
-    elif format == "npy" and output.endswith(".npy"):
-        from embcli.formats import npy_words_path
-
-        targets = [output, npy_words_path(output)]
-    else:
-        targets = [output]
-    model_dir = os.path.realpath(model_dir)
-    for target in targets:
-        resolved = os.path.realpath(target)
-        if os.path.dirname(resolved) == model_dir and os.path.basename(resolved) in reserved:
-            raise EmbcliError(f"{target} is the model's own {os.path.basename(resolved)}, which the export "
-                              "would replace; write the export outside the model directory or under another name")
 
 
 @app.command("import")

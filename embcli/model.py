@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from embcli import search, store
-from embcli.errors import ModelCorrupt, ModelNotFound, QueryError, UnknownWord
+from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, QueryError, UnknownWord
 
 ANALOGY_METHODS = ("3cosadd", "3cosmul")
 # Above this many lookups in one call, building the word -> row dict beats byte searches.
@@ -519,3 +519,26 @@ def _check_counts(k, restrict):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             kind = "a positive whole number" if least else "a whole number, 0 or more"
             raise QueryError(f"{name} must be {kind}, not {value!r}")
+
+
+def check_export_target(model_dir, output, format):
+    """Raise EmbcliError if exporting to `output` would replace a file of the model directory."""
+    from embcli.ann import INDEX_FILES, INDEX_META
+    from embcli.subwords import SUBWORDS
+
+    reserved = {store.META, store.VOCAB, store.EMBEDDINGS, store.TOKENS, store.NORMS, store.JOURNAL,
+                store.LOCK, *store.CHECKPOINT_FILES, SUBWORDS, INDEX_META, *INDEX_FILES.values()}
+    if format == "projector":
+        targets = [os.path.join(output, "vectors.tsv"), os.path.join(output, "metadata.tsv")]
+    elif format == "npy" and output.endswith(".npy"):
+        from embcli.formats import npy_words_path
+
+        targets = [output, npy_words_path(output)]
+    else:
+        targets = [output]
+    model_dir = os.path.realpath(model_dir)
+    for target in targets:
+        resolved = os.path.realpath(target)
+        if os.path.dirname(resolved) == model_dir and os.path.basename(resolved) in reserved:
+            raise EmbcliError(f"{target} is the model's own {os.path.basename(resolved)}, which the export "
+                              "would replace; write the export outside the model directory or under another name")

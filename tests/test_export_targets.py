@@ -4,6 +4,8 @@ import os
 import shutil
 import threading
 
+import pytest
+
 from typer.testing import CliRunner
 
 from embcli.cli import app
@@ -106,3 +108,15 @@ def test_export_to_full_stdout_names_standard_output(trained_model):
     assert result.returncode == 1
     assert b"cannot write to standard output (No space left on device)" in result.stderr
     assert b"--model" not in result.stderr
+
+
+def test_python_export_to_model_file_rejected(trained_model, tmp_path):
+    import embcli
+    from embcli.errors import EmbcliError
+
+    model = tmp_path / "copy"
+    shutil.copytree(trained_model, model)
+    before = (model / "vocab.tsv").read_bytes()
+    with pytest.raises(EmbcliError, match="the model's own vocab.tsv"):
+        embcli.export_vectors(str(model / "vocab.tsv"), model=str(model), format="glove")
+    assert (model / "vocab.tsv").read_bytes() == before
