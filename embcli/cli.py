@@ -1285,8 +1285,10 @@ def _table(header, rows):
 def export(
     output: str = typer.Argument(..., help="File to write, or - for stdout; for --format projector, a directory "
                                  "that receives vectors.tsv and metadata.tsv.", show_default=False),
-    format: str = typer.Option("word2vec", "--format", "-f",
-                               help="word2vec (text), word2vec-binary, glove (text, no header), fasttext "
+    format: str = typer.Option("auto", "--format", "-f",
+                               help="auto (from the name: .bin word2vec-binary, .npy npy, .vec fasttext, "
+                                    "otherwise word2vec), word2vec (text), word2vec-binary, glove (text, no "
+                                    "header), fasttext "
                                     "(.vec, the word2vec text format), npy (a .npy matrix plus a word "
                                     "list beside it, NAME.words.txt) or projector."),
     model: Optional[str] = ModelOption,
@@ -1299,8 +1301,11 @@ def export(
     STATE["quiet"] = STATE["quiet"] or quiet
     if not output:
         raise typer.BadParameter("the output path is empty; give a file name, or - for stdout", param_hint="OUTPUT")
+    if format == "auto":
+        format = {".bin": "word2vec-binary", ".npy": "npy", ".vec": "fasttext"}.get(
+            os.path.splitext(output)[1].lower(), "word2vec")
     if format not in WRITE_FORMATS:
-        raise typer.BadParameter(f"use one of {', '.join(WRITE_FORMATS)}", param_hint="--format")
+        raise typer.BadParameter(f"use auto or one of {', '.join(WRITE_FORMATS)}", param_hint="--format")
     if output == "-" and format in ("projector", "npy"):
         raise typer.BadParameter(f"the {format} format writes two files, so it cannot write to stdout (-); "
                                  "give a file or directory name, or choose another --format",

@@ -915,6 +915,9 @@ def write_vectors(path, words, matrix, format, progress=None):
             raise VectorFileError("the npy format writes two files (the matrix and its words), so it needs "
                                   "a file name, not a stream")
         words_path = npy_words_path(path)
+        for target in (path, words_path):
+            if os.path.isdir(target):  # checked first, so a failure replaces neither file
+                raise VectorFileError(f"{target}: is a directory; give a file name")
         _write_output(path, _npy_rows(matrix, progress))
         _write_output(words_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
                                    for i in range(0, len(words), 65536)))

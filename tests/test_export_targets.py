@@ -5,7 +5,6 @@ import shutil
 import threading
 
 import pytest
-
 from typer.testing import CliRunner
 
 from embcli.cli import app
@@ -120,3 +119,22 @@ def test_python_export_to_model_file_rejected(trained_model, tmp_path):
     with pytest.raises(EmbcliError, match="the model's own vocab.tsv"):
         embcli.export_vectors(str(model / "vocab.tsv"), model=str(model), format="glove")
     assert (model / "vocab.tsv").read_bytes() == before
+
+
+def test_export_format_from_file_name(trained_model, tmp_path):
+    from embcli.formats import read_vectors
+
+    for name, expected in (("v.bin", "word2vec-binary"), ("v.vec", "word2vec"), ("v.txt", "word2vec")):
+        assert export(trained_model, str(tmp_path / name)).exit_code == 0
+        assert read_vectors(str(tmp_path / name)).format == expected
+    assert export(trained_model, str(tmp_path / "v.npy")).exit_code == 0
+    assert (tmp_path / "v.words.txt").exists()
+
+
+def test_failed_npy_export_replaces_nothing(trained_model, tmp_path):
+    (tmp_path / "keep.npy").write_text("old\n")
+    (tmp_path / "keep.words.txt").mkdir()
+    result = export(trained_model, str(tmp_path / "keep.npy"))
+    assert result.exit_code == 1
+    assert "keep.words.txt: is a directory" in result.stderr
+    assert (tmp_path / "keep.npy").read_text() == "old\n"
