@@ -629,12 +629,13 @@ def _check_binary_end(binary, position, entries, report):
         return
     end = data.find(b" ", position)
     if end >= 0 and end + 1 + width <= size:
-        # A complete entry follows, so its word must be too long.
-        report.problem(
-            f"entry {entries + 1}, byte offset {position}: no space after the word within "
-            f"{_MAX_WORD_BYTES:,} bytes; the file is not word2vec binary or is damaged"
+        # A complete entry follows, so its word must be too long. The entries after it
+        # cannot be found, so this stops even a lenient import instead of dropping them.
+        raise VectorFileError(
+            f"{binary.path}: entry {entries + 1}, byte offset {position}: no space after the word within "
+            f"{_MAX_WORD_BYTES:,} bytes, so the entries after it cannot be found ({entries:,} of "
+            f"{declared:,} read); the file is not word2vec binary or is damaged"
         )
-        return
     tail = data[position : position + 60].split(b" ")[0].lstrip(b"\n")
     if entries >= declared:
         report.problem(

@@ -269,3 +269,14 @@ def test_vocabulary_with_line_break_never_saved(tmp_path):
     with pytest.raises(EmbcliError, match="contains a line break"):
         store.save_vocab_temp(str(tmp_path), ["a", "b\nc"], [0, 0])
     assert os.listdir(tmp_path) == []
+
+
+def test_overlong_word_stops_even_lenient_import(tmp_path):
+    # After a word longer than the limit no later entry can be found: an error, not a short model.
+    words, matrix = sample(11)
+    words[7] = "x" * 5000
+    path = write_binary(tmp_path / "v.bin", words, matrix)
+    for lenient in (False, True):
+        with pytest.raises(VectorFileError, match=r"entry 8, .*cannot be found \(7 of 10,000 read\)"):
+            import_file(str(tmp_path / f"model-{lenient}"), path, lenient=lenient)
+        assert not os.path.exists(os.path.join(tmp_path, f"model-{lenient}", "meta.json"))
