@@ -109,6 +109,7 @@ def detect_format(path):
         return "npy"
     if not start.strip():
         raise VectorFileError(f"{path}: the file is empty")
+    _reject_other_kinds(path, start)
     # Text editors on Windows often begin a UTF-8 file with a byte-order mark.
     first, newline, rest = start.removeprefix(UTF8_BOM).partition(b"\n")
     header = _HEADER.match(first)
@@ -135,6 +136,26 @@ def detect_format(path):
     if text is not None and not any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text):
         return "word2vec"
     return "word2vec-binary"
+
+
+# A pickle starts with the PROTO opcode and its version; fastText's .bin with its magic number.
+_PICKLE_START = re.compile(rb"\A\x80[\x02-\x05]")
+_FASTTEXT_BIN_MAGIC = (793712314).to_bytes(4, "little")
+
+
+def _reject_other_kinds(path, start):
+    """Raise VectorFileError for model files of other tools that hold vectors, with how to convert them."""
+    if _PICKLE_START.match(start):
+        raise VectorFileError(
+            f"{path}: is a Python pickle (a gensim .model or .kv file, for example), which embcli never "
+            "loads because unpickling can run code; save the vectors from gensim with "
+            "model.wv.save_word2vec_format(PATH, binary=True) and import that file"
+        )
+    if start.startswith(_FASTTEXT_BIN_MAGIC):
+        raise VectorFileError(
+            f"{path}: is a fastText .bin model; import the .vec file that fastText writes beside it, or "
+            "write one with fastText's print-word-vectors or gensim's load_facebook_model"
+        )
 
 
 def is_gzip(path):

@@ -138,3 +138,19 @@ def test_npy_export_matches_gensim_vectors(tmp_path):
     keyed.add_vectors(words, matrix)
     assert np.load(path, allow_pickle=False).tobytes() == keyed.vectors.tobytes()
     assert (tmp_path / "v.words.txt").read_text(encoding="utf-8").splitlines() == keyed.index_to_key
+
+
+def test_gensim_and_fasttext_model_files_get_conversion_advice(tmp_path):
+    # A gensim .kv file is a pickle, which embcli never loads; a fastText .bin starts with its magic.
+    words, matrix = random_vectors()
+    keyed = KeyedVectors(matrix.shape[1])
+    keyed.add_vectors(words, matrix)
+    keyed.save(str(tmp_path / "vectors.kv"))
+    result = invoke("import", str(tmp_path / "vectors.kv"), "-m", str(tmp_path / "a"))
+    assert result.exit_code == 1
+    assert "is a Python pickle" in result.stderr
+    assert "save_word2vec_format" in result.stderr
+    (tmp_path / "model.bin").write_bytes((793712314).to_bytes(4, "little") + (12).to_bytes(4, "little") + bytes(64))
+    result = invoke("import", str(tmp_path / "model.bin"), "-m", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "is a fastText .bin model" in result.stderr
