@@ -891,11 +891,13 @@ def check_words(words, format):
         forbidden = (" ", "\n", "\r")
     for number, word in enumerate(words, 1):
         if not word or any(ch in word for ch in forbidden):
-            raise VectorFileError(
-                f"word {number} {word!r} is empty or contains "
-                f"{' or '.join(repr(ch) for ch in forbidden)}, which the {format} format "
-                "cannot hold"
-            )
+            found = [ch for ch in forbidden if ch in word]
+            what = f"contains {' and '.join(map(repr, found))}" if found else "is empty"
+            # Spaces fit the npy and projector formats, tabs the word2vec ones.
+            other = ("npy or projector" if found and set(found) <= {" "} else
+                     "word2vec, word2vec-binary or glove" if found and set(found) <= {"	"} else None)
+            advice = f"; export with --format {other}, which can hold it" if other else ""
+            raise VectorFileError(f"word {number} {word!r} {what}, which the {format} format cannot hold{advice}")
 
 
 def write_vectors(path, words, matrix, format, progress=None):

@@ -261,8 +261,12 @@ def test_export_rejects_word_with_space(tmp_path):
     words = ["ok", "two words"]
     with pytest.raises(VectorFileError) as error:
         write_vectors(str(tmp_path / "x.txt"), words, np.ones((2, 2), np.float32), "word2vec")
-    assert "'two words'" in str(error.value)
+    assert "'two words' contains ' '" in str(error.value)
+    assert "export with --format npy or projector" in str(error.value)
     assert not (tmp_path / "x.txt").exists()
+    written = write_vectors(str(tmp_path / "x.npy"), words, np.ones((2, 2), np.float32), "npy")
+    assert (tmp_path / "x.words.txt").read_text(encoding="utf-8").splitlines() == words
+    assert written == [str(tmp_path / "x.npy"), str(tmp_path / "x.words.txt")]
 
 
 # Property tests.
