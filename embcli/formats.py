@@ -190,6 +190,13 @@ def _all_numbers(fields):
 
 
 def _is_number(text):
+    """True for a decimal number as C and numpy read it: ASCII, no digit separators.
+
+    Python's float() also takes "1_0" and digits of other scripts, which no vector file
+    means as numbers.
+    """
+    if not text.isascii() or "_" in text:
+        return False
     try:
         float(text)
     except ValueError:
@@ -350,10 +357,10 @@ def _read_text(path, format, report, progress):
     def flush():
         if not pending_words:
             return
-        matrix = _parse_values(pending_values, pending_words, pending_lines, dim, report)
-        keep = np.ones(len(pending_words), dtype=bool)
+        matrix, invalid = _parse_values(pending_values, pending_words, pending_lines, dim, report)
+        keep = ~invalid
         finite = np.isfinite(matrix).all(axis=1)
-        for i in np.flatnonzero(~finite):
+        for i in np.flatnonzero(~finite & ~invalid):
             report.problem(f"line {pending_lines[i]}: {pending_words[i]!r} {_not_finite_reason(pending_values[i])}")
             keep[i] = False
         for i, word in enumerate(pending_words):
@@ -442,29 +449,33 @@ def _not_finite_reason(text):
 
 
 def _parse_values(values, words, lines, dim, report):
-    """Return the (n, dim) float32 matrix of the value texts of n rows."""
+    """Return the (n, dim) float32 matrix of the value texts of n rows, and the rows reported invalid.
+
+    An invalid row is NaN in the matrix, so it is dropped with the non-finite ones, and
+    the mask keeps it from being reported a second time.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # older numpy warns instead of raising
             flat = np.fromstring(" ".join(values), dtype=np.float32, sep=" ")
     except ValueError:
         flat = np.zeros(0, dtype=np.float32)
+    invalid = np.zeros(len(values), dtype=bool)
     if flat.size == len(values) * dim:
-        return flat.reshape(len(values), dim)
+        return flat.reshape(len(values), dim), invalid
     # Some value is not a number: parse row by row to name it.
     matrix = np.zeros((len(values), dim), dtype=np.float32)
     for i, text in enumerate(values):
         fields = text.split(" ")
-        try:
+        bad = next((value for value in fields if not _is_number(value)), None)
+        if bad is None:
             with np.errstate(over="ignore"):  # out-of-range values become infinity, reported later
                 matrix[i] = [float(value) for value in fields]
-        except ValueError:
-            bad = next(value for value in fields if not _is_number(value))
-            report.problem(f"line {lines[i]}: {words[i]!r} has an invalid value {bad[:40]!r}")
-            matrix[i] = np.nan  # dropped as non-finite, without a second message
-            if report.lenient:
-                report.count -= 1
-    return matrix
+            continue
+        report.problem(f"line {lines[i]}: {words[i]!r} has an invalid value {bad[:40]!r}")
+        matrix[i] = np.nan
+        invalid[i] = True
+    return matrix, invalid
 
 
 # word2vec binary.

@@ -353,3 +353,16 @@ def test_text_import_reports_progress(tmp_path, compress):
     vectors = read_vectors(str(path), progress=seen.append)
     assert vectors.words == ["king", "queen", "man"]
     assert seen and seen[-1] == os.path.getsize(path)
+
+
+def test_only_ascii_decimal_values_are_numbers(tmp_path):
+    # Python's float() reads "1_0" and Arabic-Indic digits; a vector file never means them.
+    path = tmp_path / "odd.vec"
+    path.write_text("4 2\na 1_0 2\nb 1 2\nc 1,5 2\nd \u0661 2\n", encoding="utf-8")
+    with pytest.raises(VectorFileError, match="line 2: 'a' has an invalid value '1_0'"):
+        read_vectors(str(path))
+    vectors = read_vectors(str(path), lenient=True)
+    assert vectors.words == ["b"]
+    # One warning per bad line: an invalid value is not reported again as NaN.
+    assert vectors.warning_count == 3
+    assert len(vectors.warnings) == 3
