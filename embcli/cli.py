@@ -971,18 +971,17 @@ def _parse_vector(text, dim, where):
     from embcli.errors import QueryError
 
     fields = text.replace("\t", " ").split()
-    try:
-        values = [float(field) for field in fields]
-    except ValueError:
-        bad = next(f for f in fields if not _is_float(f))
-        raise QueryError(f"{where}: {bad[:40]!r} is not a number") from None
+    bad = next((f for f in fields if not _is_float(f)), None)
+    if bad is not None:
+        raise QueryError(f"{where}: {bad[:40]!r} is not a number")
+    values = [float(field) for field in fields]
     if len(values) != dim:
         raise QueryError(f"{where}: the vector has {len(values)} values, but the model has {dim} dimensions")
+    if not all(abs(v) < float("inf") for v in values):
+        raise QueryError(f"{where}: the vector contains NaN or infinity")
     # Values up to half the smallest float32 subnormal (1.4e-45) round to 0 in float32.
     if not any(abs(v) > 7.006492321624085e-46 for v in values):
         raise QueryError(f"{where}: the vector is all zeros in float32, so cosine similarity is undefined")
-    if not all(abs(v) < float("inf") for v in values):
-        raise QueryError(f"{where}: the vector contains NaN or infinity")
     float32_max = 3.4028234663852886e38
     large = next((f for f, v in zip(fields, values) if abs(v) > float32_max), None)
     if large is not None:
@@ -991,6 +990,9 @@ def _parse_vector(text, dim, where):
 
 
 def _is_float(text):
+    """True for an ASCII decimal number; float() alone also takes 1_0 and other scripts' digits."""
+    if not text.isascii() or "_" in text:
+        return False
     try:
         float(text)
     except ValueError:

@@ -127,3 +127,12 @@ def test_subnormal_and_huge_rows_pass_the_stored_norm_check(tmp_path):
         result = invoke("neighbors", "-m", model, word, "-k", "1")
         assert result.exit_code == 0, result.stderr
         assert scores(result.stdout) == {best: pytest.approx(score, abs=1e-4)}
+
+
+def test_vector_messages_for_nan_and_separators(extreme_model):
+    nan = invoke("neighbors", "-m", extreme_model, "--vector", "nan nan nan")
+    assert nan.exit_code == 1
+    assert "the vector contains NaN or infinity" in nan.stderr
+    separated = invoke("neighbors", "-m", extreme_model, "--vector", "1_0 1 1")
+    assert separated.exit_code == 1
+    assert "'1_0' is not a number" in separated.stderr
