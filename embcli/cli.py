@@ -380,6 +380,8 @@ def train(
     from embcli.train import TrainConfig, train_model
 
     min_n, max_n = parse_range(subwords)
+    if not min_n and not resume and any(arg == "--buckets" or arg.startswith("--buckets=") for arg in sys.argv):
+        note("warning: --buckets applies only with --subwords, which this run does not use")
     launch = _distributed_launch()
     if launch is not None and min_n:
         # NOTE: the ranks train word rows only; the n-gram buckets are not synchronized yet.
@@ -439,7 +441,9 @@ def _warn_corpus_changed(model_dir):
         return  # training itself reports what is wrong with the model directory
     for source in sources:
         change = corpus_change(source)
-        if change:
+        if change and change.endswith("is gone"):
+            note(f"warning: {change}; training reads the token ids that build-vocab saved from it")
+        elif change:
             note(f"warning: {change}; training reads the token ids that build-vocab saved from it then. "
                  "To train on the text as it is now, run 'embcli build-vocab' again")
 
