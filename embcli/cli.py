@@ -1253,10 +1253,15 @@ def evaluate(
     if pair_results:
         out.append("")
         out.append("similarity:")
-        rows = [(r.path, f"{r.spearman:.4f}", f"{r.pearson:.4f}", f"{r.pairs:,}", f"{100 * r.oov_share:.1f}%")
+        rows = [(r.path, _correlation(r.spearman), _correlation(r.pearson), f"{r.pairs:,}", f"{100 * r.oov_share:.1f}%")
                 for r in pair_results]
         out.extend(_table(("file", "spearman", "pearson", "pairs", "oov"), rows))
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def _correlation(value):
+    """Format a correlation, or n/a where it is undefined (NaN: a constant list, or no pairs)."""
+    return "n/a" if value != value else f"{value:.4f}"
 
 
 def _first_lines(numbers, shown=5):

@@ -99,7 +99,8 @@ class PairResult:
         return self.oov / total if total else 0.0
 
     def to_json(self):
-        return {"file": self.path, "spearman": self.spearman, "pearson": self.pearson,
+        return {"file": self.path, "spearman": _number_or_none(self.spearman),
+                "pearson": _number_or_none(self.pearson),
                 "pairs": self.pairs, "oov": self.oov, "oov_share": self.oov_share,
                 "skipped_lines": self.skipped_lines}
 
@@ -225,12 +226,22 @@ def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False)
     return PairResult(str(path), spearman(gold, predicted), pearson(gold, predicted), len(gold), oov, skipped)
 
 
+def _number_or_none(value):
+    """Return `value`, or None for NaN, which JSON cannot hold."""
+    return None if value != value else value
+
+
 def pearson(x, y):
-    """Return Pearson's correlation of two equal-length arrays (0.0 if one is constant)."""
+    """Return Pearson's correlation of two equal-length arrays; NaN (undefined) if one is constant.
+
+    scipy, which gensim calls, also returns NaN there.
+    """
+    if len(x) == 0:
+        return float("nan")
     x = np.asarray(x, dtype=np.float64) - np.mean(x)
     y = np.asarray(y, dtype=np.float64) - np.mean(y)
     denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
-    return float(np.dot(x, y) / denominator) if denominator > 0 else 0.0
+    return float(np.dot(x, y) / denominator) if denominator > 0 else float("nan")
 
 
 def average_ranks(values):

@@ -165,3 +165,16 @@ def test_pairs_skip_bad_scores_with_warning(model, tmp_path):
     text = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs)])
     assert "skipped 4 lines" in text.stderr
     assert "nan" not in text.stdout
+
+
+def test_constant_gold_scores_give_undefined_correlation(trained_model, tmp_path):
+    pairs = tmp_path / "constant.txt"
+    pairs.write_text("lord\tgod\t5\nking\tisrael\t5\nson\tfather\t5\n", encoding="utf-8")
+    table = runner.invoke(app, ["evaluate", "-m", trained_model, "--similarity", str(pairs)])
+    assert table.exit_code == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith(str(pairs)))
+    assert row.split()[1:3] == ["n/a", "n/a"]
+    as_json = runner.invoke(app, ["evaluate", "-m", trained_model, "--similarity", str(pairs), "--json"])
+    result = json.loads(as_json.stdout)["similarity"][0]
+    assert result["spearman"] is None
+    assert result["pearson"] is None
