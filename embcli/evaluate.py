@@ -60,7 +60,9 @@ class Section:
         return self.answered / self.total if self.total else 0.0
 
     def to_json(self):
-        return {"section": self.name, "accuracy": self.accuracy, "correct": self.correct,
+        # A section with no answered question has no accuracy (the table prints n/a).
+        return {"section": self.name, "accuracy": self.accuracy if self.answered else None,
+                "correct": self.correct,
                 "answered": self.answered, "questions": self.total, "coverage": self.coverage}
 
 
@@ -216,6 +218,11 @@ def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False)
         rows1.append(known[first])
         rows2.append(known[second])
         gold.append(score)
+    if not gold and not oov:
+        raise EvaluationError(
+            f"{path}: no line has the layout WORD1 WORD2 SCORE (separated by a tab or spaces, with "
+            f"# comments allowed), so there is nothing to evaluate; {len(skipped):,} lines were skipped"
+        )
     if not gold:
         raise EvaluationError(
             f"{path}: no pair has both words among the first {restrict:,} words of the model"

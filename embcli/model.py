@@ -235,6 +235,10 @@ class Model:
     def __len__(self):
         return self.matrix.shape[0]
 
+    def __getitem__(self, word):
+        """model["king"] is model.vector("king"), as in gensim's KeyedVectors."""
+        return self.vector(word)
+
     def __contains__(self, word):
         try:
             self.row(word)

@@ -178,3 +178,22 @@ def test_constant_gold_scores_give_undefined_correlation(trained_model, tmp_path
     result = json.loads(as_json.stdout)["similarity"][0]
     assert result["spearman"] is None
     assert result["pearson"] is None
+
+
+def test_pair_file_in_another_layout_says_so(trained_model, tmp_path):
+    # WordSim-353's combined.csv separates with commas; nothing in it is a WORD1 WORD2 SCORE line.
+    pairs = tmp_path / "combined.csv"
+    pairs.write_text("Word 1,Word 2,Human (mean)\nlove,sex,6.77\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", trained_model, "--similarity", str(pairs)])
+    assert result.exit_code == 1
+    assert "no line has the layout WORD1 WORD2 SCORE" in result.stderr
+    assert "2 lines were skipped" in result.stderr
+
+
+def test_json_accuracy_of_unanswered_section_is_null(trained_model, tmp_path):
+    questions = tmp_path / "questions.txt"
+    questions.write_text(": capital-world\nqqq www eee rrr\n: gram-plural\nlord lords god gods\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", trained_model, "--analogies", str(questions), "--json"])
+    assert result.exit_code == 0, result.stderr
+    sections = {s["section"]: s for s in json.loads(result.stdout)["analogies"][0]["sections"]}
+    assert sections["capital-world"]["accuracy"] is None

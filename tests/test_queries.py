@@ -171,6 +171,9 @@ def test_python_api_queries(tmp_path):
     assert model.analogy("man", "king", "woman", k=1)[0][0] == "queen"
     assert model.similarity("king", "king") == pytest.approx(1.0)
     assert "queen" in model and "unicornword" not in model
+    assert model["king"].tobytes() == model.vector("king").tobytes()
+    with pytest.raises(KeyError):
+        model["unicornword"]  # noqa: B018
 
 
 def test_python_api_build_train_import_export(tmp_path, small_corpus):
