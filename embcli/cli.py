@@ -1017,7 +1017,7 @@ def _vector_neighbors(opened, vector, k, restrict, as_json):
 
     def resolve(query):
         number, line = query
-        return _parse_vector(line, opened.dim, f"line {number}" if batch else "--vector")
+        return _parse_vector(line, opened.dim, f"<stdin>: line {number}" if batch else "--vector")
 
     def answer(vectors):
         if k == 0:

@@ -135,7 +135,7 @@ def test_neighbors_vector_from_stdin(tmp_path):
                     input="0.5 0.5 0.7\n\n1 2\n0.9\t0.1\t0\n")
     assert result.exit_code == 1
     assert result.stdout == "1\tking\t1.0000\n4\tman\t1.0000\n"
-    assert "line 3: the vector has 2 values, but the model has 3 dimensions" in result.stderr
+    assert "<stdin>: line 3: the vector has 2 values, but the model has 3 dimensions" in result.stderr
 
 
 def test_neighbors_vector_and_words_conflict(tmp_path):
