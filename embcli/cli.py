@@ -510,7 +510,7 @@ def _training_progress():
 
 
 def _note_out_of_vocabulary(word, ngram_count):
-    note(f"embcli: note: {word}: not in vocabulary; its vector combines {ngram_count} character n-grams")
+    note(f"note: {word}: not in vocabulary; its vector combines {ngram_count} character n-grams")
 
 
 def _flush_stdout():
@@ -1326,6 +1326,9 @@ def export(
         check_export_target(opened.path, output, format)
     target = _CheckedStdout(sys.stdout.buffer) if output == "-" else output
     written = write_vectors(target, opened.words, opened.matrix, format)
+    if opened.meta.get("subwords") and format != "projector":
+        note("note: the export holds each word's vector; the n-gram rows that give vectors to unseen "
+             "words stay in the model directory (subwords.npy), which no exported format holds")
     note(f"wrote {_count(len(opened), 'word')} x {_count(opened.dim, 'dimension')} as {format}: "
          f"{', '.join(written)}")
 
@@ -1358,7 +1361,14 @@ def import_vectors(
         raise typer.BadParameter(f"use auto or one of {', '.join(READ_FORMATS)}", param_hint="--format")
     model_dir = resolve_model_path(model)
     if os.path.exists(os.path.join(model_dir, "meta.json")) and not force:
-        raise EmbcliError(f"{model_dir} already contains a model; choose another directory with -m, "
+        from embcli.store import read_meta
+
+        try:
+            read_meta(model_dir)
+            what = "a model"
+        except EmbcliError:
+            what = "a meta.json that embcli did not write"
+        raise EmbcliError(f"{model_dir} already contains {what}; choose another directory with -m, "
                           "or pass --force to replace it")
     started = time.perf_counter()
     size = os.path.getsize(path) if os.path.isfile(path) else None

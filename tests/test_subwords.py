@@ -417,3 +417,9 @@ def test_buckets_beyond_hash_or_disk_rejected(small_corpus):
     assert "saving this model needs" in no_room.stderr
     assert "GiB free" in no_room.stderr
     assert not os.path.exists(os.path.join("embcli-model", "embeddings.npy"))
+
+
+def test_export_of_subword_model_notes_the_ngrams(subword_model, tmp_path):
+    result = invoke("export", "-m", subword_model, str(tmp_path / "model.vec"))
+    assert result.exit_code == 0, result.stderr
+    assert "n-gram rows that give vectors to unseen words stay in the model directory" in result.stderr
