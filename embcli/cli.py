@@ -346,7 +346,8 @@ def train(
                                            help="Minutes between checkpoints during training; 0 saves one only on SIGINT or SIGTERM."),
     subwords: str = typer.Option("off", "--subwords", callback=_check_subwords,
                                  help="Character n-gram lengths MIN-MAX, as fastText's (e.g. 3-6), or off."),
-    buckets: int = typer.Option(2_000_000, "--buckets", min=1, help="Hash buckets (rows) for the n-grams."),
+    buckets: int = typer.Option(2_000_000, "--buckets", min=1, max=2**32 - 1,  # hashes are 32-bit
+                                help="Hash buckets (rows) for the n-grams."),
     combination: str = typer.Option("mean", "--combination",
                                     help="How a word's row and n-gram rows make its vector: mean (fastText) or sum."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),

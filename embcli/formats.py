@@ -54,6 +54,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_WARNINGS = 20
 _HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
+# Appended to a row error when the line has tabs, which word2vec and GloVe files do not use.
+_TAB_HINT = " (values are separated by spaces, and this line has tabs; replace them, for example with tr '\\t' ' ')"
 # Two integers, one of them negative: a broken header, not a GloVe row of one value.
 _NEGATIVE_HEADER = re.compile(rb"^\s*(-\d+[ \t]+-?\d+|\d+[ \t]+-\d+)\s*$")
 _TEXT_BLOCK_LINES = 8192
@@ -400,7 +402,8 @@ def _read_text(path, format, report, progress):
             if _HEADER.match(line.encode("utf-8", errors="replace")):
                 first_line_header = line
             if dim < 1:
-                raise VectorFileError(f"{path}: line {number}: no values after the word: {line[:80]!r}")
+                raise VectorFileError(f"{path}: line {number}: no values after the word: {line[:80]!r}"
+                                      + _TAB_HINT * ("\t" in line))
         if declared is not None and rows_seen == declared:
             report.problem(
                 f"the header declares {_plural(declared, 'vector')} but more rows follow at line {number}"
@@ -417,7 +420,8 @@ def _read_text(path, format, report, progress):
             if not word:
                 report.problem(f"line {number}: the row has no word before its values")
             else:
-                report.problem(f"line {number}: {word!r} has {count} values, expected {dim}")
+                report.problem(f"line {number}: {word!r} has {count} values, expected {dim}"
+                               + _TAB_HINT * ("\t" in line))
             continue
         pending_words.append(word)
         pending_lines.append(number)

@@ -366,3 +366,10 @@ def test_only_ascii_decimal_values_are_numbers(tmp_path):
     # One warning per bad line: an invalid value is not reported again as NaN.
     assert vectors.warning_count == 3
     assert len(vectors.warnings) == 3
+
+
+def test_tab_separated_rows_get_a_hint(tmp_path):
+    path = tmp_path / "tabs.txt"
+    path.write_text("2 2\nking\t1\t0\nqueen\t0\t1\n", encoding="utf-8")
+    with pytest.raises(VectorFileError, match="this line has tabs"):
+        read_vectors(str(path))

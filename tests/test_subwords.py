@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from embcli import subwords
 from embcli.cli import app
+from embcli.errors import EmbcliError
 
 runner = CliRunner()
 
@@ -407,9 +408,11 @@ def test_resume_subwords_matches_uninterrupted(tmp_path, small_corpus):
 def test_buckets_beyond_hash_or_disk_rejected(small_corpus):
     assert invoke("build-vocab", small_corpus, "--min-count", "3").exit_code == 0
     too_many = invoke("train", "--subwords", "3-6", "--buckets", "5000000000", "--threads", "1")
-    assert too_many.exit_code == 1
-    assert "at most 4,294,967,295" in too_many.stderr
-    assert "[--buckets]" in too_many.stderr
+    assert too_many.exit_code == 2  # a usage error, like other option values out of range
+    assert "--buckets" in too_many.stderr
+    assert "4294967295" in too_many.stderr
+    with pytest.raises(EmbcliError, match="at most 4,294,967,295"):
+        subwords.check_settings(3, 6, 5_000_000_000, "mean")
     # 4 billion rows of 1,000 floats (16 TB) fit on no test machine's disk.
     no_room = invoke("train", "--subwords", "3-6", "--buckets", "4000000000", "--dim", "1000",
                      "--threads", "1")
