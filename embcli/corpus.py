@@ -164,7 +164,9 @@ class _Transcoder:
             except UnicodeDecodeError as error:
                 offset = self.consumed - pending + error.start
                 line = self.line_ends + 1
-                raise EncodingError(self.name, line, offset, _display_name(self.encoding)) from None
+                cut_short = final and error.reason == "unexpected end of data"
+                raise EncodingError(self.name, line, offset, _display_name(self.encoding),
+                                    cut_short=cut_short) from None
             self.consumed += len(block)
             self.done = final
             if text:
@@ -274,7 +276,7 @@ class TextStream:
                 carry = data
                 continue
 
-            text = self._decode(complete, name, line_number, offset, encoding)
+            text = self._decode(complete, name, line_number, offset, encoding, at_end)
             offset += len(complete)
             lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
             ends_with_newline = complete.endswith((b"\n", b"\r"))
@@ -293,14 +295,16 @@ class TextStream:
                     self.lines_read += 1
                 break
 
-    def _decode(self, data, name, line_number, offset, encoding):
+    def _decode(self, data, name, line_number, offset, encoding, at_end=False):
         try:
             return data.decode(encoding, self.errors)
         except UnicodeDecodeError as error:
             before = data[: error.start]
             line = line_number + _count_line_ends(before)
             detail = f"byte 0x{data[error.start]:02x}"
-            raise EncodingError(name, line, offset + error.start, _display_name(encoding), detail) from None
+            cut_short = at_end and error.reason == "unexpected end of data" and error.end == len(data)
+            raise EncodingError(name, line, offset + error.start, _display_name(encoding), detail,
+                                cut_short=cut_short) from None
 
 
 def _check_not_utf16(block, name, encoding):

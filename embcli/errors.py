@@ -38,10 +38,16 @@ class CorpusError(EmbcliError):
 class EncodingError(CorpusError):
     """A text file holds bytes that are not valid in the chosen encoding."""
 
-    def __init__(self, path, line, offset, encoding="utf-8", detail=""):
+    def __init__(self, path, line, offset, encoding="utf-8", detail="", cut_short=False):
         self.path = str(path)
         self.line = line
         self.offset = offset
+        if cut_short:
+            # Another encoding would not help: the text is valid up to its last character.
+            message = (f"{self.path}: line {line}, byte offset {offset}: the file ends inside a {encoding} "
+                       "character, so it was cut short; replace the incomplete character with U+FFFD")
+            super().__init__(message, options=("decode_errors",))
+            return
         message = f"{self.path}: line {line}, byte offset {offset}: invalid {encoding}"
         if detail:
             message += f" ({detail})"

@@ -80,3 +80,13 @@ def test_options_appended_as_flags():
     failure = EmbcliError("lower the minimum count", options=("min_count", "decode_errors"))
     assert error_message(failure) == "lower the minimum count [--min-count, --decode-errors replace]"
     assert error_message(EmbcliError("no options")) == "no options"
+
+
+def test_text_cut_inside_last_character(tmp_path):
+    # Another encoding would not help a UTF-8 file that was cut short.
+    corpus = tmp_path / "cut.txt"
+    corpus.write_bytes("hello world café".encode()[:-1])
+    result = CliRunner().invoke(app, ["build-vocab", str(corpus), "--min-count", "1"])
+    assert result.exit_code == 1
+    assert "the file ends inside a UTF-8 character, so it was cut short" in result.stderr
+    assert "latin-1" not in result.stderr
