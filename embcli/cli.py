@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from embcli import __version__
-from embcli.errors import DiskFull, EmbcliError, is_disk_full, shorten
+from embcli.errors import DiskFull, EmbcliError, UnknownWord, is_disk_full, shorten
 
 app = typer.Typer(
     add_completion=False,
@@ -716,7 +716,10 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
             result = approximate.neighbors_batch([word], k, effort, **settings)[0]
         except EmbcliError as failure:
             sys.stdout.flush()
-            error(str(_with_line(failure, number)))
+            message = str(_with_line(failure, number))
+            if isinstance(failure, UnknownWord) and opened.meta.get("subwords"):
+                message += "; --approx searches vocabulary words only, and without it the query is built from its n-grams"
+            error(message)
             failed += 1
             continue
         for neighbor, score in result:

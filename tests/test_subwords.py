@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -426,3 +427,14 @@ def test_export_of_subword_model_notes_the_ngrams(subword_model, tmp_path):
     result = invoke("export", "-m", subword_model, str(tmp_path / "model.vec"))
     assert result.exit_code == 0, result.stderr
     assert "n-gram rows that give vectors to unseen words stay in the model directory" in result.stderr
+
+
+def test_approx_names_subwords_for_unknown_word(subword_model, tmp_path):
+    # The index holds vocabulary rows only; the message says how to reach the n-grams.
+    pytest.importorskip("faiss")
+    model = tmp_path / "copy"
+    shutil.copytree(subword_model, model)
+    assert invoke("index", "-m", str(model), "--nlist", "4", "-q").exit_code == 0
+    result = invoke("neighbors", "-m", str(model), "--approx", "blessedly")
+    assert result.exit_code == 1
+    assert "--approx searches vocabulary words only" in result.stderr
