@@ -1513,3 +1513,14 @@ def main():
     except Terminated:
         error("stopped by SIGTERM")
         sys.exit(143)
+    except SystemExit as done:
+        # Commands that only read skip the teardown too; commands that write, and
+        # training's worker processes, keep it.
+        if sys.argv[1:2] and sys.argv[1] in _READ_ONLY_COMMANDS and isinstance(done.code, (int, type(None))):
+            _settle_stdout()
+            sys.stderr.flush()
+            os._exit(done.code or 0)
+        raise
+
+
+_READ_ONLY_COMMANDS = ("neighbors", "lookup", "similarity", "analogy", "evaluate", "info")
