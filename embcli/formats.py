@@ -821,6 +821,8 @@ def _read_npy(path, words_path, report):
         raise VectorFileError(f"{path}: expected float values, found {matrix.dtype}")
     if matrix.shape[1] < 1:
         raise VectorFileError(f"{path}: the matrix has no columns")
+    if words_path is None and str(path).endswith(".npy") and os.path.isfile(npy_words_path(path)):
+        words_path = npy_words_path(path)  # the list that `export --format npy` writes beside it
     if words_path is None:
         raise VectorFileError(f"{path}: a .npy matrix needs a word list, one word per line, in row order",
                               options=("words",))

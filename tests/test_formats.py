@@ -373,3 +373,15 @@ def test_tab_separated_rows_get_a_hint(tmp_path):
     path.write_text("2 2\nking\t1\t0\nqueen\t0\t1\n", encoding="utf-8")
     with pytest.raises(VectorFileError, match="this line has tabs"):
         read_vectors(str(path))
+
+
+def test_npy_import_finds_the_exported_word_list(tmp_path):
+    words = ["king", "queen", "man"]
+    matrix = np.arange(6, dtype=np.float32).reshape(3, 2)
+    write_vectors(str(tmp_path / "v.npy"), words, matrix, "npy")
+    vectors = read_vectors(str(tmp_path / "v.npy"))
+    assert vectors.words == words
+    np.testing.assert_array_equal(vectors.matrix, matrix)
+    (tmp_path / "v.words.txt").unlink()
+    with pytest.raises(EmbcliError, match="needs a word list"):
+        read_vectors(str(tmp_path / "v.npy"))
