@@ -1500,8 +1500,8 @@ def main():
         except Terminated:
             error("stopped by SIGTERM")
             sys.exit(143)
-        # The query is answered and printed; what remains is the interpreter's teardown,
-        # which took 20 ms here (a sixth of the command) and has nothing to save or close.
+        # The results are printed. What remains is the interpreter's teardown, which took
+        # 20 ms here (a sixth of the command) and has nothing to save or close.
         _settle_stdout()
         sys.stderr.flush()
         os._exit(0)

@@ -473,7 +473,7 @@ class Model:
 
         The fingerprints cover only the start and end of each file, so an edit in the
         middle of embeddings.npy would otherwise give cosines far above 1. The rows of
-        the answers are checked, which costs k rows per query.
+        the results are checked, which costs k rows per query.
         """
         vectors = np.asarray(self.matrix[np.asarray(rows)], dtype=np.float64)
         actual = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))

@@ -183,7 +183,7 @@ def test_duplicate_within_first_block(tmp_path):
 
 def test_entries_after_irregular_ones(tmp_path):
     # Blank lines between entries and an empty word interrupt the runs of regular
-    # entries that are parsed together; the entries after them are read as before.
+    # entries that are parsed together. The entries after them are read as before.
     words, matrix = sample(6)
     path = write_binary(tmp_path / "v.bin", words, matrix)
     data = open(path, "rb").read()
@@ -230,7 +230,7 @@ def test_npy_row_writer_across_buffers(tmp_path, monkeypatch, direct):
     assert os.path.getsize(path) == writer.header_bytes + matrix.nbytes
 
 
-def test_npy_row_writer_falls_back_when_direct_writes_fail(tmp_path, monkeypatch):
+def test_npy_row_writer_direct_write_fallback(tmp_path, monkeypatch):
     # A file system may accept O_DIRECT when opening and then reject the writes (EINVAL).
     real_pwrite = os.pwrite
 
@@ -251,7 +251,7 @@ def test_npy_row_writer_falls_back_when_direct_writes_fail(tmp_path, monkeypatch
 
 
 def test_word_with_line_break_rejected(tmp_path):
-    # vocab.tsv holds one word per line, so such a word would misalign every later row.
+    # vocab.tsv contains one word per line, so such a word would misalign every later row.
     words, matrix = sample(10)
     words[5000] = "ze\nro"
     path = write_binary(tmp_path / "v.bin", words, matrix)

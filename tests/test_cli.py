@@ -165,7 +165,7 @@ def test_lookup_json_prints_shortest_float32_values(trained_model):
     assert all(len(repr(value)) <= 16 for value in record["vector"])
 
 
-def test_train_warns_when_the_corpus_changed_after_build_vocab(small_corpus, tmp_path):
+def test_train_warns_changed_corpus(small_corpus, tmp_path):
     # Training reads the token cache, so a touched, edited or deleted corpus is a warning.
     corpus = tmp_path / "corpus.txt"
     shutil.copy(small_corpus, corpus)
