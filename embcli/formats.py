@@ -1135,9 +1135,10 @@ def _is_stream(path):
     if path == "-":
         return True
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False  # reported as not found by the reader
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _import_file(model_dir, path, format, lenient, words_path, progress, replace, source_name):

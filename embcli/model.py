@@ -387,7 +387,7 @@ class Model:
 
         3cosadd ranks words by cosine with b - a + c (each normalized first); 3cosmul
         uses Levy and Goldberg's multiplicative objective. The inputs found in the
-        vocabulary are left out of the answers unless `exclude_inputs` is False. An
+        vocabulary are left out of the results unless `exclude_inputs` is False. An
         input outside the vocabulary is built from its n-grams when the model has them
         and `subwords` is true.
         """
@@ -419,9 +419,9 @@ class Model:
         return self._analogy(vectors, exclude, k, method, restrict, skip_zero_rows)
 
     def analogy_of_inputs(self, triples, k=10, method="3cosadd", exclude_inputs=True, restrict=None):
-        """Return answers for triples (a, b, c) whose items are rows or vectors, as `query_input` returns.
+        """Return results for triples (a, b, c) whose items are rows or vectors, as `query_input` returns.
 
-        Only the items that are rows can be left out of the answers.
+        Only the items that are rows can be left out of the results.
         """
         vectors = [np.stack([self._input_vector(item) for item in column]) for column in zip(*triples)]
         exclude = None

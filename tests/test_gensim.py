@@ -129,7 +129,7 @@ def test_evaluation_agrees_with_gensim(tmp_path, restrict):
 
 
 def test_npy_export_matches_gensim_vectors(tmp_path):
-    # The .npy matrix and its word list hold what gensim holds in vectors and index_to_key.
+    # The .npy matrix and its word list equal gensim's vectors and index_to_key.
     words, matrix = random_vectors()
     path = tmp_path / "v.npy"
     written = write_vectors(str(path), words, matrix, "npy")

@@ -411,7 +411,7 @@ def test_fingerprints_of_earlier_versions_still_checked(model_copy):
 
 def test_embeddings_edited_after_norms_detected(model_copy):
     # The fingerprints cover the first and last 64 KiB, so an edit of a middle row goes
-    # unseen and leaves norms.npy stale; a query whose answers include that row reports
+    # unseen and leaves norms.npy stale. A query whose results include that row reports
     # it instead of printing a cosine above 1.
     model = Model.open(model_copy)
     middle = len(model) // 2

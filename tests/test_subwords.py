@@ -430,7 +430,7 @@ def test_export_of_subword_model_notes_the_ngrams(subword_model, tmp_path):
 
 
 def test_approx_names_subwords_for_unknown_word(subword_model, tmp_path):
-    # The index holds vocabulary rows only; the message says how to reach the n-grams.
+    # The index contains vocabulary rows only, so the message says how to reach the n-grams.
     pytest.importorskip("faiss")
     model = tmp_path / "copy"
     shutil.copytree(subword_model, model)
