@@ -348,8 +348,8 @@ def train(
                                  help="Character n-gram lengths MIN-MAX, as fastText's (e.g. 3-6), or off."),
     buckets: int = typer.Option(2_000_000, "--buckets", min=1, max=2**32 - 1,  # hashes are 32-bit
                                 help="Hash buckets (rows) for the n-grams."),
-    combination: str = typer.Option("mean", "--combination",
-                                    help="How a word's row and n-gram rows make its vector: mean (fastText) or sum."),
+    combination: str = typer.Option("sum", "--combination",
+                                    help="How a word's row and n-gram rows make its vector: sum, or mean (fastText's)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CORPUS files."),
     decode_errors: str = typer.Option("strict", "--decode-errors", help="strict or replace, for CORPUS files."),
     quiet: bool = QuietOption,

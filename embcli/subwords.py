@@ -11,7 +11,7 @@ fastText 0.9 does (src/dictionary.cc), so bucket ids agree with fastText's:
 - with n = 1, the lone '<' and '>' are skipped;
 - bucket = hash % buckets, stored at row vocabulary size + bucket of the input matrix.
 
-The word's vector is the mean (fastText) or the sum of those rows. A word outside the
+The word's vector is the sum (embcli's default) or the mean (fastText's) of those rows. A word outside the
 vocabulary gets the same combination of its n-gram rows alone, as fastText's
 `get_word_vector` does.
 """

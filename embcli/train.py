@@ -92,7 +92,9 @@ class TrainConfig:
     min_n: int = 0
     max_n: int = 0
     buckets: int = 2_000_000
-    combination: str = "mean"
+    # "sum" scored higher than fastText's "mean" on both analogies and WS-353 in
+    # embcli's summed steps (docs/benchmarks.md, Subwords, fifth round).
+    combination: str = "sum"
 
     def resolved_lr(self):
         if self.lr is not None:

@@ -2,11 +2,19 @@
 
 The input matrix has one row per vocabulary word followed by one row per n-gram bucket
 that some vocabulary word uses (the compact layout of embcli.subwords.SubwordTable). A
-word's input vector combines its own row with the rows of its character n-grams. The output matrix stays (V, D). With the
-mean, as in fastText 0.9 (src/model.cc), the gradient of the combined vector is added
-in full to each row that went into it.
+word's input vector combines its own row with the rows of its character n-grams. The
+output matrix stays (V, D). With the mean, as in fastText 0.9 (src/model.cc), the
+gradient of the combined vector is added in full to each row that went into it. With the
+sum, each row takes that gradient divided by the word's row count. Either way a step
+moves the combined vector equally far.
 
 What differs from fastText, and why:
+- Rows combine by their sum by default, not by fastText's mean. Then a shared n-gram
+  row moves less for each word that uses it, which matters here because a step adds
+  the changes of all its words to that row at once. On text8_en_5M (3 runs each, 2
+  workers) the sum scored 2.8-3.4 analogy points and 0.040-0.045 WS-353 above fastText;
+  the mean scored 0.8-1.9 points and 0.002-0.035 below it (docs/benchmarks.md,
+  Subwords, fifth round). `--combination mean` gives fastText's rule.
 - Skip-gram pairs are grouped by center word, whose n-grams form the input, as in
   fastText. All pairs of a step are scored before any update, and the input vector of
   each distinct word in a step is combined once and updated once with the sum of its

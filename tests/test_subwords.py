@@ -164,7 +164,7 @@ def test_subword_model_files(subword_model):
     assert meta["subwords"]["hash"] == "fasttext-fnv1a-32"
     assert (meta["subwords"]["min_n"], meta["subwords"]["max_n"]) == (3, 6)
     assert meta["subwords"]["buckets"] == 100_000
-    assert meta["subwords"]["combination"] == "mean"
+    assert meta["subwords"]["combination"] == "sum"
     assert "subwords.npy" in meta["files"]
 
 
@@ -354,13 +354,13 @@ def test_cbow_with_subwords_and_retrain_without(small_corpus):
     assert result.exit_code == 1
 
 
-def test_sum_combination_trains(small_corpus):
+def test_mean_combination_trains(small_corpus):
     assert invoke("build-vocab", small_corpus, "--min-count", "3", "--quiet").exit_code == 0
-    result = invoke("train", "--subwords", "3-4", "--combination", "sum", "--buckets", "3000", "--dim", "8",
+    result = invoke("train", "--subwords", "3-4", "--combination", "mean", "--buckets", "3000", "--dim", "8",
                     "--epochs", "1", "--threads", "1", "--quiet")
     assert result.exit_code == 0, result.stderr
     meta = json.load(open("embcli-model/meta.json", encoding="utf-8"))
-    assert meta["subwords"]["combination"] == "sum"
+    assert meta["subwords"]["combination"] == "mean"
     assert np.isfinite(np.load("embcli-model/embeddings.npy")).all()
     result = invoke("lookup", "tabernacles")
     assert result.exit_code == 0
