@@ -10,11 +10,11 @@ moves the combined vector equally far.
 
 What differs from fastText, and why:
 - Rows combine by their sum by default, not by fastText's mean. Then a shared n-gram
-  row moves less for each word that uses it, which matters here because a step adds
-  the changes of all its words to that row at once. On text8_en_5M (3 runs each, 2
-  workers) the sum scored 2.8-3.4 analogy points and 0.040-0.045 WS-353 above fastText;
-  the mean scored 0.8-1.9 points and 0.002-0.035 below it (docs/benchmarks.md,
-  Subwords, fifth round). `--combination mean` gives fastText's rule.
+  row moves less for each word that uses it. This matters here because a step adds
+  the changes of all its words to that row at once. On text8_en_5M with 2 workers,
+  five runs with the sum scored 2.8-3.4 analogy points and 0.005-0.046 WS-353 above
+  fastText. Two runs with the mean scored 0.8-1.9 points and 0.002-0.035 below it
+  (docs/benchmarks.md, Subwords, fifth round). `--combination mean` gives fastText's rule.
 - Skip-gram pairs are grouped by center word, whose n-grams form the input, as in
   fastText. All pairs of a step are scored before any update, and the input vector of
   each distinct word in a step is combined once and updated once with the sum of its
