@@ -1023,7 +1023,9 @@ def _write_in_place(path, chunks):
 
 def _write_atomic(path, chunks):
     directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+    name = os.path.basename(path)
+    _remove_orphaned_temporaries(directory, name)
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
     try:
         with open(temporary, "wb") as handle:
             for chunk in chunks:
@@ -1036,6 +1038,35 @@ def _write_atomic(path, chunks):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _remove_orphaned_temporaries(directory, name):
+    """Remove temporary files for `name` left by an earlier export that was killed.
+
+    A temporary name holds its writer's process id, so files of a writer that is still
+    running are kept.
+    """
+    pattern = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}-" + re.escape(name) + r"\Z")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry)
+        if match is None or _process_exists(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(directory, entry))
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def npy_words_path(path):

@@ -240,8 +240,10 @@ class Model:
         return self.vector(word)
 
     def __contains__(self, word):
+        """True when model[word] has a vector: a vocabulary word, or with subwords, any
+        word with at least one character n-gram (as gensim's FastText answers)."""
         try:
-            self.row(word)
+            self.resolve(word)
         except (UnknownWord, QueryError):
             return False
         return True

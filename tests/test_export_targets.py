@@ -138,3 +138,21 @@ def test_failed_npy_export_replaces_nothing(trained_model, tmp_path):
     assert result.exit_code == 1
     assert "keep.words.txt: is a directory" in result.stderr
     assert (tmp_path / "keep.npy").read_text() == "old\n"
+
+
+def test_export_removes_killed_writers_temporary(trained_model, tmp_path):
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid = int(finished.stdout)
+    orphan = tmp_path / f".tmp-{dead_pid}-0123abcd-vectors.txt"
+    orphan.write_text("half a file")
+    running = tmp_path / f".tmp-{os.getpid()}-89abcdef-vectors.txt"
+    running.write_text("being written")
+    result = export(trained_model, str(tmp_path / "vectors.txt"))
+    assert result.exit_code == 0, result.stderr
+    assert not orphan.exists()
+    assert running.exists()
+    assert (tmp_path / "vectors.txt").exists()

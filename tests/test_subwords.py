@@ -212,6 +212,15 @@ def test_unseen_inflection_neighbors(subword_model, unseen, known):
     assert known in neighbors
 
 
+def test_unseen_word_in_subword_model(subword_model):
+    from embcli.model import Model
+
+    model = Model.open(subword_model)
+    assert "tabernacles" in model
+    assert "tabernacles" not in model.index
+    assert np.array_equal(model["tabernacles"], model.vector("tabernacles"))
+
+
 def test_lookup_unseen_word_notes_on_stderr(subword_model):
     result = invoke("lookup", "-m", subword_model, "tabernacles")
     assert result.exit_code == 0, result.stderr
