@@ -432,6 +432,22 @@ def test_buckets_beyond_hash_or_disk_rejected(small_corpus):
     assert not os.path.exists(os.path.join("embcli-model", "embeddings.npy"))
 
 
+@pytest.mark.parametrize("name, format", [("model.vec", "fasttext"), ("model.bin", "word2vec-binary")])
+def test_subword_model_export_import_round_trip(subword_model, tmp_path, name, format):
+    from embcli.model import Model
+
+    path = tmp_path / name
+    result = invoke("export", "-m", subword_model, str(path), "--format", format)
+    assert result.exit_code == 0, result.stderr
+    imported = str(tmp_path / "imported")
+    result = invoke("import", str(path), "-m", imported, "-q")
+    assert result.exit_code == 0, result.stderr
+    original, copy = Model.open(subword_model), Model.open(imported)
+    assert copy.words == original.words
+    assert np.array_equal(np.asarray(copy.matrix), np.asarray(original.matrix))
+    assert copy.neighbors("tabernacle", k=5) == original.neighbors("tabernacle", k=5)
+
+
 def test_export_of_subword_model_notes_the_ngrams(subword_model, tmp_path):
     result = invoke("export", "-m", subword_model, str(tmp_path / "model.vec"))
     assert result.exit_code == 0, result.stderr
