@@ -414,14 +414,12 @@ class Trainer:
         # About as many context words per step as skip-gram has pairs, so that a frequent
         # word collects a similar number of summed updates in one step.
         batch = max(1, self.config.batch // (2 * self.config.window) * 2)
-        dim = self.input_vectors.shape[1]
         examples = centers.shape[0]
         # Flatten the used context slots once per chunk. Each step then takes a contiguous
         # slice, with no host round trip per step (which would stall a GPU).
         sizes = mask.sum(1)
         flat_context = context[mask]
         rows = torch.repeat_interleave(torch.arange(examples, device=self.device), sizes)
-        inverse_sizes = 1.0 / sizes.to(self.input_vectors.dtype)
         offsets = torch.zeros(examples + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(sizes, 0, out=offsets[1:])
         bounds = offsets[::batch].tolist() + ([int(offsets[-1])] if examples % batch else [])
@@ -432,9 +430,9 @@ class Trainer:
             flat = flat_context[low:high]
             step_rows = rows[low:high] - begin
             with_loss = step % LOSS_EVERY == 0
-            vectors = self.input_vectors.index_select(0, flat)
-            hidden = torch.zeros(stop - begin, dim, device=self.device).index_add_(0, step_rows, vectors)
-            hidden *= inverse_sizes[begin:stop, None]
+            # Gather and average each example's context rows in one kernel.
+            hidden = torch.nn.functional.embedding_bag(flat, self.input_vectors, offsets[begin:stop] - low,
+                                                       mode="mean")
             grad, loss = self._negative_step(hidden, centers[begin:stop], lr, generator, with_loss)
             # word2vec.c adds the whole error to every context word, not error / count.
             self.input_vectors.index_add_(0, flat, grad.index_select(0, step_rows))
