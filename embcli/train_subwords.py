@@ -26,6 +26,10 @@ What differs from fastText, and why:
   words' changes to a shared n-gram row, made without seeing each other, diverged, and
   their mean lost most of the accuracy (analogies 16 % instead of 49 % on a 5 M-token
   text; the Subwords section of docs/benchmarks.md has the numbers).
+- A step adds the changes of all its words to each n-gram row at once. A row that many
+  of a step's words share (a small --buckets, or words made of few characters, such as
+  numbers) takes a reduced change, see SubwordTrainer._shared_row_scale. On text8_en_5M
+  with two workers this touches 54 of about 187,000 rows, the most common n-grams.
 - Negatives are shared per block, as in the word-level trainer, and drawn from counts
   raised to 0.75 (fastText uses 0.5, which scored lower here).
 - The default learning rate is word2vec's 0.025, not fastText's 0.05: in summed steps,
@@ -44,6 +48,11 @@ from embcli.train import LOSS_EVERY, Trainer
 # Buckets are initialised in blocks of this many rows, each from its own generator, so
 # that the initial value of any bucket can be rebuilt without the whole matrix.
 INIT_BLOCK = 65536
+
+# A shared input row takes in full the changes of at most about this many words of one
+# step (see SubwordTrainer._shared_row_scale). With 8, a corpus of 300 four-digit numbers
+# still diverged on two workers at 100 buckets; 4 kept text8_en_5M's scores.
+SHARED_ROW_CAP = 4
 
 
 def initial_bucket_block(seed, dim, first, last):
@@ -108,6 +117,28 @@ class SubwordTrainer(Trainer):
         self.row_counts = torch.from_numpy(table.offsets[1:] - table.offsets[:-1]).to(device)
         self.rows = torch.from_numpy(table.rows).to(device)
         self.mean = table.combination == "mean"
+        self.row_scale = self._shared_row_scale()
+
+    def _shared_row_scale(self):
+        """Return, per input row, the factor applied to its summed change in a step.
+
+        A step adds the changes of all its words to a shared n-gram row at once, each
+        computed from the row's value before the step, where fastText applies them one
+        after another. When many words of a step share a row (a small --buckets, or a
+        vocabulary of words made from few characters, such as numbers), their sum
+        overshoots and training diverged. A row's factor is SHARED_ROW_CAP over the
+        expected number of its words in one step of each worker, at most 1. Word rows
+        and the n-gram rows of a text such as text8 keep a factor of 1 or close to it.
+        """
+        counts = torch.as_tensor(self.corpus.counts, dtype=torch.float64, device=self.device)
+        kept = counts * self.keep.to(torch.float64)
+        centers = self.config.batch / (self.config.window + 1) * self.workers
+        present = -torch.expm1(-centers * kept / kept.sum().clamp(min=1.0))
+        owner = torch.repeat_interleave(torch.arange(self.row_counts.shape[0], device=self.device), self.row_counts)
+        sharing = torch.zeros(self.input_vectors.shape[0], dtype=torch.float64, device=self.device)
+        sharing.index_add_(0, self.rows, present.index_select(0, owner))
+        scale = (SHARED_ROW_CAP / sharing.clamp(min=1e-12)).clamp(max=1.0)
+        return scale.to(self.input_vectors.dtype)
 
     def _word_rows(self, words):
         """Return (rows, owner) for distinct `words`: their input-matrix rows, and the
@@ -141,7 +172,9 @@ class SubwordTrainer(Trainer):
         per_word.index_add_(0, inverse, grad)
         if not self.mean:
             per_word /= counts[:, None]
-        self.input_vectors.index_add_(0, rows, per_word.index_select(0, owner))
+        row_grad = per_word.index_select(0, owner)
+        row_grad *= self.row_scale.index_select(0, rows)[:, None]
+        self.input_vectors.index_add_(0, rows, row_grad)
 
     def center_pairs(self, ids, sentence, core, generator):
         """Return (center positions in `ids`, context ids) of a chunk's skip-gram pairs,
@@ -215,6 +248,7 @@ class SubwordTrainer(Trainer):
             # See _scatter: with the sum, each row takes the gradient / row count.
             scale /= row_counts.to(self.input_vectors.dtype)
         plan["scale"] = scale
+        plan["row_scale"] = self.row_scale.index_select(0, rows)[:, None]
         bounds = torch.stack([pair_bounds[:-1], pair_bounds[1:], word_bounds[:-1], word_bounds[1:],
                               row_bounds[:-1], row_bounds[1:]], 1).tolist()
         return plan, bounds
@@ -235,7 +269,9 @@ class SubwordTrainer(Trainer):
             grad, loss = self._negative_step(hidden, plan["outputs"][p0:p1], lr, generator, with_loss)
             per_word = torch.zeros(w1 - w0, dim, device=self.device).index_add_(0, pair_word, grad)
             per_word *= plan["scale"][w0:w1, None]
-            self.input_vectors.index_add_(0, rows, per_word.index_select(0, plan["row_word"][r0:r1]))
+            row_grad = per_word.index_select(0, plan["row_word"][r0:r1])
+            row_grad *= plan["row_scale"][r0:r1]
+            self.input_vectors.index_add_(0, rows, row_grad)
             if with_loss:
                 losses.append(loss)
                 sampled += p1 - p0

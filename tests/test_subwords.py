@@ -376,6 +376,26 @@ def test_mean_combination_trains(small_corpus):
     assert "not in vocabulary" in result.stderr
 
 
+@pytest.mark.parametrize("buckets", ["100", "50000"])
+def test_shared_ngram_rows_train_stably_on_two_workers(tmp_path, buckets):
+    # 300 four-digit numbers share most of their n-grams ("<12", "123", ...), so a step
+    # adds many words' changes to the same rows. Without the cap on those rows, this
+    # corpus diverged on two workers at the default learning rate.
+    import random
+
+    generator = random.Random(1)
+    numbers = [str(value) for value in range(1000, 1300)]
+    corpus = tmp_path / "numbers.txt"
+    corpus.write_text("".join(" ".join(generator.choice(numbers) for _ in range(20)) + "\n"
+                              for _ in range(5000)))
+    model = str(tmp_path / "model")
+    assert invoke("build-vocab", str(corpus), "-m", model, "--quiet").exit_code == 0
+    result = invoke("train", "-m", model, "--subwords", "3-6", "--buckets", buckets, "--dim", "32",
+                    "--epochs", "1", "--threads", "2", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert np.isfinite(np.load(os.path.join(model, "embeddings.npy"))).all()
+
+
 def test_train_rejects_bad_subword_range(small_corpus):
     assert invoke("build-vocab", small_corpus, "--min-count", "3", "--quiet").exit_code == 0
     result = invoke("train", "--subwords", "6-3", "--quiet")
