@@ -47,17 +47,30 @@ def build_vocab(corpus, model=None, min_count=5, max_size=None, tokenizer="defau
 
 
 def train_vectors(corpus=None, model=None, encoding="utf-8", decode_errors="strict", resume=False, progress=None,
-          **settings):
+                  subwords=None, **settings):
     """Train word vectors for the model's vocabulary and save them; return the run's TrainStats.
 
-    `settings` are the options of `embcli train` (method, dim, window, negative, sample,
-    epochs, lr, ns_exponent, negatives, seed, threads, device). This imports torch.
+    `subwords` is an n-gram range as `embcli train --subwords` takes it ("3-6", or "off")
+    or a (min, max) pair. `settings` are the other options of `embcli train`: method,
+    dim, window, negative, sample, epochs, lr, ns_exponent, negatives, seed, threads,
+    device, buckets, combination, chunk_order. This imports torch.
     """
+    import dataclasses
+
     from embcli.store import resolve_model_path
+    from embcli.subwords import parse_range
     from embcli.train import TrainConfig, train_model
 
     if isinstance(corpus, str):
         corpus = [corpus]
+    if subwords is not None:
+        settings["min_n"], settings["max_n"] = (parse_range(subwords) if isinstance(subwords, str)
+                                                else (int(subwords[0]), int(subwords[1])))
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"train_vectors() got unknown settings {', '.join(unknown)}; "
+                        f"use subwords or any of {', '.join(sorted(known))}")
     config = TrainConfig(**settings)
     return train_model(resolve_model_path(model), config, corpus or None, encoding, decode_errors,
                        resume=resume, progress=progress)

@@ -303,6 +303,11 @@ def build_vocab(
         note(f"warning: --min-count {summary.min_count} dropped {dropped:.0%} of distinct words")
 
 
+def _given(flag):
+    """Return whether `flag` is on the command line, as `--flag value` or `--flag=value`."""
+    return any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv)
+
+
 def _check_subwords(value):
     from embcli.subwords import parse_range
 
@@ -361,6 +366,8 @@ def train(
     model_dir = resolve_model_path(model)
     for value, name, choices in ((method, "--method", ("skipgram", "cbow")),
                                  (negatives, "--negatives", ("shared", "per-pair")),
+                                 (combination, "--combination", ("sum", "mean")),
+                                 (decode_errors, "--decode-errors", ("strict", "replace")),
                                  (chunk_order or "in-turn", "--chunk-order", ("in-turn", "slices"))):
         if value not in choices:
             raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
@@ -381,8 +388,14 @@ def train(
     from embcli.train import TrainConfig, train_model
 
     min_n, max_n = parse_range(subwords)
-    if not min_n and not resume and any(arg == "--buckets" or arg.startswith("--buckets=") for arg in sys.argv):
-        note("warning: --buckets applies only with --subwords, which this run does not use")
+    if not min_n and not resume:
+        for flag in ("--buckets", "--combination"):
+            if _given(flag):
+                note(f"warning: {flag} applies only with --subwords, which this run does not use")
+    if not corpus and not resume:
+        for flag in ("--encoding", "--decode-errors"):
+            if _given(flag):
+                note(f"warning: {flag} applies only to CORPUS files, and this run reads the token cache")
     launch = _distributed_launch()
     if launch is not None and min_n:
         # NOTE: the ranks train word rows only; the n-gram buckets are not synchronized yet.
@@ -400,7 +413,7 @@ def train(
         settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
                     "--ns-exponent", "--negatives", "--seed", "--threads", "--subwords", "--buckets",
                     "--combination", "--chunk-order")
-        ignored = [flag for flag in settings if any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv)]
+        ignored = [flag for flag in settings if _given(flag)]
         if ignored:
             note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(ignored)}")
     if not corpus and (launch is None or launch.rank == 0):
@@ -511,7 +524,7 @@ def _training_progress():
 
 
 def _note_out_of_vocabulary(word, ngram_count):
-    note(f"note: {word}: not in vocabulary; its vector combines {ngram_count} character n-grams")
+    note(f"note: {word}: not in vocabulary; its vector combines {_count(ngram_count, 'character n-gram')}")
 
 
 def _flush_stdout():
@@ -637,14 +650,14 @@ def lookup(
     from embcli.model import Model
 
     opened = Model.open(model)
-    queries, _ = _queries(words)
+    queries, _ = _numbered_queries(words)
     failed = 0
     out = sys.stdout
-    for word in queries:
+    for word, number in queries:
         try:
             row, vector, ngram_count = opened.resolve(word, subwords=not no_subwords)
         except EmbcliError as failure:
-            error(str(failure))
+            error(str(_with_line(failure, number)))
             failed += 1
             continue
         if row is None:
@@ -1070,7 +1083,8 @@ def _inputs_of_fields(opened, query, expected, subwords, from_subwords):
         for word in fields:
             row, vector, ngram_count = opened.resolve(word, subwords=True)
             if row is None:
-                _note_out_of_vocabulary(word, ngram_count)
+                if word not in fields[: len(inputs)]:
+                    _note_out_of_vocabulary(word, ngram_count)
                 from_subwords.add(word)
             inputs.append(vector if row is None else row)
         return inputs

@@ -1255,7 +1255,12 @@ def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, 
     meta["files"] = {store.VOCAB: store.fingerprint(vocab_tmp), store.EMBEDDINGS: store.fingerprint(embeddings_tmp)}
     norms_tmp = store.save_norms_temp(model_dir, vectors.matrix, meta, norms)
     meta_tmp = store.meta_temp(model_dir, meta)
-    stale = [name for name in (store.TOKENS,) if os.path.exists(os.path.join(model_dir, name))]
+    from embcli.ann import INDEX_FILES, INDEX_META
+
+    # A replaced model's token cache, checkpoint, n-gram rows and approximate index
+    # belong to its old rows.
+    old = (store.TOKENS, *store.CHECKPOINT_FILES, "subwords.npy", INDEX_META, *INDEX_FILES.values())
+    stale = [name for name in old if os.path.exists(os.path.join(model_dir, name))]
     store.commit(model_dir, {store.VOCAB: vocab_tmp, store.EMBEDDINGS: embeddings_tmp, store.NORMS: norms_tmp,
                              store.META: meta_tmp}, remove=stale)
     return meta

@@ -166,6 +166,9 @@ class Model:
         vocabulary = Vocabulary.read(os.path.join(path, store.VOCAB))
         embeddings = os.path.join(path, store.EMBEDDINGS)
         if not os.path.exists(embeddings):
+            if store.EMBEDDINGS in meta.get("files", {}):
+                raise ModelCorrupt(f"{embeddings} is missing, but {store.META} lists it; restore the file, "
+                                   "or train or import the model again")
             raise ModelNotFound(f"{path} has a vocabulary but no embeddings; run 'embcli train' first")
         store.check_fingerprint(path, meta, store.EMBEDDINGS)
         matrix = store.load_matrix(embeddings, expected_rows=len(vocabulary))

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from embcli.cli import app
@@ -219,3 +220,32 @@ def test_buckets_without_subwords_warns(small_corpus):
                            "--epochs", "1", "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "warning: --buckets applies only with --subwords" in done.stderr
+
+
+def test_options_unused_without_subwords_or_corpus_warn(small_corpus):
+    import subprocess
+    import sys
+
+    assert invoke("build-vocab", small_corpus, "--min-count", "3").exit_code == 0
+    done = subprocess.run([sys.executable, "-m", "embcli", "train", "--combination", "mean", "--encoding", "latin-1",
+                           "--dim", "8", "--epochs", "1", "--threads", "1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "warning: --combination applies only with --subwords" in done.stderr
+    assert "warning: --encoding applies only to CORPUS files" in done.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--decode-errors", "ignore"), ("--combination", "max")])
+def test_train_invalid_choice_is_usage_error(small_corpus, option, value):
+    result = invoke("train", small_corpus, option, value)
+    assert result.exit_code == 2
+    assert option in result.stderr
+    assert value in result.stderr
+    assert not os.path.exists("embcli-model/embeddings.npy")
+
+
+def test_lookup_stdin_error_names_line(trained_model):
+    result = invoke("lookup", "-m", trained_model, "-", input="king\nzzqqxx\n")
+    assert result.exit_code == 1
+    assert result.stdout.startswith("king\t")
+    assert "<stdin>: line 2: zzqqxx: not in vocabulary" in result.stderr

@@ -431,3 +431,12 @@ def test_embeddings_edited_after_norms_detected(model_copy):
     answered = invoke("neighbors", "-m", model_copy, "lord", "-k", str(len(model)))
     assert answered.exit_code == 0, answered.stderr
     assert max(float(line.split("\t")[1]) for line in answered.stdout.splitlines()) <= 1.0
+
+
+def test_deleted_embeddings_named_as_missing(model_copy):
+    os.remove(os.path.join(model_copy, "embeddings.npy"))
+    result = invoke("lookup", "-m", model_copy, "lord")
+    assert result.exit_code == 1
+    assert "embeddings.npy is missing, but meta.json lists it" in result.stderr
+    with pytest.raises(ModelCorrupt):
+        Model.open(model_copy)

@@ -191,6 +191,18 @@ def test_python_api_build_train_import_export(tmp_path, small_corpus):
     np.testing.assert_array_equal(np.asarray(again.matrix), np.asarray(model.matrix))
 
 
+def test_python_api_trains_subwords(tmp_path, small_corpus):
+    directory = str(tmp_path / "api")
+    embcli.build_vocab(small_corpus, model=directory, min_count=3)
+    embcli.train_vectors(model=directory, subwords="3-4", buckets=5000, dim=8, epochs=1, threads=1)
+    model = embcli.load(directory)
+    assert model.meta["subwords"]["min_n"] == 3
+    assert model.meta["subwords"]["max_n"] == 4
+    assert "tabernacles" in model
+    with pytest.raises(TypeError, match="min_count"):
+        embcli.train_vectors(model=directory, min_count=3)
+
+
 def test_to_torch_is_the_only_torch_import(tmp_path):
     model = imported("20", tmp_path)
     code = (

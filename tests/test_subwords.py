@@ -231,6 +231,15 @@ def test_lookup_unseen_word_notes_on_stderr(subword_model):
     assert "n-grams" in result.stderr
 
 
+def test_note_counts_ngrams_once_per_word(subword_model):
+    result = invoke("similarity", "-m", subword_model, "tabernacles", "tabernacles")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("tabernacles: not in vocabulary") == 1
+    result = invoke("lookup", "-m", subword_model, "酒")
+    assert result.exit_code == 0, result.stderr
+    assert "its vector combines 1 character n-gram\n" in result.stderr
+
+
 def test_lookup_known_word_has_no_note(subword_model):
     result = invoke("lookup", "-m", subword_model, "tabernacle")
     assert result.exit_code == 0
@@ -466,6 +475,20 @@ def test_subword_model_export_import_round_trip(subword_model, tmp_path, name, f
     assert copy.words == original.words
     assert np.array_equal(np.asarray(copy.matrix), np.asarray(original.matrix))
     assert copy.neighbors("tabernacle", k=5) == original.neighbors("tabernacle", k=5)
+
+
+def test_import_force_over_subword_model_removes_ngram_rows(subword_model, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(subword_model, copy)
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("2 3\nalpha 1 0 0\nbeta 0 1 0\n")
+    result = invoke("import", str(vectors), "-m", str(copy), "--force", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert not (copy / "subwords.npy").exists()
+    assert not (copy / "tokens.npy").exists()
+    result = invoke("neighbors", "-m", str(copy), "alpha", "-k", "1")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("beta\t")
 
 
 def test_export_of_subword_model_notes_the_ngrams(subword_model, tmp_path):
