@@ -1043,7 +1043,7 @@ def _write_atomic(path, chunks):
 def _remove_orphaned_temporaries(directory, name):
     """Remove temporary files for `name` left by an earlier export that was killed.
 
-    A temporary name holds its writer's process id, so files of a writer that is still
+    A temporary name contains its writer's process id, so files of a writer that is still
     running are kept.
     """
     pattern = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}-" + re.escape(name) + r"\Z")

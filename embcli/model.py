@@ -244,7 +244,7 @@ class Model:
 
     def __contains__(self, word):
         """True when model[word] has a vector: a vocabulary word, or with subwords, any
-        word with at least one character n-gram (as gensim's FastText answers)."""
+        word with at least one character n-gram, as in gensim's FastText."""
         try:
             self.resolve(word)
         except (UnknownWord, QueryError):

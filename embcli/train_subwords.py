@@ -131,9 +131,9 @@ class SubwordTrainer(Trainer):
         and the n-gram rows of a text such as text8 keep a factor of 1 or close to it.
         """
         counts = torch.as_tensor(self.corpus.counts, dtype=torch.float64, device=self.device)
-        kept = counts * self.keep.to(torch.float64)
+        kept_counts = counts * self.keep.to(torch.float64)
         centers = self.config.batch / (self.config.window + 1) * self.workers
-        present = -torch.expm1(-centers * kept / kept.sum().clamp(min=1.0))
+        present = -torch.expm1(-centers * kept_counts / kept_counts.sum().clamp(min=1.0))
         owner = torch.repeat_interleave(torch.arange(self.row_counts.shape[0], device=self.device), self.row_counts)
         sharing = torch.zeros(self.input_vectors.shape[0], dtype=torch.float64, device=self.device)
         sharing.index_add_(0, self.rows, present.index_select(0, owner))

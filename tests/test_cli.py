@@ -222,7 +222,7 @@ def test_buckets_without_subwords_warns(small_corpus):
     assert "warning: --buckets applies only with --subwords" in done.stderr
 
 
-def test_options_unused_without_subwords_or_corpus_warn(small_corpus):
+def test_unused_train_options_warn(small_corpus):
     import subprocess
     import sys
 

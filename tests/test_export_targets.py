@@ -140,7 +140,7 @@ def test_failed_npy_export_replaces_nothing(trained_model, tmp_path):
     assert (tmp_path / "keep.npy").read_text() == "old\n"
 
 
-def test_export_removes_killed_writers_temporary(trained_model, tmp_path):
+def test_export_removes_orphaned_temporary(trained_model, tmp_path):
     import subprocess
     import sys
 

@@ -386,7 +386,7 @@ def test_mean_combination_trains(small_corpus):
 
 
 @pytest.mark.parametrize("buckets", ["100", "50000"])
-def test_shared_ngram_rows_train_stably_on_two_workers(tmp_path, buckets):
+def test_shared_ngrams_stable_on_two_workers(tmp_path, buckets):
     # 300 four-digit numbers share most of their n-grams ("<12", "123", ...), so a step
     # adds many words' changes to the same rows. Without the cap on those rows, this
     # corpus diverged on two workers at the default learning rate.
@@ -462,7 +462,7 @@ def test_buckets_beyond_hash_or_disk_rejected(small_corpus):
 
 
 @pytest.mark.parametrize("name, format", [("model.vec", "fasttext"), ("model.bin", "word2vec-binary")])
-def test_subword_model_export_import_round_trip(subword_model, tmp_path, name, format):
+def test_subword_export_import_round_trip(subword_model, tmp_path, name, format):
     from embcli.model import Model
 
     path = tmp_path / name
@@ -477,7 +477,7 @@ def test_subword_model_export_import_round_trip(subword_model, tmp_path, name, f
     assert copy.neighbors("tabernacle", k=5) == original.neighbors("tabernacle", k=5)
 
 
-def test_import_force_over_subword_model_removes_ngram_rows(subword_model, tmp_path):
+def test_import_force_removes_ngram_rows(subword_model, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(subword_model, copy)
     vectors = tmp_path / "vectors.txt"
