@@ -1449,7 +1449,7 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
     renames = {}
     remove = []
     if table is not None:
-        from embcli.train_subwords import full_bucket_blocks
+        from embcli.train_subwords import combine_word_vectors, full_bucket_blocks
 
         # embeddings.npy keeps each word's whole vector; subwords.npy all bucket rows,
         # written block by block from the compact matrix that training holds.
@@ -1460,7 +1460,7 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
         meta["files"][subwords.SUBWORDS] = store.fingerprint(buckets_tmp)
         meta["subwords"] = table.to_meta()
         renames[subwords.SUBWORDS] = buckets_tmp
-        vectors = subwords.combine_rows(vectors, table.offsets, table.rows, table.combination)
+        vectors = combine_word_vectors(vectors, table)
     else:
         meta.pop("subwords", None)
         meta["files"].pop(subwords.SUBWORDS, None)
