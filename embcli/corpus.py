@@ -192,6 +192,10 @@ class TextStream:
         self.chunk_bytes = chunk_bytes
         self.bytes_read = 0
         self.lines_read = 0
+        # Cuts inside a run of text without ASCII whitespace: how many, and the (file
+        # name, line) of the last. A word across such a cut reaches the tokenizer in two parts.
+        self.cuts = 0
+        self.last_cut = None
 
     def __iter__(self):
         for path in self.paths:
@@ -267,6 +271,9 @@ class TextStream:
                     carry = data  # only a CR that may start a CRLF: read on
                     continue
                 piece, carry = data[:split], data[split:]
+                if piece[-1:] not in _ASCII_SPACE:
+                    self.cuts += 1
+                    self.last_cut = (name, line_number)
                 text = self._decode(piece, name, line_number, offset, encoding)
                 offset += len(piece)
                 open_line = True

@@ -43,10 +43,15 @@ class Scan:
     lines: int
     bytes_read: int
     sources: list = field(default_factory=list)
+    cut_warning: str = ""  # set when a run of text without whitespace was cut in pieces
 
 
 def _write_ids(handle, buffer):
     np.asarray(buffer, dtype=np.uint32).tofile(handle)
+
+
+# Characters on each side of a cut that decide whether the cut split a token.
+_CUT_CONTEXT = 64
 
 
 def scan_corpus(paths, tokenizer, work_dir, encoding="utf-8", errors="strict", progress=None, index=None):
@@ -69,8 +74,20 @@ def scan_corpus(paths, tokenizer, work_dir, encoding="utf-8", errors="strict", p
     token_total = 0
     counts = np.zeros(0, dtype=np.int64)
     line_has_tokens = False
+    cuts_seen, tail = 0, None
+    split_words, first_split = 0, None
     with store.removed_on_error(ids_path), open(ids_path, "wb") as handle:
         for text, ends_line in stream:
+            if tail is not None:
+                # The stream cut the text before `text` inside a run without whitespace.
+                # Count the cut if it split a token in two.
+                head = text[:_CUT_CONTEXT]
+                if tokenizer.tokenize(tail + head) != tokenizer.tokenize(tail) + tokenizer.tokenize(head):
+                    split_words += 1
+                    first_split = first_split or stream.last_cut
+                tail = None
+            if stream.cuts != cuts_seen:
+                cuts_seen, tail = stream.cuts, text[-_CUT_CONTEXT:]
             tokens = tokenizer.tokenize(text)
             if tokens:
                 token_total += len(tokens)
@@ -103,7 +120,19 @@ def scan_corpus(paths, tokenizer, work_dir, encoding="utf-8", errors="strict", p
         words = list(index)
     if len(counts) < len(words):
         counts = np.concatenate([counts, np.zeros(len(words) - len(counts), np.int64)])
-    return Scan(words, counts, ids_path, token_total, stream.lines_read, stream.bytes_read, sources)
+    cut_warning = ""
+    if split_words:
+        name, line = first_split
+        cut_warning = (
+            f"{name}: line {line:,}: a run of more than 64 KiB without a space, tab or line break is read in "
+            f"pieces of about 1 MiB, and {_split_words(split_words)} counted as two tokens; put line breaks "
+            "or spaces in such text"
+        )
+    return Scan(words, counts, ids_path, token_total, stream.lines_read, stream.bytes_read, sources, cut_warning)
+
+
+def _split_words(count):
+    return "a word across two pieces was" if count == 1 else f"{count:,} words across two pieces were each"
 
 
 def _add_counts(counts, buffer, line_end):
@@ -316,7 +345,7 @@ def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encodi
             min_count=min_count,
             lines=scan.lines,
             bytes_read=scan.bytes_read,
-            warnings=review.warnings,
+            warnings=review.warnings + ([scan.cut_warning] if scan.cut_warning else []),
             notes=review.notes,
         )
         meta = store.new_meta(tokenizer.config())

@@ -37,3 +37,25 @@ def test_long_line_through_pipe(trained_model):
     assert process.returncode == 1
     assert len(process.stderr) < 1000
     assert [row.split(b"\t")[0] for row in process.stdout.splitlines()] == [b"land", b"land"]
+
+
+def build_vocab(corpus, model, *options):
+    return runner.invoke(app, ["build-vocab", str(corpus), "-m", str(model), "--min-count", "1", *options])
+
+
+def test_word_cut_by_long_run_warns(tmp_path):
+    corpus = tmp_path / "run.txt"
+    corpus.write_text("a b " + "x" * 1_500_000 + " c\n" + "a b c\n" * 5)
+    result = build_vocab(corpus, tmp_path / "model", "--tokenizer", "whitespace")
+    assert result.exit_code == 0, result.stderr
+    assert "run.txt: line 1: a run of more than 64 KiB" in result.stderr
+    assert "a word across two pieces was counted as two tokens" in result.stderr
+
+
+def test_chinese_long_line_cut_between_tokens(tmp_path):
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\u9152\u6625\u6708" * 500_000 + "\n", encoding="utf-8")
+    result = build_vocab(corpus, tmp_path / "model")
+    assert result.exit_code == 0, result.stderr
+    assert "a run of more than 64 KiB" not in result.stderr
+    assert "read 1,500,000 tokens" in result.stderr
