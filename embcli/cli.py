@@ -604,19 +604,15 @@ def _stdin_lines():
             yield number, line
 
 
-def _read_stdin_queries():
-    """Yield the non-blank lines of stdin; report each line that is not UTF-8 and skip it."""
-    for _, line in _stdin_lines():
-        yield line
-
-
 def _numbered_queries(words):
-    """Return (queries, batch) as _queries does, each query a (word, stdin line number or None) pair."""
+    """Return (queries, batch): each query a (word, stdin line number or None) pair, and
+    batch True for several queries or queries from stdin."""
     STATE["stdin_failures"] = 0
     if words == ["-"]:
         return ((line, number) for number, line in _stdin_lines()), True
-    queries, batch = _queries(words)
-    return [(word, None) for word in queries], batch
+    if "-" in words:
+        raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
+    return [(word, None) for word in words], len(words) > 1
 
 
 def _with_line(failure, number):
@@ -626,16 +622,6 @@ def _with_line(failure, number):
     if number is None:
         return failure
     return QueryError(f"<stdin>: line {number}: {failure}")
-
-
-def _queries(words):
-    """Return (queries, batch) where batch is True when queries come from stdin."""
-    STATE["stdin_failures"] = 0
-    if words == ["-"]:
-        return _read_stdin_queries(), True
-    if "-" in words:
-        raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
-    return words, len(words) > 1
 
 
 @app.command()

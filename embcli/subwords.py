@@ -218,29 +218,6 @@ def subword_meta(min_n, max_n, buckets, combination):
     }
 
 
-def combine_rows(matrix, offsets, rows, combination, block_words=8192):
-    """Return the (W, D) float32 vectors that combine matrix[rows] per word of a CSR table.
-
-    Words with no rows get zero vectors. Works in blocks of words, so the gathered rows
-    never take much more memory than the result.
-    """
-    count = len(offsets) - 1
-    result = np.zeros((count, matrix.shape[1]), dtype=np.float32)
-    for first in range(0, count, block_words):
-        last = min(first + block_words, count)
-        lo, hi = offsets[first], offsets[last]
-        if hi == lo:
-            continue
-        gathered = np.asarray(matrix[rows[lo:hi]], dtype=np.float32)
-        sizes = np.diff(offsets[first : last + 1])
-        nonempty = sizes > 0
-        sums = np.add.reduceat(gathered, offsets[first:last][nonempty] - lo, axis=0)
-        if combination == "mean":
-            sums /= sizes[nonempty][:, None]
-        result[first:last][nonempty] = sums
-    return result
-
-
 class SubwordVectors:
     """Vectors for words outside the vocabulary, from a model's n-gram bucket matrix."""
 

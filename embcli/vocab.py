@@ -43,7 +43,7 @@ class Scan:
     lines: int
     bytes_read: int
     sources: list = field(default_factory=list)
-    cut_warning: str = ""  # set when a run of text without whitespace was cut in pieces
+    cut_warning: str = ""  # warning text when a cut in a run without whitespace split a word
 
 
 def _write_ids(handle, buffer):

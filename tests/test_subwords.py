@@ -114,11 +114,15 @@ def test_parse_range_rejects(text):
 
 
 def test_combine_rows_mean_and_sum():
+    from types import SimpleNamespace
+
+    from embcli.train_subwords import combine_word_vectors
+
     matrix = np.arange(12, dtype=np.float32).reshape(6, 2)
     offsets = np.array([0, 2, 2, 5])
     rows = np.array([0, 1, 2, 3, 5])
-    mean = subwords.combine_rows(matrix, offsets, rows, "mean", block_words=2)
-    total = subwords.combine_rows(matrix, offsets, rows, "sum", block_words=2)
+    mean = combine_word_vectors(matrix, SimpleNamespace(rows=rows, offsets=offsets, combination="mean"))
+    total = combine_word_vectors(matrix, SimpleNamespace(rows=rows, offsets=offsets, combination="sum"))
     np.testing.assert_allclose(mean, [[1, 2], [0, 0], [20 / 3, 23 / 3]])
     np.testing.assert_allclose(total, [[2, 4], [0, 0], [20, 23]])
 
