@@ -30,6 +30,9 @@ What differs from fastText, and why:
   of a step's words share (a small --buckets, or words made of few characters, such as
   numbers) takes a reduced change, see SubwordTrainer._shared_row_scale. On text8_en_5M
   with two workers this touches 54 of about 187,000 rows, the most common n-grams.
+- A word that fills a step, as in a table of numbers, has its pairs' changes limited as
+  in the word-level trainer (embcli.train.BURST_PAIRS). Without it, text8_en_5M diverged
+  in its first epoch at the default --sample 1e-3.
 - Negatives are shared per block, as in the word-level trainer, and drawn from counts
   raised to 0.75 (fastText uses 0.5, which scored lower here).
 - The default learning rate is word2vec's 0.025, not fastText's 0.05: in summed steps,
@@ -280,6 +283,8 @@ class SubwordTrainer(Trainer):
             scale /= row_counts.to(self.input_vectors.dtype)
         plan["scale"] = scale
         plan["row_scale"] = self.row_scale.index_select(0, rows)[:, None]
+        pair_step = torch.repeat_interleave(occurrence_step, pair_counts)
+        plan["weight"] = self.burst_weights(ids.index_select(0, center_position), outputs, pair_step)
         bounds = torch.stack([pair_bounds[:-1], pair_bounds[1:], word_bounds[:-1], word_bounds[1:],
                               row_bounds[:-1], row_bounds[1:]], 1).tolist()
         return plan, bounds
@@ -297,7 +302,8 @@ class SubwordTrainer(Trainer):
             pair_word = plan["pair_word"][p0:p1]
             hidden = combined.index_select(0, pair_word)
             with_loss = step % LOSS_EVERY == 0
-            grad, loss = self._negative_step(hidden, plan["outputs"][p0:p1], lr, generator, with_loss)
+            weight = None if plan["weight"] is None else plan["weight"][p0:p1]
+            grad, loss = self._negative_step(hidden, plan["outputs"][p0:p1], lr, generator, with_loss, weight)
             per_word = torch.zeros(w1 - w0, dim, device=self.device).index_add_(0, pair_word, grad)
             per_word *= plan["scale"][w0:w1, None]
             row_grad = per_word.index_select(0, plan["row_word"][r0:r1])
@@ -313,6 +319,8 @@ class SubwordTrainer(Trainer):
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         batch = max(1, self.config.batch // (2 * self.config.window) * 2)
         dim = self.input_vectors.shape[1]
+        example_of_slot = torch.repeat_interleave(torch.arange(centers.shape[0], device=self.device), mask.sum(1))
+        weight = self.cbow_burst_weights(context[mask], example_of_slot, centers, batch)
         for begin in range(0, centers.shape[0], batch):
             words = context[begin : begin + batch]
             used = mask[begin : begin + batch]
@@ -323,7 +331,8 @@ class SubwordTrainer(Trainer):
             hidden = torch.zeros(words.shape[0], dim, device=self.device)
             hidden.index_add_(0, example, combined.index_select(0, inverse))
             hidden /= sizes[:, None]
-            grad, step_loss = self._negative_step(hidden, centers[begin : begin + batch], lr, generator)
+            grad, step_loss = self._negative_step(hidden, centers[begin : begin + batch], lr, generator, True,
+                                                  None if weight is None else weight[begin : begin + batch])
             self._scatter(grad.index_select(0, example), inverse, rows, owner, counts)
             loss += step_loss
         return loss, centers.shape[0]

@@ -274,3 +274,50 @@ def test_ns_exponent_outside_range_rejected(exponent):
     assert "range -1 to 1" in result.output
     with pytest.raises(EmbcliError, match="ns_exponent must be between -1.0 and 1.0"):
         TrainConfig(ns_exponent=float(exponent)).validate()
+
+
+def test_burst_weights_limit_a_word_that_fills_a_step(tmp_path):
+    corpus, _ = tiny_corpus(tmp_path, [40])
+    trainer = Trainer(TrainConfig(), corpus, *init_vectors(len(corpus.counts), 4, 1), CPU)
+    limit = trainer.burst_limit
+    assert limit == 64  # lr 0.025, one worker
+    # Step 0: word 3 is the input of 200 of 300 pairs, word 5 the output of 100. Step 1:
+    # every word at most 50 times.
+    inputs = torch.tensor([3] * 200 + [4] * 100 + list(range(40)) * 5)
+    outputs = torch.tensor([5] * 100 + [6] * 200 + list(range(40)) * 5)
+    steps = torch.tensor([0] * 300 + [1] * 200)
+    weight = trainer.burst_weights(inputs, outputs, steps)
+    expected = torch.ones(500)
+    expected[:100] = limit / 200  # word 3 as input and word 5 as output: the smaller
+    expected[100:200] = limit / 200
+    expected[200:300] = limit / 200  # word 6 as output, 200 times
+    torch.testing.assert_close(weight, expected)
+    # Ordinary text: no weights at all.
+    assert trainer.burst_weights(torch.arange(500) % 40, torch.arange(500) % 37, torch.arange(500) // 100) is None
+
+
+BURST_OPTIONS = [
+    ["--method", "skipgram", "--threads", "1"],
+    ["--method", "cbow", "--threads", "1"],
+    ["--method", "skipgram", "--threads", "2", "--subwords", "3-6", "--buckets", "100000"],
+]
+
+
+@pytest.mark.parametrize("options", BURST_OPTIONS, ids=["skipgram", "cbow", "subwords"])
+def test_a_run_of_one_repeated_word_trains(tmp_path, options):
+    # A table or a line of one repeated token fills whole update steps with one word.
+    # Summed over a step, its hundreds of same-direction changes overshot, and every one
+    # of these runs diverged in its first epoch at the default learning rate.
+    lines = open(os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt"), encoding="utf-8").readlines()
+    corpus = tmp_path / "burst.txt"
+    third = len(lines) // 3
+    corpus.write_text("".join(lines[:third]) + " ".join(["zero"] * 20000) + "\n" + "".join(lines[third:]),
+                      encoding="utf-8")
+    model = str(tmp_path / "model")
+    runner = CliRunner()
+    assert runner.invoke(app, ["build-vocab", str(corpus), "-m", model, "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["train", "-m", model, "--epochs", "1", "--dim", "32", "--quiet", *options])
+    assert result.exit_code == 0, result.stderr
+    vectors = np.load(os.path.join(model, "embeddings.npy"))
+    assert np.isfinite(vectors).all()
+    assert np.abs(vectors).max() < 10
