@@ -8,9 +8,11 @@
     nearest to it (Jegou, Douze and Schmid 2011, "Product quantization for nearest
     neighbor search"). The lists store product-quantization codes of 4 bits per 4
     dimensions, scanned with faiss's SIMD fast-scan kernels, so the scan reads about
-    1/32 of the bytes of the float32 rows. The `rerank` best candidates by code
-    score are then re-scored exactly against the memory-mapped `embeddings.npy`, so
-    the returned scores are exact cosines;
+    1/32 of the bytes of the float32 rows. A refine stage (faiss IndexRefine) holds
+    every row again as 8-bit codes, one byte per dimension: the `rerank` best
+    candidates by 4-bit code score are re-scored against them, and the best
+    REFINED_PER_ANSWER * k of those exactly against the memory-mapped
+    `embeddings.npy`, so the returned scores are exact cosines;
   - kind `hnsw`, `ann-hnsw.bin`: an hnswlib graph (Malkov and Yashunin 2018, "Efficient
     and robust approximate nearest neighbor search using Hierarchical Navigable Small
     World graphs");
@@ -21,9 +23,9 @@
 faiss (PyPI faiss-cpu) and hnswlib are the optional extra `ann`:
 `pip install 'embcli[ann]'`. Queries stay exact unless the caller asks for this index.
 
-The IVF index is small (about dim / 8 + 8 bytes per word, plus nlist x dim floats of
-centroids), and faiss reads it whole: faiss 1.15's IO_FLAG_MMAP maps only flat lists,
-not the fast-scan lists. An IVF index with flat lists (IndexIVFFlat, which can be
+The IVF index takes about 9 * dim / 8 + 8 bytes per word, plus nlist x dim floats of
+centroids. faiss maps the 8-bit codes (IO_FLAG_MMAP_IFC) and reads the rest whole: faiss
+1.15's IO_FLAG_MMAP maps only flat lists, not the fast-scan lists. An IVF index with flat lists (IndexIVFFlat, which can be
 mapped) was measured too slow: on the synthetic data of bench/ann.py, recall 0.92 took
 longer than exact search (docs/benchmarks.md, section Scale).
 NOTE: hnswlib 0.8 reads the whole index file into memory on load and has no
@@ -69,6 +71,8 @@ DEFAULT_RERANK = 400
 # A share of the lists, not a count, because on that data recall depends mainly on the
 # share of the rows scanned.
 DEFAULT_NPROBE_SHARE = 0.3
+# With a refine stage, the exact re-scoring reads this many rows per answer wanted.
+REFINED_PER_ANSWER = 2
 
 
 def default_nlist(rows):
@@ -193,7 +197,7 @@ def _build_ivf(faiss, model, nlist, threads, progress):
     sample_size = min(rows, nlist * TRAINING_ROWS_PER_LIST)
     sample = np.sort(np.random.default_rng(1).choice(rows, size=sample_size, replace=False))
     padded = -(-dim // DIMENSIONS_PER_CODE) * DIMENSIONS_PER_CODE
-    factory = f"IVF{nlist},PQ{padded // DIMENSIONS_PER_CODE}x4fs"
+    factory = f"IVF{nlist},PQ{padded // DIMENSIONS_PER_CODE}x4fs,Refine(SQ8)"
     index = faiss.index_factory(padded, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = 1
@@ -246,11 +250,12 @@ class ApproximateIndex:
     neighbours. `rerank` (ivf only) is how many candidates are re-scored exactly.
     """
 
-    def __init__(self, model, index, description):
+    def __init__(self, model, index, description, library=None):
         self.model = model
         self.index = index
         self.description = description
         self.kind = description["kind"]
+        self.faiss = library
 
     @property
     def default_effort(self):
@@ -260,13 +265,21 @@ class ApproximateIndex:
 
     def neighbors_batch(self, words, k=10, effort=None, rerank=DEFAULT_RERANK):
         """Return, for each word, [(word, cosine)] of about the k nearest other words."""
-        rows = [self.model.row(word) for word in words]
+        rows = self.model.rows(words)
+        for word, row in zip(words, rows):
+            self.check_query(word, row)
+        return self.neighbors_of_rows(rows, k, effort, rerank)
+
+    def check_query(self, word, row):
+        """Raise QueryError if the vector of `word` (at `row`) cannot be searched."""
+        if not np.any(self.model.matrix[row]):
+            raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
+
+    def neighbors_of_rows(self, rows, k=10, effort=None, rerank=DEFAULT_RERANK):
+        """neighbors_batch for matrix rows whose vectors passed check_query."""
         if k <= 0 or not rows:
             return [[] for _ in rows]
         queries = _unit_rows(self.model.matrix[rows])
-        for word, query in zip(words, queries):
-            if not np.any(query):
-                raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
         effort = self.default_effort if effort is None else effort
         if effort < 1:
             raise QueryError(f"{'nprobe' if self.kind == 'ivf' else 'ef'} must be at least 1, not {effort}")
@@ -285,9 +298,24 @@ class ApproximateIndex:
         return results
 
     def _search_ivf(self, queries, want, nprobe, candidates):
-        """Return (ids, cosines), each (Q, want): the best `candidates` by code score, re-scored exactly."""
-        self.index.nprobe = min(nprobe, self.index.nlist)
-        _, found = self.index.search(_padded(queries, int(self.description["padded_dim"])), candidates)
+        """Return (ids, cosines), each (Q, want): the best `candidates` by code score, re-scored exactly.
+
+        With a refine stage (indexes built since format 2 with "Refine(SQ8)"), faiss
+        re-scores the `candidates` against 8-bit codes of the rows, in its own threads,
+        and only the best REFINED_PER_ANSWER * want of them are read from the
+        memory-mapped embeddings.npy. Older indexes re-score all `candidates` from it.
+        """
+        ivf = self.faiss.extract_index_ivf(self.index)
+        nprobe = min(nprobe, ivf.nlist)
+        padded = _padded(queries, int(self.description["padded_dim"]))
+        if isinstance(self.index, self.faiss.IndexRefine):
+            keep = min(candidates, REFINED_PER_ANSWER * want)
+            params = self.faiss.IndexRefineSearchParameters(
+                k_factor=candidates / keep, base_index_params=self.faiss.SearchParametersIVF(nprobe=nprobe))
+            _, found = self.index.search(padded, keep, params=params)
+            return self._rescore_batch(queries, found, want)
+        ivf.nprobe = nprobe
+        _, found = self.index.search(padded, candidates)
         inverse_norms = self.model.inverse_norms
         ids = np.full((len(queries), want), -1, dtype=np.int64)
         scores = np.full((len(queries), want), -np.inf, dtype=np.float32)
@@ -301,6 +329,27 @@ class ApproximateIndex:
             best = np.argsort(-exact, kind="stable")[:want]
             ids[q, : len(best)] = row_ids[best]
             scores[q, : len(best)] = exact[best]
+        return ids, scores
+
+    def _rescore_batch(self, queries, found, want, block=1024):
+        """Re-score the candidate ids `found` (Q, n; -1 for none) exactly, `block` queries
+        at a time: each block reads its distinct rows once, in file order."""
+        inverse_norms = self.model.inverse_norms
+        ids = np.full((len(queries), want), -1, dtype=np.int64)
+        scores = np.full((len(queries), want), -np.inf, dtype=np.float32)
+        for begin in range(0, len(queries), block):
+            part = found[begin : begin + block]
+            distinct, where = np.unique(np.maximum(part, 0), return_inverse=True)
+            rows = np.asarray(self.model.matrix[distinct], dtype=np.float32)
+            if search.has_extreme_norms(inverse_norms[distinct]):
+                rows = search.unit_rows(rows)
+            else:
+                rows *= inverse_norms[distinct][:, None]
+            exact = np.einsum("qkd,qd->qk", rows[where.reshape(part.shape)], queries[begin : begin + block])
+            exact[part < 0] = -np.inf
+            best = np.argsort(-exact, axis=1, kind="stable")[:, :want]
+            ids[begin : begin + block] = np.take_along_axis(part, best, 1)
+            scores[begin : begin + block] = np.take_along_axis(exact, best, 1)
         return ids, scores
 
 
@@ -350,17 +399,19 @@ def open_index(model):
             index.load_index(index_path, max_elements=int(description["rows"]))
         except RuntimeError as error:
             raise IndexStale(f"{index_path}: cannot be read ({error}); rebuild it with 'embcli index'") from None
-    return ApproximateIndex(model, index, description)
+    return ApproximateIndex(model, index, description, library)
 
 
 def _read_ivf(faiss, index_path):
     try:
-        index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        # IO_FLAG_MMAP_IFC maps the refine stage's 8-bit codes instead of reading them.
+        index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise IndexStale(f"{index_path}: cannot be read ({message}); rebuild it with 'embcli index'") from None
     # read_index returns the concrete class. With IO_FLAG_MMAP its lists are an
     # OnDiskInvertedLists over the mapped file.
-    if not isinstance(index, faiss.IndexIVF):
+    base = index.base_index if isinstance(index, faiss.IndexRefine) else index
+    if not isinstance(faiss.downcast_index(base), faiss.IndexIVF):
         raise IndexStale(f"{index_path}: not an IVF index; rebuild it with 'embcli index'")
     return index

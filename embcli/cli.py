@@ -334,7 +334,9 @@ def train(
     ns_exponent: float = typer.Option(0.75, "--ns-exponent", help="Negatives are drawn from word counts raised to this power, from -1 to 1."),
     negatives: str = typer.Option("shared", "--negatives",
                                   help="shared: each block of pairs shares its negatives (faster); per-pair: word2vec's objective."),
-    seed: int = typer.Option(1, "--seed", help="Random seed. Runs with --threads 1 are reproducible."),
+    # The range of embcli.train.SEED_RANGE, which this module does not import (torch).
+    seed: int = typer.Option(1, "--seed", min=-(2**63), max=2**64 - 1,
+                             help="Random seed. Runs with --threads 1 are reproducible."),
     threads: int = typer.Option(0, "--threads", min=0, show_default=False,
                                 help="Worker processes on the CPU. [default: 0, one per core, at most 8]"),
     chunk_order: Optional[str] = typer.Option(
@@ -697,6 +699,7 @@ def neighbors(
 def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
     """Print the approximate neighbours of each query word; return how many queries failed."""
     from embcli.ann import open_index
+    from embcli.errors import QueryError
 
     approximate = open_index(opened)
     if approximate.kind == "ivf" and ef is not None:
@@ -708,19 +711,25 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
                                      param_hint=flag)
     effort = nprobe if approximate.kind == "ivf" else ef
     settings = {} if rerank is None else {"rerank": rerank}
+    if effort is not None and effort < 1:
+        raise typer.BadParameter(f"must be at least 1, not {effort}",
+                                 param_hint="--nprobe" if approximate.kind == "ivf" else "--ef")
     queries, batch = _numbered_queries(words)
-    failed = 0
-    for word, number in queries:
+
+    def resolve(query):
+        word, number = query
         try:
-            result = approximate.neighbors_batch([word], k, effort, **settings)[0]
+            row = opened.row(word)
+            approximate.check_query(word, row)
         except EmbcliError as failure:
-            sys.stdout.flush()
             message = str(_with_line(failure, number))
             if isinstance(failure, UnknownWord) and opened.meta.get("subwords"):
                 message += "; --approx searches vocabulary words only, and without it the query is built from its n-grams"
-            error(message)
-            failed += 1
-            continue
+            raise QueryError(message) from None
+        return row
+
+    def emit(query, result):
+        word = query[0]
         for neighbor, score in result:
             if as_json:
                 _json_line({"query": word, "word": neighbor, "score": round(score, 6)})
@@ -728,8 +737,10 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
                 sys.stdout.write(f"{word}\t{neighbor}\t{score:.4f}\n")
             else:
                 sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
-    sys.stdout.flush()
-    return failed
+
+    # Queries are searched together, QUERY_BLOCK at a time, as the exact search does.
+    return _answer_in_blocks(opened, queries, resolve,
+                             lambda rows: approximate.neighbors_of_rows(rows, k, effort, **settings), emit)
 
 
 def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts=(None, None, None), subwords=True):

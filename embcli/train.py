@@ -76,6 +76,9 @@ BURST_SCREEN = 1 << 18
 CBOW_BURST_FACTOR = 5
 
 
+# Seeds that torch.manual_seed accepts: a signed or unsigned 64-bit integer.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
 # Accepted --ns-exponent values. gensim 4 takes any float, and its documentation
 # describes 1 (draw in proportion to the counts), 0 (uniformly) and negative values (rare
 # words more often). Beyond 1 or -1 nearly all draws go to the most frequent or rarest
@@ -142,6 +145,8 @@ class TrainConfig:
                               f"not {self.ns_exponent}")
         if self.sample < 0:
             raise EmbcliError(f"sample must be 0 (off) or positive, not {self.sample}")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise EmbcliError(f"seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, not {self.seed}")
         if self.min_n:
             from embcli.subwords import check_settings
 
@@ -1083,7 +1088,7 @@ def _check_trained(vectors, config, examples):
         raise TrainingError(
             "training found no (word, context) pairs: no line of the corpus has two "
             "vocabulary words within the window after subsampling; use a larger corpus, "
-            "or turn subsampling off with sample 0; nothing was written",
+            "or turn subsampling off (--sample 0, or sample=0 in Python); nothing was written",
             options=("sample",),
         )
 

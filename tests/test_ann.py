@@ -107,7 +107,8 @@ def test_ivf_recall_grows_with_nprobe(synthetic_model, tmp_path):
     assert one_list < default <= every_list
     assert default >= 0.8
     # With every list scanned, a neighbour is missed only when its 4-bit code score
-    # ranks it below the 400 candidates that are re-scored exactly.
+    # ranks it below the 400 candidates that are re-scored with 8-bit codes, or its
+    # 8-bit score below the 22 that are re-scored exactly.
     assert every_list >= 0.95
 
 
@@ -116,6 +117,35 @@ def test_ivf_scores_are_exact_cosines(synthetic_model, tmp_path):
     assert invoke("index", "-m", str(model_dir), "--nlist", "20", "-q").exit_code == 0
     model = embcli.load(str(model_dir))
     index = open_index(model)
+    for word, score in index.neighbors_batch(["w7"], 10, 20)[0]:
+        assert score == pytest.approx(model.similarity("w7", word), abs=1e-5)
+
+
+def test_ivf_index_without_refine_stage_still_searches(synthetic_model, tmp_path):
+    # Indexes built before the 8-bit refine stage hold only the IVF lists; their
+    # candidates are all re-scored from embeddings.npy.
+    import faiss
+
+    model_dir = shutil.copytree(synthetic_model, tmp_path / "model")
+    assert invoke("index", "-m", str(model_dir), "--nlist", "20", "-q").exit_code == 0
+    model = embcli.load(str(model_dir))
+    assert isinstance(open_index(model).index, faiss.IndexRefine)
+    description = json.loads((model_dir / "ann.json").read_text(encoding="utf-8"))
+    rows = np.load(model_dir / store.EMBEDDINGS)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    factory = "IVF20,PQ12x4fs"
+    older = faiss.index_factory(48, factory, faiss.METRIC_INNER_PRODUCT)
+    older.train(rows)
+    older.add(rows)
+    path = str(model_dir / INDEX_FILES["ivf"])
+    faiss.write_index(older, path)
+    description.update(index_factory=factory, index=store.fingerprint(path))
+    (model_dir / "ann.json").write_text(json.dumps(description), encoding="utf-8")
+
+    index = open_index(embcli.load(str(model_dir)))
+    assert not isinstance(index.index, faiss.IndexRefine)
+    words = [model.words[row] for row in range(0, 4000, 40)]
+    assert recall_at_10(model, index, words, 20) >= 0.95
     for word, score in index.neighbors_batch(["w7"], 10, 20)[0]:
         assert score == pytest.approx(model.similarity("w7", word), abs=1e-5)
 

@@ -321,3 +321,12 @@ def test_a_run_of_one_repeated_word_trains(tmp_path, options):
     vectors = np.load(os.path.join(model, "embeddings.npy"))
     assert np.isfinite(vectors).all()
     assert np.abs(vectors).max() < 10
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "-9223372036854775809"])
+def test_seed_outside_64_bits_is_usage_error(small_corpus, seed):
+    result = CliRunner().invoke(app, ["train", "--epochs", "1", "--threads", "1", "-q", f"--seed={seed}"])
+    assert result.exit_code == 2
+    assert "--seed" in result.stderr
+    with pytest.raises(EmbcliError, match="seed must be between"):
+        TrainConfig(seed=int(seed)).validate()
