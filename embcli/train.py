@@ -72,8 +72,18 @@ BURST_LR = 0.025
 BURST_SCREEN = 1 << 18
 # A CBOW example gives its whole error to each of its context words, and has up to
 # 2 * window of them, so CBOW counts context slots against a limit this many times larger.
-# With 5, a step of text8 damps 4 % of its slots, as skip-gram damps 3.5 % of its pairs.
-CBOW_BURST_FACTOR = 5
+# With 5, a step of text8 damped 4 % of its slots, but a corpus 47 % "0" (a sparse table
+# among text8 lines) still diverged with --sample 0; with 2 it trained, and text8's
+# 5-epoch CBOW scores stayed within a run's spread (12.38 % analogy, 0.494 WS-353).
+CBOW_BURST_FACTOR = 2
+# The same holds for negatives: when one word makes up most of a corpus, it is most of
+# every step's negatives too, and their summed changes diverged, even with --sample 0
+# and a learning rate 5 times lower (a trial corpus 90 % "spam"). A word drawn n times
+# in one step, more than BURST_NEGATIVE_DRAWS (scaled as BURST_PAIRS is), has its
+# negative changes weighted that limit / n. With shared negatives a step draws 64; the
+# most frequent word of text8 is about 1.6 % of the draws, so ordinary text is not
+# touched. With --negatives per-pair the limit is in the same units: pairs' worth.
+BURST_NEGATIVE_DRAWS = 8
 
 
 # Seeds that torch.manual_seed accepts: a signed or unsigned 64-bit integer.
@@ -274,7 +284,21 @@ class Trainer:
         # Workers add their steps' changes to the same rows at once, so they share the limit.
         # At least one pair's change always goes through, so a learning rate far too large
         # still shows as divergence instead of being cancelled.
-        self.burst_limit = max(1.0, BURST_PAIRS * (BURST_LR / max(self.lr0, 1e-12)) ** 2 / workers)
+        # A lower rate keeps the limits of BURST_LR: at --lr 0.005, limits 25 times
+        # larger let a corpus 47 % "0" diverge.
+        scale = min(1.0, (BURST_LR / max(self.lr0, 1e-12)) ** 2) / workers
+        self.burst_limit = max(1.0, BURST_PAIRS * scale)
+        # In draws of one shared negative; a per-pair draw weighs shared_negatives /
+        # (block * negative) of one.
+        self.negative_limit = max(1.0, BURST_NEGATIVE_DRAWS * scale)
+        if config.negatives == "per-pair":
+            self.negative_limit *= config.block * config.negative / config.shared_negatives
+        # Steps where no word can be drawn that often skip the count.
+        draws = (config.batch // config.block + 1) * config.shared_negatives
+        if config.negatives == "per-pair":
+            draws = config.batch * config.negative
+        top = float(np.diff(negative_cdf(corpus.counts, config.ns_exponent), prepend=0.0).max(initial=0.0))
+        self.count_negatives = draws * top + 4 * math.sqrt(draws * top) + 1 > self.negative_limit
         self.vocab_size = len(corpus.counts)
 
     def take_chunks_in_turn(self):
@@ -403,6 +427,17 @@ class Trainer:
         return torch.ones(centers.shape[0], device=self.device).scatter_reduce_(
             0, example_of_slot, weight, reduce="amin")
 
+    def _negative_draw_weight(self, negatives):
+        """Return weights shaped like `negatives` for words drawn more than
+        self.negative_limit times in this step (see BURST_NEGATIVE_DRAWS), or None."""
+        if not self.count_negatives:
+            return None
+        _, inverse, counts = torch.unique(negatives, return_inverse=True, return_counts=True)
+        if int(counts.max()) <= self.negative_limit:
+            return None
+        return (self.negative_limit / counts.to(torch.float32)).clamp_(max=1.0).index_select(0, inverse.view(-1)).view(
+            negatives.shape)
+
     def _negative_step(self, hidden, targets, lr, generator, with_loss=True, pair_weight=None):
         """Update the output vectors for `hidden` (B, D) predicting `targets` (B).
 
@@ -430,6 +465,7 @@ class Trainer:
                 hidden_blocks = hidden
             hidden_blocks = hidden_blocks.view(blocks, block, -1)  # (nb, block, D)
             negatives = self._draw_negatives((blocks, config.shared_negatives), generator)
+            draw_weight = self._negative_draw_weight(negatives)
             negative_vectors = out.index_select(0, negatives.view(-1)).view(blocks, config.shared_negatives, -1)
             scores = torch.bmm(hidden_blocks, negative_vectors.transpose(1, 2))  # (nb, block, S)
             weight = config.negative / config.shared_negatives
@@ -438,6 +474,8 @@ class Trainer:
                 g_negative.view(padded, -1)[count:] = 0
             if pair_weight is not None:
                 g_negative.view(padded, -1)[:count] *= pair_weight[:, None]
+            if draw_weight is not None:
+                g_negative *= draw_weight[:, None, :]
             if with_loss:
                 loss = loss + weight * torch.nn.functional.softplus(scores).view(padded, -1)[:count].sum()
             grad_hidden = torch.addcmul(
@@ -449,11 +487,14 @@ class Trainer:
             out.index_add_(0, negatives.view(-1), grad_negative.view(-1, hidden.shape[1]))
         else:
             negatives = self._draw_negatives((count, config.negative), generator)
+            draw_weight = self._negative_draw_weight(negatives)
             negative_vectors = out.index_select(0, negatives.view(-1)).view(count, config.negative, -1)
             scores = torch.bmm(negative_vectors, hidden[:, :, None]).squeeze(2)  # (B, K)
             g_negative = torch.sigmoid(scores) * -lr
             if pair_weight is not None:
                 g_negative *= pair_weight[:, None]
+            if draw_weight is not None:
+                g_negative *= draw_weight
             if with_loss:
                 loss = loss + torch.nn.functional.softplus(scores).sum()
             grad_hidden = torch.addcmul(

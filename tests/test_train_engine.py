@@ -330,3 +330,25 @@ def test_seed_outside_64_bits_is_usage_error(small_corpus, seed):
     assert "--seed" in result.stderr
     with pytest.raises(EmbcliError, match="seed must be between"):
         TrainConfig(seed=int(seed)).validate()
+
+
+@pytest.mark.parametrize("options", [[], ["--sample", "0"], ["--sample", "0", "--method", "cbow"]],
+                         ids=["default", "sample-0", "cbow-sample-0"])
+def test_corpus_mostly_one_word_trains(tmp_path, options):
+    # When one word is 90 % of the text, it is also most of every step's negatives, and
+    # their summed changes diverged even at a 5 times lower learning rate.
+    import random
+
+    generator = random.Random(1)
+    words = open(os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt"), encoding="utf-8").read().split()
+    tokens = ["spam" if generator.random() < 0.9 else generator.choice(words) for _ in range(150_000)]
+    corpus = tmp_path / "spam.txt"
+    corpus.write_text("".join(" ".join(tokens[i : i + 30]) + "\n" for i in range(0, len(tokens), 30)),
+                      encoding="utf-8")
+    model = str(tmp_path / "model")
+    runner = CliRunner()
+    assert runner.invoke(app, ["build-vocab", str(corpus), "-m", model, "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["train", "-m", model, "--epochs", "1", "--dim", "32", "--threads", "1",
+                                 "--quiet", *options])
+    assert result.exit_code == 0, result.stderr
+    assert np.isfinite(np.load(os.path.join(model, "embeddings.npy"))).all()
