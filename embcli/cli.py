@@ -420,7 +420,7 @@ def train(
             note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(ignored)}")
     if not corpus and (launch is None or launch.rank == 0):
         _warn_corpus_changed(model_dir)
-    if launch is None and threads != 1 and not STATE["quiet"] and "--seed" in sys.argv:
+    if launch is None and threads != 1 and not STATE["quiet"] and _given("--seed"):
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:
         stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens,

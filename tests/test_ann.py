@@ -315,3 +315,16 @@ def test_format_1_description_opens_as_hnsw(model_copy):
     result = invoke("neighbors", "-m", str(model_copy), "lord", "--approx", "-k", "3")
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
+
+
+def test_ivf_with_every_list_and_candidate_matches_exact(model_copy):
+    # A trained model whose vectors mostly point one way: 8-bit codes alone cannot order
+    # its rows, so the exact step must take a share of the --rerank candidates.
+    assert invoke("index", "-m", str(model_copy), "-q").exit_code == 0
+    model = embcli.load(str(model_copy))
+    index = open_index(model)
+    words = model.words[::7]
+    exact = model.neighbors_batch(words, 10)
+    approx = index.neighbors_batch(words, 10, effort=int(index.description["nlist"]), rerank=len(model))
+    hits = sum(len({w for w, _ in a} & {w for w, _ in e}) for a, e in zip(approx, exact))
+    assert hits / sum(len(e) for e in exact) >= 0.99

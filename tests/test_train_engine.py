@@ -352,3 +352,18 @@ def test_corpus_mostly_one_word_trains(tmp_path, options):
                                  "--quiet", *options])
     assert result.exit_code == 0, result.stderr
     assert np.isfinite(np.load(os.path.join(model, "embeddings.npy"))).all()
+
+
+@pytest.mark.parametrize("form", [["--seed", "7"], ["--seed=7"]])
+def test_seed_with_two_threads_warns_in_either_form(small_corpus, tmp_path, form, monkeypatch):
+    import sys
+
+    model = str(tmp_path / "model")
+    runner = CliRunner()
+    assert runner.invoke(app, ["build-vocab", small_corpus, "-m", model, "--quiet"]).exit_code == 0
+    arguments = ["train", "-m", model, "--epochs", "1", "--dim", "8", "--threads", "2", *form]
+    # The warning looks at the command line as the shell passed it.
+    monkeypatch.setattr(sys, "argv", ["embcli", *arguments])
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.stderr
+    assert "results vary between runs even with --seed" in result.stderr
