@@ -596,6 +596,11 @@ def _stdin_lines():
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as failure:
+            # The answers to the lines before this one go out first, so that output and
+            # errors keep the order of the input.
+            flush = STATE.get("stdin_wait")
+            if flush is not None:
+                flush()
             error(f"<stdin>: line {number}: invalid UTF-8 (byte 0x{raw[failure.start]:02x} "
                   f"at byte {failure.start} of the line); queries must be UTF-8")
             STATE["stdin_failures"] += 1
@@ -615,6 +620,11 @@ def _numbered_queries(words):
     if "-" in words:
         raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
     return [(word, None) for word in words], len(words) > 1
+
+
+def _tsv_field(text):
+    """Return a query as one tab-separated field: its tabs become spaces."""
+    return text.replace("\t", " ")
 
 
 def _with_line(failure, number):
@@ -734,7 +744,7 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
             if as_json:
                 _json_line({"query": word, "word": neighbor, "score": round(score, 6)})
             elif batch:
-                sys.stdout.write(f"{word}\t{neighbor}\t{score:.4f}\n")
+                sys.stdout.write(f"{_tsv_field(word)}\t{neighbor}\t{score:.4f}\n")
             else:
                 sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
 
@@ -810,7 +820,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
                     _json_line({"query": word, "word": neighbor, "score": round(score, 6),
                                 **_subword_field((word,), from_subwords)})
                 elif batch:
-                    sys.stdout.write(f"{word}\t{neighbor}\t{score:.4f}\n")
+                    sys.stdout.write(f"{_tsv_field(word)}\t{neighbor}\t{score:.4f}\n")
                 else:
                     sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
 

@@ -131,3 +131,26 @@ def test_vector_stdin_reports_invalid_utf8(model):
     assert b"line 1: invalid UTF-8" in result.stderr
     assert b"Traceback" not in result.stderr
     assert result.stdout.startswith(b"2\tking\t")
+
+
+@pytest.mark.parametrize("approx", [False, True], ids=["exact", "approx"])
+def test_stdin_errors_and_answers_keep_input_order(trained_model, tmp_path, approx):
+    import shutil
+
+    directory = str(shutil.copytree(trained_model, tmp_path / "model"))
+    options = []
+    if approx:
+        assert CliRunner().invoke(app, ["index", "-m", directory, "--kind", "hnsw", "-q"]).exit_code == 0
+        options = ["--approx"]
+    # stderr merged into stdout shows the order in which the two were written.
+    result = subprocess.run([sys.executable, "-m", "embcli", "neighbors", "-", "-k", "1", "-m", directory, *options],
+                            input=b"lord\nbad\xff\n\tgod\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            timeout=TIMEOUT)
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("lord\t")
+    assert "line 2: invalid UTF-8" in lines[1]
+    # A tab inside a query does not add a field.
+    assert len(lines[2].split("\t")) == 3
+    assert lines[2].startswith(" god\t")
