@@ -73,12 +73,12 @@ BURST_SCREEN = 1 << 18
 # A CBOW example gives its whole error to each of its context words, and has up to
 # 2 * window of them, so CBOW counts context slots against a limit this many times larger.
 # With 5, a step of text8 damped 4 % of its slots, but a corpus 47 % "0" (a sparse table
-# among text8 lines) still diverged with --sample 0; with 2 it trained, and text8's
+# among text8 lines) still diverged with --sample 0. With 2 it trained, and text8's
 # 5-epoch CBOW scores stayed within a run's spread (12.38 % analogy, 0.494 WS-353).
 CBOW_BURST_FACTOR = 2
-# The same holds for negatives: when one word makes up most of a corpus, it is most of
-# every step's negatives too, and their summed changes diverged, even with --sample 0
-# and a learning rate 5 times lower (a trial corpus 90 % "spam"). A word drawn n times
+# The same holds for negatives. When one word makes up most of a corpus, it is most of
+# every step's negatives too. Their summed changes diverged on a trial corpus 90 %
+# "spam", even with --sample 0 and a learning rate 5 times lower. A word drawn n times
 # in one step, more than BURST_NEGATIVE_DRAWS (scaled as BURST_PAIRS is), has its
 # negative changes weighted that limit / n. With shared negatives a step draws 64; the
 # most frequent word of text8 is about 1.6 % of the draws, so ordinary text is not

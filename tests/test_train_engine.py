@@ -276,7 +276,7 @@ def test_ns_exponent_outside_range_rejected(exponent):
         TrainConfig(ns_exponent=float(exponent)).validate()
 
 
-def test_burst_weights_limit_a_word_that_fills_a_step(tmp_path):
+def test_burst_weights_word_filling_step(tmp_path):
     corpus, _ = tiny_corpus(tmp_path, [40])
     trainer = Trainer(TrainConfig(), corpus, *init_vectors(len(corpus.counts), 4, 1), CPU)
     limit = trainer.burst_limit
@@ -304,7 +304,7 @@ BURST_OPTIONS = [
 
 
 @pytest.mark.parametrize("options", BURST_OPTIONS, ids=["skipgram", "cbow", "subwords"])
-def test_a_run_of_one_repeated_word_trains(tmp_path, options):
+def test_train_run_of_one_repeated_word(tmp_path, options):
     # A table or a line of one repeated token fills whole update steps with one word.
     # Summed over a step, its hundreds of same-direction changes overshot, and every one
     # of these runs diverged in its first epoch at the default learning rate.
@@ -334,7 +334,7 @@ def test_seed_outside_64_bits_is_usage_error(small_corpus, seed):
 
 @pytest.mark.parametrize("options", [[], ["--sample", "0"], ["--sample", "0", "--method", "cbow"]],
                          ids=["default", "sample-0", "cbow-sample-0"])
-def test_corpus_mostly_one_word_trains(tmp_path, options):
+def test_train_corpus_mostly_one_word(tmp_path, options):
     # When one word is 90 % of the text, it is also most of every step's negatives, and
     # their summed changes diverged even at a 5 times lower learning rate.
     import random
