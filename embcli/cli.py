@@ -738,8 +738,13 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
             raise QueryError(message) from None
         return row
 
+    possible = min(k, len(opened) - 1)
+    short = []
+
     def emit(query, result):
         word = query[0]
+        if len(result) < possible:
+            short.append(word)
         for neighbor, score in result:
             if as_json:
                 _json_line({"query": word, "word": neighbor, "score": round(score, 6)})
@@ -749,8 +754,14 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
                 sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
 
     # Queries are searched together, QUERY_BLOCK at a time, as the exact search does.
-    return _answer_in_blocks(opened, queries, resolve,
-                             lambda rows: approximate.neighbors_of_rows(rows, k, effort, **settings), emit)
+    failed = _answer_in_blocks(opened, queries, resolve,
+                               lambda rows: approximate.neighbors_of_rows(rows, k, effort, **settings), emit)
+    if short:
+        # The lists scanned (ivf) or the candidates kept (hnsw) held fewer words than -k.
+        more = "--nprobe" if approximate.kind == "ivf" else "--ef"
+        note(f"warning: --approx found fewer than {possible} neighbours for {_count(len(short), 'word')} "
+             f"(first: {short[0]!r}); a larger {more} searches more of the index")
+    return failed
 
 
 def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts=(None, None, None), subwords=True):

@@ -328,3 +328,15 @@ def test_ivf_with_every_list_and_candidate_matches_exact(model_copy):
     approx = index.neighbors_batch(words, 10, effort=int(index.description["nlist"]), rerank=len(model))
     hits = sum(len({w for w, _ in a} & {w for w, _ in e}) for a, e in zip(approx, exact))
     assert hits / sum(len(e) for e in exact) >= 0.99
+
+
+def test_ivf_short_answer_notes_nprobe(model_copy):
+    # One list scanned holds fewer words than -k asks for.
+    assert invoke("index", "-m", str(model_copy), "-q").exit_code == 0
+    result = invoke("neighbors", "-m", str(model_copy), "--approx", "--nprobe", "1", "-k", "400", "lord")
+    assert result.exit_code == 0
+    assert 0 < len(result.stdout.splitlines()) < 400
+    assert "fewer than 400 neighbours for 1 word" in result.stderr
+    assert "--nprobe" in result.stderr
+    full = invoke("neighbors", "-m", str(model_copy), "--approx", "-k", "5", "lord")
+    assert "fewer than" not in full.stderr
