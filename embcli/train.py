@@ -428,15 +428,15 @@ class Trainer:
             0, example_of_slot, weight, reduce="amin")
 
     def _negative_draw_weight(self, negatives):
-        """Return weights shaped like `negatives` for words drawn more than
-        self.negative_limit times in this step (see BURST_NEGATIVE_DRAWS), or None."""
+        """Return weights shaped like `negatives`: limit / n for a word drawn n times in
+        this step, more than self.negative_limit, and 1 for the others (see
+        BURST_NEGATIVE_DRAWS). None when no word of the corpus is common enough."""
         if not self.count_negatives:
             return None
+        # No test of the counts on the host: a step on a GPU would wait for it.
         _, inverse, counts = torch.unique(negatives, return_inverse=True, return_counts=True)
-        if int(counts.max()) <= self.negative_limit:
-            return None
-        return (self.negative_limit / counts.to(torch.float32)).clamp_(max=1.0).index_select(0, inverse.view(-1)).view(
-            negatives.shape)
+        weight = (self.negative_limit / counts.to(torch.float32)).clamp_(max=1.0)
+        return weight.index_select(0, inverse.view(-1)).view(negatives.shape)
 
     def _negative_step(self, hidden, targets, lr, generator, with_loss=True, pair_weight=None):
         """Update the output vectors for `hidden` (B, D) predicting `targets` (B).
