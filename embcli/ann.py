@@ -25,9 +25,10 @@ faiss (PyPI faiss-cpu) and hnswlib are the optional extra `ann`:
 
 The IVF index takes about 9 * dim / 8 + 8 bytes per word, plus nlist x dim floats of
 centroids. faiss maps the 8-bit codes (IO_FLAG_MMAP_IFC) and reads the rest whole: faiss
-1.15's IO_FLAG_MMAP maps only flat lists, not the fast-scan lists. An IVF index with flat lists (IndexIVFFlat, which can be
-mapped) was measured too slow: on the synthetic data of bench/ann.py, recall 0.92 took
-longer than exact search (docs/benchmarks.md, section Scale).
+1.15's IO_FLAG_MMAP maps only flat lists, not the fast-scan lists. An IVF index with
+flat lists (IndexIVFFlat, which can be mapped) was measured too slow: on the synthetic
+data of bench/ann.py, recall 0.92 took longer than exact search (docs/benchmarks.md,
+section Scale).
 NOTE: hnswlib 0.8 reads the whole index file into memory on load and has no
 memory-mapped mode. An HNSW index of V words of dimension D with graph degree M takes
 about V * (4 * D + 8 * M + 16) bytes of RAM, on top of the memory-mapped embeddings.
@@ -308,7 +309,8 @@ class ApproximateIndex:
         With a refine stage (indexes built with "Refine(SQ8)"), faiss re-scores the
         `candidates` against 8-bit codes of the rows, in its own threads. Only the best
         of them are read from the memory-mapped embeddings.npy: REFINED_PER_ANSWER *
-        want, or candidates / EXACT_SHARE_OF_RERANK if more. Older indexes re-score all `candidates` from it.
+        want, or candidates / EXACT_SHARE_OF_RERANK if more. Older indexes re-score
+        all `candidates` from it.
         """
         ivf = self.faiss.extract_index_ivf(self.index)
         nprobe = min(nprobe, ivf.nlist)
