@@ -72,8 +72,8 @@ DEFAULT_RERANK = 400
 # A share of the lists, not a count, because on that data recall depends mainly on the
 # share of the rows scanned.
 DEFAULT_NPROBE_SHARE = 0.3
-# With a refine stage, the exact re-scoring reads this many rows per answer wanted, and
-# at least 1 / EXACT_SHARE_OF_RERANK of the --rerank candidates. 8-bit codes cannot
+# With a refine stage, the exact re-scoring reads this many rows per requested
+# neighbour, and at least 1 / EXACT_SHARE_OF_RERANK of the --rerank candidates. 8-bit codes cannot
 # order the rows of a model whose vectors all point one way: on a small trained model
 # with a mean pairwise cosine of 0.94, re-scoring only 2 x k exactly found 84 % of the
 # exact top 10 even with every list scanned and --rerank past the vocabulary size.
@@ -261,7 +261,7 @@ class ApproximateIndex:
         self.index = index
         self.description = description
         self.kind = description["kind"]
-        self.faiss = library
+        self.library = library  # the faiss or hnswlib module
 
     @property
     def default_effort(self):
@@ -282,7 +282,7 @@ class ApproximateIndex:
             raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
 
     def neighbors_of_rows(self, rows, k=10, effort=None, rerank=DEFAULT_RERANK):
-        """neighbors_batch for matrix rows whose vectors passed check_query."""
+        """Return neighbors_batch's result for matrix rows whose vectors passed check_query."""
         if k <= 0 or not rows:
             return [[] for _ in rows]
         queries = _unit_rows(self.model.matrix[rows])
@@ -312,13 +312,14 @@ class ApproximateIndex:
         want, or candidates / EXACT_SHARE_OF_RERANK if more. Older indexes re-score
         all `candidates` from it.
         """
-        ivf = self.faiss.extract_index_ivf(self.index)
+        faiss = self.library
+        ivf = faiss.extract_index_ivf(self.index)
         nprobe = min(nprobe, ivf.nlist)
         padded = _padded(queries, int(self.description["padded_dim"]))
-        if isinstance(self.index, self.faiss.IndexRefine):
+        if isinstance(self.index, faiss.IndexRefine):
             keep = min(candidates, max(REFINED_PER_ANSWER * want, candidates // EXACT_SHARE_OF_RERANK))
-            params = self.faiss.IndexRefineSearchParameters(
-                k_factor=candidates / keep, base_index_params=self.faiss.SearchParametersIVF(nprobe=nprobe))
+            params = faiss.IndexRefineSearchParameters(
+                k_factor=candidates / keep, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))
             _, found = self.index.search(padded, keep, params=params)
             return self._rescore_batch(queries, found, want)
         ivf.nprobe = nprobe

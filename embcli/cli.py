@@ -596,8 +596,8 @@ def _stdin_lines():
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as failure:
-            # The answers to the lines before this one go out first, so that output and
-            # errors keep the order of the input.
+            # Print the results of the earlier lines first, so that output and errors
+            # keep the order of the input.
             flush = STATE.get("stdin_wait")
             if flush is not None:
                 flush()

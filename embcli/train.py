@@ -67,6 +67,8 @@ LOSS_EVERY = 4
 # workers, the limit damps 3.5 % of the skip-gram pairs: number words of tables and dates,
 # and a few names within their own article ("lincoln"). Its 5-epoch scores stayed where
 # they were: 12.24 % analogy and 0.555 WS-353, against 12.00 % and 0.574 before.
+# NOTE: these limits were found by trial on a handful of corpora (number tables, runs of
+# one token, texts mostly one word); other repetition patterns may still diverge.
 BURST_PAIRS = 64
 BURST_LR = 0.025
 BURST_SCREEN = 1 << 18
@@ -277,19 +279,20 @@ class Trainer:
         self.input_vectors = input_vectors
         self.output_vectors = output_vectors
         self.keep = torch.from_numpy(keep_probabilities(corpus.counts, config.sample)).to(device)
-        self.cdf = torch.from_numpy(negative_cdf(corpus.counts, config.ns_exponent)).to(device)
+        cdf = negative_cdf(corpus.counts, config.ns_exponent)
+        self.cdf = torch.from_numpy(cdf).to(device)
         self.start, self.stop = slice_bounds(len(corpus), workers, worker)
         self.chunks = chunk_starts(self.start, self.stop, config.chunk_tokens)
         self.lr0 = config.resolved_lr()
-        # Workers add their steps' changes to the same rows at once, so they share the limit.
-        # At least one pair's change always goes through, so a learning rate far too large
-        # still shows as divergence instead of being cancelled.
-        # A lower rate keeps the limits of BURST_LR: at --lr 0.005, limits 25 times
+        # Workers add their steps' changes to the same rows at once, so they share the
+        # limits. A rate below BURST_LR keeps its limits: at --lr 0.005, limits 25 times
         # larger let a corpus 47 % "0" diverge.
         scale = min(1.0, (BURST_LR / max(self.lr0, 1e-12)) ** 2) / workers
+        # At least one pair's change always goes through, so a learning rate far too
+        # large still ends in divergence instead of being cancelled.
         self.burst_limit = max(1.0, BURST_PAIRS * scale)
-        # In draws of one shared negative; a per-pair draw weighs shared_negatives /
-        # (block * negative) of one.
+        # The negative limit counts draws of one shared negative. A per-pair draw weighs
+        # shared_negatives / (block * negative) of one.
         self.negative_limit = max(1.0, BURST_NEGATIVE_DRAWS * scale)
         if config.negatives == "per-pair":
             self.negative_limit *= config.block * config.negative / config.shared_negatives
@@ -297,7 +300,7 @@ class Trainer:
         draws = (config.batch // config.block + 1) * config.shared_negatives
         if config.negatives == "per-pair":
             draws = config.batch * config.negative
-        top = float(np.diff(negative_cdf(corpus.counts, config.ns_exponent), prepend=0.0).max(initial=0.0))
+        top = float(np.diff(cdf, prepend=0.0).max(initial=0.0))
         self.count_negatives = draws * top + 4 * math.sqrt(draws * top) + 1 > self.negative_limit
         self.vocab_size = len(corpus.counts)
 
@@ -405,6 +408,8 @@ class Trainer:
             keys = steps * self.vocab_size + words
             hashed = (keys * 2654435761) & (BURST_SCREEN - 1)
             counters = torch.bincount(hashed, minlength=BURST_SCREEN)
+            # NOTE: not run on a GPU yet. This reads one value on the host per chunk,
+            # not per step.
             if int(counters.max()) <= limit:
                 continue
             hot = (counters.index_select(0, hashed) > limit).nonzero().squeeze(1)
@@ -416,8 +421,8 @@ class Trainer:
         return weight
 
     def cbow_burst_weights(self, flat_context, example_of_slot, centers, batch):
-        """burst_weights for CBOW: per-example weights (or None), each context slot counted
-        as a pair of its context word and the example's center word."""
+        """Return burst_weights for CBOW as per-example weights (or None). Each context
+        slot counts as a pair of its context word and the example's center word."""
         weight = self.burst_weights(flat_context, centers.index_select(0, example_of_slot),
                                     torch.div(example_of_slot, batch, rounding_mode="floor"),
                                     self.burst_limit * CBOW_BURST_FACTOR)
@@ -433,7 +438,7 @@ class Trainer:
         BURST_NEGATIVE_DRAWS). None when no word of the corpus is common enough."""
         if not self.count_negatives:
             return None
-        # No test of the counts on the host: a step on a GPU would wait for it.
+        # The counts stay on the device: reading them on the host would stall a GPU step.
         _, inverse, counts = torch.unique(negatives, return_inverse=True, return_counts=True)
         weight = (self.negative_limit / counts.to(torch.float32)).clamp_(max=1.0)
         return weight.index_select(0, inverse.view(-1)).view(negatives.shape)

@@ -121,7 +121,7 @@ def test_ivf_scores_are_exact_cosines(synthetic_model, tmp_path):
         assert score == pytest.approx(model.similarity("w7", word), abs=1e-5)
 
 
-def test_ivf_index_without_refine_stage_still_searches(synthetic_model, tmp_path):
+def test_ivf_index_without_refine_stage(synthetic_model, tmp_path):
     # Indexes built before the 8-bit refine stage hold only the IVF lists; their
     # candidates are all re-scored from embeddings.npy.
     import faiss
@@ -317,7 +317,7 @@ def test_format_1_description_opens_as_hnsw(model_copy):
     assert len(result.stdout.splitlines()) == 3
 
 
-def test_ivf_with_every_list_and_candidate_matches_exact(model_copy):
+def test_ivf_full_scan_matches_exact(model_copy):
     # A trained model whose vectors mostly point one way: 8-bit codes alone cannot order
     # its rows, so the exact step must take a share of the --rerank candidates.
     assert invoke("index", "-m", str(model_copy), "-q").exit_code == 0
@@ -331,7 +331,7 @@ def test_ivf_with_every_list_and_candidate_matches_exact(model_copy):
 
 
 def test_ivf_short_answer_notes_nprobe(model_copy):
-    # One list scanned holds fewer words than -k asks for.
+    # One scanned list contains fewer words than -k requests.
     assert invoke("index", "-m", str(model_copy), "-q").exit_code == 0
     result = invoke("neighbors", "-m", str(model_copy), "--approx", "--nprobe", "1", "-k", "400", "lord")
     assert result.exit_code == 0

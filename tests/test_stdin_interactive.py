@@ -134,7 +134,7 @@ def test_vector_stdin_reports_invalid_utf8(model):
 
 
 @pytest.mark.parametrize("approx", [False, True], ids=["exact", "approx"])
-def test_stdin_errors_and_answers_keep_input_order(trained_model, tmp_path, approx):
+def test_stdin_errors_keep_input_order(trained_model, tmp_path, approx):
     import shutil
 
     directory = str(shutil.copytree(trained_model, tmp_path / "model"))

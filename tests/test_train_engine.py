@@ -355,7 +355,7 @@ def test_train_corpus_mostly_one_word(tmp_path, options):
 
 
 @pytest.mark.parametrize("form", [["--seed", "7"], ["--seed=7"]])
-def test_seed_with_two_threads_warns_in_either_form(small_corpus, tmp_path, form, monkeypatch):
+def test_seed_warning_both_forms(small_corpus, tmp_path, form, monkeypatch):
     import sys
 
     model = str(tmp_path / "model")
