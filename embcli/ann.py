@@ -8,7 +8,9 @@
     nearest to it (Jegou, Douze and Schmid 2011, "Product quantization for nearest
     neighbor search"). The lists store product-quantization codes of 4 bits per 4
     dimensions, scanned with faiss's SIMD fast-scan kernels, so the scan reads about
-    1/32 of the bytes of the float32 rows. A refine stage (faiss IndexRefine) holds
+    1/32 of the bytes of the float32 rows. When the rows vary along at most a quarter
+    of the dimensions, the lists code only those directions, one 4-bit code each
+    (principal_projection; `projected_dim` in ann.json). A refine stage (faiss IndexRefine) holds
     every row again as 8-bit codes, one byte per dimension: the `rerank` best
     candidates by 4-bit code score are re-scored against them, and the best of those
     (see EXACT_SHARE_OF_RERANK) exactly against the memory-mapped `embeddings.npy`,
@@ -69,6 +71,9 @@ DIMENSIONS_PER_CODE = 4
 # 400 re-scored candidates reached recall@10 0.95 at 11-13x the speed of exact search,
 # and 200 candidates only 0.92. docs/benchmarks.md (section Scale) has the table.
 DEFAULT_RERANK = 400
+# Codes of one projected direction each order the candidates well enough that 200 of them
+# found as much of the exact top 10 as 400 (0.961 and 0.963 at nprobe 256, 1M model).
+PROJECTED_RERANK = 200
 # A share of the lists, not a count, because on that data recall depends mainly on the
 # share of the rows scanned.
 DEFAULT_NPROBE_SHARE = 0.3
@@ -79,6 +84,13 @@ DEFAULT_NPROBE_SHARE = 0.3
 # exact top 10 even with every list scanned and --rerank past the vocabulary size.
 REFINED_PER_ANSWER = 2
 EXACT_SHARE_OF_RERANK = 8
+# When the rows vary along few directions, the lists code only those, one direction per
+# 4-bit code (see principal_projection). On the synthetic model of bench/ann.py (a rank-64
+# mix plus noise) this found the 64 mixed directions. It reached recall@10 0.958 at
+# nprobe 256 with 200 candidates. Four dimensions per code scanned 75 codes per row
+# instead of 64 and needed 400 candidates for 0.950 (docs/benchmarks.md, section Scale).
+NOISE_FLOOR_FACTOR = 2.0
+PROJECTED_VARIANCE = 0.9
 
 
 def default_nlist(rows):
@@ -97,6 +109,34 @@ def _padded(rows, width):
     out = np.zeros((rows.shape[0], width), dtype=np.float32)
     out[:, : rows.shape[1]] = rows
     return out
+
+
+def principal_projection(rows, max_directions):
+    """Return a (width, d) matrix onto the principal directions of `rows` (n, width), or None.
+
+    The directions are those whose variance across the rows is above the noise floor
+    (NOISE_FLOOR_FACTOR times the median direction's). The projection is used only when
+    there are at most `max_directions` of them, so that each can have its own 4-bit code within the
+    code budget of the unprojected layout, and when they hold at least PROJECTED_VARIANCE
+    of the variance. Otherwise None: the rows keep all their dimensions.
+
+    The variance is taken about the mean: a direction that all rows share does not
+    order them. The projection itself has no offset. In inner products that shared
+    part is then a constant, which leaves the order unchanged.
+    """
+    if len(rows) < 2:
+        return None
+    centered = rows.astype(np.float64) - rows.mean(0, dtype=np.float64)
+    values, vectors = np.linalg.eigh(centered.T @ centered / len(rows))
+    values, vectors = values[::-1], vectors[:, ::-1]
+    floor = NOISE_FLOOR_FACTOR * max(float(np.median(values)), 0.0)
+    directions = int(np.count_nonzero(values > floor))
+    directions = -(-directions // DIMENSIONS_PER_CODE) * DIMENSIONS_PER_CODE
+    if directions == 0 or directions > max_directions:
+        return None
+    if values[:directions].sum() < PROJECTED_VARIANCE * values.sum():
+        return None
+    return np.ascontiguousarray(vectors[:, :directions], dtype=np.float32)
 
 
 def _unit_rows(rows):
@@ -203,11 +243,27 @@ def _build_ivf(faiss, model, nlist, threads, progress):
     sample_size = min(rows, nlist * TRAINING_ROWS_PER_LIST)
     sample = np.sort(np.random.default_rng(1).choice(rows, size=sample_size, replace=False))
     padded = -(-dim // DIMENSIONS_PER_CODE) * DIMENSIONS_PER_CODE
-    factory = f"IVF{nlist},PQ{padded // DIMENSIONS_PER_CODE}x4fs,Refine(SQ8)"
-    index = faiss.index_factory(padded, factory, faiss.METRIC_INNER_PRODUCT)
+    training = _padded(_unit_rows(model.matrix[sample]), padded)
+    projection = principal_projection(training, padded // DIMENSIONS_PER_CODE)
+    coded = padded if projection is None else projection.shape[1]
+    codes = padded // DIMENSIONS_PER_CODE if projection is None else coded
+    factory = f"IVF{nlist},PQ{codes}x4fs,Refine(SQ8)"
+    if projection is None:
+        index = faiss.index_factory(padded, factory, faiss.METRIC_INNER_PRODUCT)
+    else:
+        # The lists hold codes of the projected rows; the 8-bit refine stage keeps the full rows.
+        transform = faiss.LinearTransform(padded, coded, False)
+        faiss.copy_array_to_vector(np.ascontiguousarray(projection.T).ravel(), transform.A)
+        transform.is_trained = True
+        lists = faiss.index_factory(coded, f"IVF{nlist},PQ{codes}x4fs", faiss.METRIC_INNER_PRODUCT)
+        refine = faiss.IndexScalarQuantizer(padded, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        projected = faiss.IndexPreTransform(transform, lists)
+        index = faiss.IndexRefine(projected, refine)
+        # The Python objects own the C++ ones; keep them alive as long as the index.
+        index.referenced_objects = [transform, lists, projected, refine]
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = 1
-    index.train(_padded(_unit_rows(model.matrix[sample]), padded))
+    index.train(training)
 
     for begin in range(0, rows, ADD_BLOCK_ROWS):
         block = _unit_rows(model.matrix[begin : begin + ADD_BLOCK_ROWS])
@@ -219,6 +275,7 @@ def _build_ivf(faiss, model, nlist, threads, progress):
         "library_version": _library_version("faiss-cpu"),
         "index_factory": factory,
         "padded_dim": padded,
+        "projected_dim": None if projection is None else coded,
         "nlist": nlist,
         "training_rows": sample_size,
     }
@@ -269,7 +326,11 @@ class ApproximateIndex:
             return default_nprobe(int(self.description["nlist"]))
         return DEFAULT_EF_SEARCH
 
-    def neighbors_batch(self, words, k=10, effort=None, rerank=DEFAULT_RERANK):
+    @property
+    def default_rerank(self):
+        return PROJECTED_RERANK if self.description.get("projected_dim") else DEFAULT_RERANK
+
+    def neighbors_batch(self, words, k=10, effort=None, rerank=None):
         """Return, for each word, [(word, cosine)] of about the k nearest other words."""
         rows = self.model.rows(words)
         for word, row in zip(words, rows):
@@ -281,12 +342,13 @@ class ApproximateIndex:
         if not np.any(self.model.matrix[row]):
             raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
 
-    def neighbors_of_rows(self, rows, k=10, effort=None, rerank=DEFAULT_RERANK):
+    def neighbors_of_rows(self, rows, k=10, effort=None, rerank=None):
         """Return neighbors_batch's result for matrix rows whose vectors passed check_query."""
         if k <= 0 or not rows:
             return [[] for _ in rows]
         queries = _unit_rows(self.model.matrix[rows])
         effort = self.default_effort if effort is None else effort
+        rerank = self.default_rerank if rerank is None else rerank
         if effort < 1:
             raise QueryError(f"{'nprobe' if self.kind == 'ivf' else 'ef'} must be at least 1, not {effort}")
         want = min(k + 1, int(self.description["rows"]))
@@ -318,8 +380,10 @@ class ApproximateIndex:
         padded = _padded(queries, int(self.description["padded_dim"]))
         if isinstance(self.index, faiss.IndexRefine):
             keep = min(candidates, max(REFINED_PER_ANSWER * want, candidates // EXACT_SHARE_OF_RERANK))
-            params = faiss.IndexRefineSearchParameters(
-                k_factor=candidates / keep, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))
+            lists = faiss.SearchParametersIVF(nprobe=nprobe)
+            if isinstance(faiss.downcast_index(self.index.base_index), faiss.IndexPreTransform):
+                lists = faiss.SearchParametersPreTransform(index_params=lists)
+            params = faiss.IndexRefineSearchParameters(k_factor=candidates / keep, base_index_params=lists)
             _, found = self.index.search(padded, keep, params=params)
             return self._rescore_batch(queries, found, want)
         ivf.nprobe = nprobe
@@ -419,7 +483,9 @@ def _read_ivf(faiss, index_path):
         raise IndexStale(f"{index_path}: cannot be read ({message}); rebuild it with 'embcli index'") from None
     # read_index returns the concrete class. With IO_FLAG_MMAP its lists are an
     # OnDiskInvertedLists over the mapped file.
-    base = index.base_index if isinstance(index, faiss.IndexRefine) else index
-    if not isinstance(faiss.downcast_index(base), faiss.IndexIVF):
+    base = faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+    if isinstance(base, faiss.IndexPreTransform):
+        base = faiss.downcast_index(base.index)
+    if not isinstance(base, faiss.IndexIVF):
         raise IndexStale(f"{index_path}: not an IVF index; rebuild it with 'embcli index'")
     return index

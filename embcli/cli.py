@@ -699,7 +699,7 @@ def neighbors(
     rerank: Optional[int] = typer.Option(None, "--rerank", min=1,
                                          help="With --approx on an ivf index: candidates re-scored exactly "
                                               "against the embeddings (more is slower and more exact). "
-                                              "[default: 400]"),
+                                              "[default: 400, or 200 for an index of projected rows]"),
     no_subwords: bool = NoSubwordsOption,
 ):
     """Print the k nearest words by cosine similarity, leaving the query word out."""

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import embcli
 from embcli import store
-from embcli.ann import INDEX_FILES, open_index
+from embcli.ann import INDEX_FILES, open_index, principal_projection
 from embcli.cli import app
 from embcli.train import TrainConfig, train_model
 
@@ -99,6 +99,8 @@ def test_ivf_recall_grows_with_nprobe(synthetic_model, tmp_path):
     model = embcli.load(str(model_dir))
     index = open_index(model)
     assert index.description["nlist"] == 40
+    # The rows vary along 12 directions, so the lists code those 12, one per 4-bit code.
+    assert index.description["projected_dim"] == 12
     words = [model.words[row] for row in range(0, 4000, 40)]
 
     one_list = recall_at_10(model, index, words, 1)
@@ -107,8 +109,8 @@ def test_ivf_recall_grows_with_nprobe(synthetic_model, tmp_path):
     assert one_list < default <= every_list
     assert default >= 0.8
     # With every list scanned, a neighbour is missed only when its 4-bit code score
-    # ranks it below the 400 candidates that are re-scored with 8-bit codes, or its
-    # 8-bit score below the 22 that are re-scored exactly.
+    # ranks it below the 200 candidates that are re-scored with 8-bit codes, or its
+    # 8-bit score below the 25 that are re-scored exactly.
     assert every_list >= 0.95
 
 
@@ -323,6 +325,7 @@ def test_ivf_full_scan_matches_exact(model_copy):
     assert invoke("index", "-m", str(model_copy), "-q").exit_code == 0
     model = embcli.load(str(model_copy))
     index = open_index(model)
+    assert index.description["projected_dim"] is None
     words = model.words[::7]
     exact = model.neighbors_batch(words, 10)
     approx = index.neighbors_batch(words, 10, effort=int(index.description["nlist"]), rerank=len(model))
@@ -340,3 +343,21 @@ def test_ivf_short_answer_notes_nprobe(model_copy):
     assert "--nprobe" in result.stderr
     full = invoke("neighbors", "-m", str(model_copy), "--approx", "-k", "5", "lord")
     assert "fewer than" not in full.stderr
+
+
+def test_principal_projection_keeps_the_varying_directions():
+    generator = np.random.default_rng(3)
+    basis = np.linalg.qr(generator.standard_normal((64, 64)))[0]
+    mix = generator.standard_normal((5000, 8)) * np.linspace(3.0, 1.0, 8)
+    # Every row also shares one large direction, which does not order them.
+    rows = (mix @ basis[:, :8].T + 10.0 * basis[:, 8] + 0.1 * generator.standard_normal((5000, 64)))
+    rows = rows.astype(np.float32)
+    projection = principal_projection(rows, 16)
+    assert projection.shape == (64, 8)
+    # The projection spans the 8 mixed directions, not the shared one.
+    spanned = projection.T @ basis[:, :9]
+    assert np.allclose(np.linalg.norm(spanned[:, :8], axis=0), 1.0, atol=0.01)
+    assert np.linalg.norm(spanned[:, 8]) < 0.05
+    # More directions than codes, or directions of equal variance: no projection.
+    assert principal_projection(rows, 4) is None
+    assert principal_projection(generator.standard_normal((5000, 64)).astype(np.float32), 16) is None
