@@ -512,6 +512,57 @@ class Trainer:
         out.index_add_(0, targets, g_positive[:, None] * hidden)
         return grad_hidden, loss
 
+    def _shared_negative_step_by_word(self, combined, pair_word, targets, lr, generator, with_loss=True,
+                                      pair_weight=None):
+        """The shared-negative step of _negative_step for pairs whose inputs repeat.
+
+        Pair p's input vector is row pair_word[p] of `combined` (U, D). Returns (the
+        gradient of each row of `combined`, summed over its pairs (U, D), the summed loss
+        or None unless `with_loss`).
+
+        The same update as _negative_step on `combined[pair_word]`, with the same
+        negatives, but with each input row's scores against its blocks' negatives computed
+        once: a word in n pairs of a block shares them. Three (U, D) x (D, blocks *
+        shared_negatives) products replace the three per-pair block products, which took
+        a fifth of a subword step.
+        """
+        config = self.config
+        out = self.output_vectors
+        count = pair_word.shape[0]
+        words = combined.shape[0]
+        block = min(config.block, count)
+        blocks = -(-count // block)
+        shared = config.shared_negatives
+        hidden = combined.index_select(0, pair_word)
+        target_vectors = out.index_select(0, targets)
+        positive = (hidden * target_vectors).sum(1)
+        g_positive = (1.0 - torch.sigmoid(positive)) * lr
+        if pair_weight is not None:
+            g_positive *= pair_weight
+        loss = torch.nn.functional.softplus(-positive).sum() if with_loss else None
+
+        negatives = self._draw_negatives((blocks, shared), generator)
+        draw_weight = self._negative_draw_weight(negatives)
+        negative_vectors = out.index_select(0, negatives.view(-1))  # (blocks * S, D)
+        # Row u * blocks + b holds word u's scores against block b's negatives.
+        slot = pair_word * blocks + torch.div(torch.arange(count, device=self.device), block, rounding_mode="floor")
+        scores = torch.mm(combined, negative_vectors.t()).view(words * blocks, shared).index_select(0, slot)
+        weight = config.negative / shared
+        g_negative = torch.sigmoid(scores) * (-lr * weight)  # (P, S)
+        if pair_weight is not None:
+            g_negative *= pair_weight[:, None]
+        if draw_weight is not None:
+            g_negative *= draw_weight.index_select(0, slot % blocks)
+        if with_loss:
+            loss = loss + weight * torch.nn.functional.softplus(scores).sum()
+        by_word = torch.zeros(words * blocks, shared, device=self.device).index_add_(0, slot, g_negative)
+        by_word = by_word.view(words, blocks * shared)
+        grad_words = torch.mm(by_word, negative_vectors)
+        grad_words.index_add_(0, pair_word, g_positive[:, None] * target_vectors)
+        out.index_add_(0, negatives.view(-1), torch.mm(by_word.t(), combined))
+        out.index_add_(0, targets, g_positive[:, None] * hidden)
+        return grad_words, loss
+
     def _chunk_loss(self, losses, sampled, examples):
         """Scale the loss of the sampled steps to all `examples` of the chunk (float64)."""
         if not losses:

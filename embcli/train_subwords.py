@@ -20,7 +20,8 @@ What differs from fastText, and why:
   each distinct word in a step is combined once and updated once with the sum of its
   gradients. fastText recombines and updates the n-gram rows after every (center,
   context) pair, which costs the n-gram gather and scatter once per pair; this costs it
-  once per distinct word per step.
+  once per distinct word per step. The word's scores against its blocks' shared
+  negatives are computed once per step too (Trainer._shared_negative_step_by_word).
 - N-gram rows are updated after every step, not deferred. Deferring them to the end of
   each chunk of the corpus used 2.6 times less CPU than fastText, but the sum of many
   words' changes to a shared n-gram row, made without seeing each other, diverged, and
@@ -236,9 +237,10 @@ class SubwordTrainer(Trainer):
         step's scores read the vectors from before the step.
 
         Returns a dict of index tensors for the whole chunk and `bounds`, a list of
-        (first pair, end pair, first word, end word, first row, end row) per step. The
-        "local" tensors index within their own step, so a step needs no arithmetic on
-        them.
+        (first pair, end pair, first word, end word, first row, end row, first scaled,
+        end scaled) per step, where "scaled" lists the rows whose factor from
+        _shared_row_scale is below 1. The "local" tensors index within their own step,
+        so a step needs little arithmetic on them.
         """
         device = self.device
         batch = self.config.batch
@@ -282,11 +284,16 @@ class SubwordTrainer(Trainer):
             # See _scatter: with the sum, each row takes the gradient / row count.
             scale /= row_counts.to(self.input_vectors.dtype)
         plan["scale"] = scale
-        plan["row_scale"] = self.row_scale.index_select(0, rows)[:, None]
+        # Few rows take a factor below 1, so a step scales only those of its rows.
+        row_scale = self.row_scale.index_select(0, rows)
+        scaled = (row_scale < 1).nonzero().squeeze(1)
+        plan["scaled"] = scaled
+        plan["scaled_by"] = row_scale.index_select(0, scaled)[:, None]
+        scaled_bounds = torch.searchsorted(scaled, row_bounds)
         pair_step = torch.repeat_interleave(occurrence_step, pair_counts)
         plan["weight"] = self.burst_weights(ids.index_select(0, center_position), outputs, pair_step)
         bounds = torch.stack([pair_bounds[:-1], pair_bounds[1:], word_bounds[:-1], word_bounds[1:],
-                              row_bounds[:-1], row_bounds[1:]], 1).tolist()
+                              row_bounds[:-1], row_bounds[1:], scaled_bounds[:-1], scaled_bounds[1:]], 1).tolist()
         return plan, bounds
 
     def train_skipgram_chunk(self, ids, sentence, core, lr, generator):
@@ -294,20 +301,26 @@ class SubwordTrainer(Trainer):
         mode = "mean" if self.mean else "sum"
         dim = self.input_vectors.shape[1]
         losses, sampled = [], 0
-        for step, (p0, p1, w0, w1, r0, r1) in enumerate(bounds):
+        for step, (p0, p1, w0, w1, r0, r1, s0, s1) in enumerate(bounds):
             rows = plan["rows"][r0:r1]
             # Gather and sum (or average) each word's rows in one kernel.
             combined = torch.nn.functional.embedding_bag(rows, self.input_vectors, plan["bag_offsets"][w0:w1],
                                                          mode=mode)
             pair_word = plan["pair_word"][p0:p1]
-            hidden = combined.index_select(0, pair_word)
             with_loss = step % LOSS_EVERY == 0
             weight = None if plan["weight"] is None else plan["weight"][p0:p1]
-            grad, loss = self._negative_step(hidden, plan["outputs"][p0:p1], lr, generator, with_loss, weight)
-            per_word = torch.zeros(w1 - w0, dim, device=self.device).index_add_(0, pair_word, grad)
+            if self.config.negatives == "shared":
+                per_word, loss = self._shared_negative_step_by_word(combined, pair_word, plan["outputs"][p0:p1], lr,
+                                                                    generator, with_loss, weight)
+            else:
+                hidden = combined.index_select(0, pair_word)
+                grad, loss = self._negative_step(hidden, plan["outputs"][p0:p1], lr, generator, with_loss, weight)
+                per_word = torch.zeros(w1 - w0, dim, device=self.device).index_add_(0, pair_word, grad)
             per_word *= plan["scale"][w0:w1, None]
             row_grad = per_word.index_select(0, plan["row_word"][r0:r1])
-            row_grad *= plan["row_scale"][r0:r1]
+            if s1 > s0:
+                scaled = plan["scaled"][s0:s1] - r0
+                row_grad.index_copy_(0, scaled, row_grad.index_select(0, scaled) * plan["scaled_by"][s0:s1])
             self.input_vectors.index_add_(0, rows, row_grad)
             if with_loss:
                 losses.append(loss)

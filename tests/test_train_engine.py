@@ -367,3 +367,39 @@ def test_seed_warning_both_forms(small_corpus, tmp_path, form, monkeypatch):
     result = runner.invoke(app, arguments)
     assert result.exit_code == 0, result.stderr
     assert "results vary between runs even with --seed" in result.stderr
+
+
+@pytest.mark.parametrize("count_negatives", [False, True])
+def test_step_by_word_matches_per_pair_step(tmp_path, count_negatives):
+    # Scoring each distinct input once against its blocks' negatives is the same update
+    # as scoring every pair: same negatives, same sums, another order of float additions.
+    corpus, _ = tiny_corpus(tmp_path, [300])
+    config = TrainConfig(block=32, shared_negatives=8, batch=100)
+    generator = torch.Generator().manual_seed(4)
+    words = torch.randn(7, 16, generator=generator) * 0.3
+    pair_word = torch.randint(0, 7, (100,), generator=generator)
+    targets = torch.randint(0, 300, (100,), generator=generator)
+    weight = torch.rand(100, generator=generator)
+    results = []
+    for by_word in (False, True):
+        inputs, outputs = init_vectors(300, 16, 1)
+        outputs.copy_(torch.randn(300, 16, generator=torch.Generator().manual_seed(5)) * 0.3)
+        trainer = Trainer(config, corpus, inputs, outputs, CPU)
+        if count_negatives:
+            # Word 0 is 90 % of the negatives, drawn more often than the limit per step.
+            probability = torch.full((300,), 0.1 / 299, dtype=torch.float64)
+            probability[0] = 0.9
+            trainer.cdf = torch.cumsum(probability, 0)
+        trainer.count_negatives = count_negatives
+        draws = torch.Generator().manual_seed(9)
+        if by_word:
+            grad, loss = trainer._shared_negative_step_by_word(words, pair_word, targets, 0.025, draws, True, weight)
+        else:
+            per_pair, loss = trainer._negative_step(words[pair_word], targets, 0.025, draws, True, weight)
+            grad = torch.zeros(7, 16).index_add_(0, pair_word, per_pair)
+        results.append((grad, float(loss), outputs))
+    (grad, loss, outputs), (grad_by_word, loss_by_word, outputs_by_word) = results
+    assert not torch.equal(outputs, torch.randn(300, 16, generator=torch.Generator().manual_seed(5)) * 0.3)
+    torch.testing.assert_close(grad_by_word, grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(outputs_by_word, outputs, rtol=1e-5, atol=1e-7)
+    assert loss_by_word == pytest.approx(loss, rel=1e-5)
