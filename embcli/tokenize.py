@@ -142,6 +142,8 @@ class _Tables:
 
 # Exactly the default rule on ASCII text, which is most English lines, at twice its speed.
 _ASCII_TOKEN = re.compile(r"\d+(?:[.,]\d+)+|\w+", re.ASCII)
+# A character that is neither a word character nor whitespace of the \s class.
+_ASCII_OTHER = re.compile(r"[^\w\s]", re.ASCII)
 
 
 _TABLES = None
@@ -216,6 +218,10 @@ class Tokenizer:
         if self.name == "whitespace":
             return text.split()
         if text.isascii():
+            # Without punctuation, symbols or control characters, the tokens are the
+            # runs between whitespace; str.split finds them in half the time (text8).
+            if _ASCII_OTHER.search(text) is None:
+                return text.split()
             return _ASCII_TOKEN.findall(text)
         find_tokens = _tables().default_token.findall
         if self.name == "default":

@@ -330,3 +330,20 @@ def test_tokens_survive_retokenizing(text):
         assert tokenizer.normalize(normalized) == normalized
         for token in tokenizer.tokenize(text):
             assert tokenizer.tokenize(token) == [token]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab Z_09 .,\t\n\r\x0b\x0c\x1c\x1f\x7f-'")), max_size=30))
+def test_ascii_split_path_matches_token_rule(text):
+    # Text of only word characters and whitespace takes str.split; whatever the
+    # characters, the tokens are the default rule's.
+    import re
+
+    normalized = DEFAULT.normalize(text)
+    assert DEFAULT.tokenize(text) == re.findall(r"\d+(?:[.,]\d+)+|\w+", normalized, re.ASCII)
+
+
+def test_ascii_split_path_on_plain_text():
+    assert DEFAULT.tokenize("the cat\tsat\x0bon  1000 mats\n") == ["the", "cat", "sat", "on", "1000", "mats"]
+    assert DEFAULT.tokenize("a\x1cb") == ["a", "b"]
+    assert DEFAULT.tokenize("pay 1,000 now") == ["pay", "1,000", "now"]
