@@ -36,9 +36,13 @@ memory-mapped mode. An HNSW index of V words of dimension D with graph degree M 
 about V * (4 * D + 8 * M + 16) bytes of RAM, on top of the memory-mapped embeddings.
 """
 
+import contextlib
 import json
 import math
 import os
+import re
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -111,6 +115,46 @@ def _padded(rows, width):
     return out
 
 
+@contextlib.contextmanager
+def _library_stderr(lines):
+    """Collect into `lines` what native code writes on file descriptor 2 meanwhile.
+
+    faiss prints its warnings from C++ straight to the process's stderr, past --quiet.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                lines.extend(sink.read().decode("utf-8", "replace").splitlines())
+    finally:
+        os.close(saved)
+
+
+_FEW_POINTS = re.compile(r"WARNING clustering (\d+) points to (\d+) centroids: please provide at least (\d+)")
+
+
+def _training_warnings(lines, training_rows):
+    """Turn faiss's training messages into embcli warnings, one per kind."""
+    messages = []
+    few = [match for match in map(_FEW_POINTS.search, lines) if match]
+    if few:
+        wanted = max(int(match.group(3)) for match in few)
+        messages.append(
+            f"{training_rows:,} rows are few to train the index's 4-bit codes (faiss asks for at "
+            f"least {wanted:,}), so its candidates are rougher and --approx may need a larger "
+            "--rerank; exact 'neighbors' is fast at this size"
+        )
+    others = [line.strip() for line in lines if line.strip() and not _FEW_POINTS.search(line)]
+    messages.extend(f"faiss: {line}" for line in dict.fromkeys(others))
+    return messages
+
+
 def principal_projection(rows, max_directions):
     """Return a (width, d) matrix onto the principal directions of `rows` (n, width), or None.
 
@@ -170,7 +214,7 @@ def _library_version(package):
 
 
 def build_index(model, kind=DEFAULT_KIND, nlist=None, m=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION,
-                threads=0, progress=None):
+                threads=0, progress=None, warn=None):
     """Build an index of `kind` for `model` (an embcli.model.Model) and commit it to its directory.
 
     `nlist` applies to kind ivf (None: `default_nlist`), `m` and `ef_construction` to
@@ -186,7 +230,7 @@ def build_index(model, kind=DEFAULT_KIND, nlist=None, m=DEFAULT_M, ef_constructi
         raise EmbcliError(f"{model.path} has no words to index")
     started = time.time()
     if kind == "ivf":
-        write, parameters = _build_ivf(library, model, nlist, threads, progress)
+        write, parameters = _build_ivf(library, model, nlist, threads, progress, warn)
     else:
         write, parameters = _build_hnsw(library, model, m, ef_construction, threads, progress)
 
@@ -219,7 +263,7 @@ def build_index(model, kind=DEFAULT_KIND, nlist=None, m=DEFAULT_M, ef_constructi
     return description
 
 
-def _build_ivf(faiss, model, nlist, threads, progress):
+def _build_ivf(faiss, model, nlist, threads, progress, warn=None):
     rows, dim = model.matrix.shape
     if rows < MIN_TRAINING_ROWS_PER_LIST:
         raise EmbcliError(
@@ -263,7 +307,12 @@ def _build_ivf(faiss, model, nlist, threads, progress):
         index.referenced_objects = [transform, lists, projected, refine]
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = 1
-    index.train(training)
+    library_lines = []
+    with _library_stderr(library_lines):
+        index.train(training)
+    for message in _training_warnings(library_lines, len(training)):
+        if warn is not None:
+            warn(message)
 
     for begin in range(0, rows, ADD_BLOCK_ROWS):
         block = _unit_rows(model.matrix[begin : begin + ADD_BLOCK_ROWS])

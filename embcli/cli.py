@@ -929,6 +929,7 @@ def index(
         m=ann.DEFAULT_M if m is None else m,
         ef_construction=ann.DEFAULT_EF_CONSTRUCTION if ef_construction is None else ef_construction,
         threads=threads,
+        warn=lambda message: note(f"warning: {message}"),
     )
     if kind == "ivf":
         settings = f"ivf, nlist {description['nlist']}"

@@ -361,3 +361,18 @@ def test_principal_projection_keeps_the_varying_directions():
     # More directions than codes, or directions of equal variance: no projection.
     assert principal_projection(rows, 4) is None
     assert principal_projection(generator.standard_normal((5000, 64)).astype(np.float32), 16) is None
+
+
+def test_index_of_few_rows_warns_once(tmp_path):
+    # faiss prints a k-means warning per 4-bit quantizer from C++, past --quiet.
+    directory = str(tmp_path / "model")
+    write_synthetic_model(directory, 300)
+    command = [sys.executable, "-m", "embcli", "index", "-m", directory]
+    quiet = subprocess.run(command + ["-q"], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    loud = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 0, loud.stderr
+    assert "WARNING clustering" not in loud.stderr
+    assert loud.stderr.count("rows are few to train the index") == 1
+    assert "indexed 300 words" in loud.stderr
