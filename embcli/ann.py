@@ -6,11 +6,12 @@
   - kind `ivf`, `ann-ivf.faiss`: a faiss IndexIVFPQFastScan. k-means splits the rows
     into `nlist` lists, and a query scans only the `nprobe` lists whose centroids are
     nearest to it (Jegou, Douze and Schmid 2011, "Product quantization for nearest
-    neighbor search"). The lists store product-quantization codes of 4 bits per 4
-    dimensions, scanned with faiss's SIMD fast-scan kernels, so the scan reads about
-    1/32 of the bytes of the float32 rows. When the rows vary along at most a quarter
-    of the dimensions, the lists code only those directions, one 4-bit code each
-    (principal_projection; `projected_dim` in ann.json). A refine stage (faiss IndexRefine) holds
+    neighbor search"). The lists store product-quantization codes of 4 bits per 2
+    dimensions (per dimension up to 64 dimensions), scanned with faiss's SIMD
+    fast-scan kernels, so the scan reads about 1/16 of the bytes of the float32 rows.
+    When the rows vary along at most a quarter of the dimensions, the lists code only
+    those directions, one 4-bit code each (principal_projection; `projected_dim` in
+    ann.json). A refine stage (faiss IndexRefine) holds
     every row again as 8-bit codes, one byte per dimension: the `rerank` best
     candidates by 4-bit code score are re-scored against them, and the best of those
     (see EXACT_SHARE_OF_RERANK) exactly against the memory-mapped `embeddings.npy`,
@@ -69,8 +70,17 @@ DEFAULT_EF_SEARCH = 64
 # rows / 39, and training uses at most this many rows per centroid.
 MIN_TRAINING_ROWS_PER_LIST = 39
 TRAINING_ROWS_PER_LIST = 40
-# Dimensions per product-quantizer code of 4 bits. Rows are zero-padded to a multiple.
-DIMENSIONS_PER_CODE = 4
+# Rows are zero-padded to a multiple of this many dimensions.
+PAD_TO = 4
+# Dimensions per product-quantizer code of 4 bits, when the rows keep all their
+# dimensions (see unprojected_codes). With 4 per code, the candidates of trained text8
+# models (31,642 x 100) held only 82-94 % of the exact top 10 among their best 200,
+# with every list scanned, and 59 % on a small model whose rows point one way
+# (1,698 x 32, mean pairwise cosine 0.88). With 2 per code, 99-100 % and 69 %; with
+# 1, 100 % and 96 %.
+DIMENSIONS_PER_CODE = 2
+# Up to this width, each dimension gets its own code: such rows are cheap to scan.
+ONE_CODE_EACH_UP_TO = 64
 # On the synthetic 1,000,000 x 300 model of bench/ann.py (nlist 1000), nprobe 256 with
 # 400 re-scored candidates reached recall@10 0.95 at 11-13x the speed of exact search,
 # and 200 candidates only 0.92. docs/benchmarks.md (section Scale) has the table.
@@ -94,6 +104,8 @@ EXACT_SHARE_OF_RERANK = 8
 # nprobe 256 with 200 candidates. Four dimensions per code scanned 75 codes per row
 # instead of 64 and needed 400 candidates for 0.950 (docs/benchmarks.md, section Scale).
 NOISE_FLOOR_FACTOR = 2.0
+# A direction holding less than this share of the rows' variance counts as none.
+NUMERICAL_ZERO = 1e-6
 PROJECTED_VARIANCE = 0.9
 
 
@@ -155,11 +167,17 @@ def _training_warnings(lines, training_rows):
     return messages
 
 
+def unprojected_codes(width):
+    """Return the number of 4-bit codes per row of `width` (padded) dimensions."""
+    return width if width <= ONE_CODE_EACH_UP_TO else width // DIMENSIONS_PER_CODE
+
+
 def principal_projection(rows, max_directions):
     """Return a (width, d) matrix onto the principal directions of `rows` (n, width), or None.
 
     The directions are those whose variance across the rows is above the noise floor
-    (NOISE_FLOOR_FACTOR times the median direction's). The projection is used only when
+    (NOISE_FLOOR_FACTOR times the median direction's, and at least NUMERICAL_ZERO of
+    the whole variance). The projection is used only when
     there are at most `max_directions` of them, so that each can have its own 4-bit code within the
     code budget of the unprojected layout, and when they hold at least PROJECTED_VARIANCE
     of the variance. Otherwise None: the rows keep all their dimensions.
@@ -173,9 +191,14 @@ def principal_projection(rows, max_directions):
     centered = rows.astype(np.float64) - rows.mean(0, dtype=np.float64)
     values, vectors = np.linalg.eigh(centered.T @ centered / len(rows))
     values, vectors = values[::-1], vectors[:, ::-1]
-    floor = NOISE_FLOOR_FACTOR * max(float(np.median(values)), 0.0)
+    total = float(values.sum())
+    if total <= 1e-9:
+        return None  # the rows are all the same
+    # Rows of exactly low rank have only rounding noise in their other directions, and
+    # a median of it is no floor.
+    floor = max(NOISE_FLOOR_FACTOR * float(np.median(values)), NUMERICAL_ZERO * total)
     directions = int(np.count_nonzero(values > floor))
-    directions = -(-directions // DIMENSIONS_PER_CODE) * DIMENSIONS_PER_CODE
+    directions = -(-directions // PAD_TO) * PAD_TO
     if directions == 0 or directions > max_directions:
         return None
     if values[:directions].sum() < PROJECTED_VARIANCE * values.sum():
@@ -286,11 +309,11 @@ def _build_ivf(faiss, model, nlist, threads, progress, warn=None):
     # k-means trains on a random sample of rows, read in row order from the memory map.
     sample_size = min(rows, nlist * TRAINING_ROWS_PER_LIST)
     sample = np.sort(np.random.default_rng(1).choice(rows, size=sample_size, replace=False))
-    padded = -(-dim // DIMENSIONS_PER_CODE) * DIMENSIONS_PER_CODE
+    padded = -(-dim // PAD_TO) * PAD_TO
     training = _padded(_unit_rows(model.matrix[sample]), padded)
-    projection = principal_projection(training, padded // DIMENSIONS_PER_CODE)
+    projection = principal_projection(training, padded // 4)
     coded = padded if projection is None else projection.shape[1]
-    codes = padded // DIMENSIONS_PER_CODE if projection is None else coded
+    codes = unprojected_codes(padded) if projection is None else coded
     factory = f"IVF{nlist},PQ{codes}x4fs,Refine(SQ8)"
     if projection is None:
         index = faiss.index_factory(padded, factory, faiss.METRIC_INNER_PRODUCT)

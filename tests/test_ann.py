@@ -361,6 +361,11 @@ def test_principal_projection_keeps_the_varying_directions():
     # More directions than codes, or directions of equal variance: no projection.
     assert principal_projection(rows, 4) is None
     assert principal_projection(generator.standard_normal((5000, 64)).astype(np.float32), 16) is None
+    # Exactly rank 2: the other directions hold only rounding noise.
+    low_rank = (generator.standard_normal((1000, 2)) @ generator.standard_normal((2, 100))).astype(np.float32)
+    assert principal_projection(low_rank, 25).shape == (100, 4)
+    # Identical rows vary along nothing.
+    assert principal_projection(np.ones((50, 8), dtype=np.float32), 2) is None
 
 
 def test_index_of_few_rows_warns_once(tmp_path):
@@ -376,3 +381,19 @@ def test_index_of_few_rows_warns_once(tmp_path):
     assert "WARNING clustering" not in loud.stderr
     assert loud.stderr.count("rows are few to train the index") == 1
     assert "indexed 300 words" in loud.stderr
+
+
+def test_ivf_defaults_find_neighbours_of_rows_pointing_one_way(model_copy):
+    # The trained test model's vectors share one direction (mean pairwise cosine about
+    # 0.9), so coding the rows as they are leaves 4-bit codes that cannot order them.
+    model = embcli.load(str(model_copy))
+    units = model.matrix / np.linalg.norm(model.matrix, axis=1, keepdims=True)
+    sample = units[::5]
+    assert float((sample @ sample.T).mean()) > 0.8
+    assert invoke("index", "-m", str(model_copy), "-q").exit_code == 0
+    index = open_index(model)
+    words = model.words[::7]
+    exact = model.neighbors_batch(words, 10)
+    approx = index.neighbors_batch(words, 10)
+    hits = sum(len({w for w, _ in a} & {w for w, _ in e}) for a, e in zip(approx, exact))
+    assert hits / sum(len(e) for e in exact) >= 0.9
