@@ -411,6 +411,18 @@ def train(
                          seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
                          buckets=buckets, combination=combination, chunk_order=chunk_order)
     if resume:
+        from embcli.train import read_checkpoint_state
+
+        # Before any warning about the options: a missing checkpoint is the error to report.
+        saved = read_checkpoint_state(model_dir)
+        saved_ranks = saved.get("workers")
+        if launch is None and saved.get("distributed"):
+            note(f"warning: {model_dir} was checkpointed by a torchrun run of {saved_ranks} ranks; it goes on "
+                 f"as {saved_ranks} worker processes on this machine, which share the vectors instead of "
+                 "synchronizing them")
+        elif launch is not None and not saved.get("distributed") and launch.rank == 0:
+            note(f"warning: {model_dir} was checkpointed by 'embcli train' with {saved_ranks} worker processes; "
+                 "each rank goes on from the position of the worker of the same number")
         # A resumed run takes every training setting from its checkpoint.
         settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
                     "--ns-exponent", "--negatives", "--seed", "--threads", "--subwords", "--buckets",

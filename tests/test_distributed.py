@@ -151,8 +151,17 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     with pytest.raises(ModelCorrupt, match="saved by 2 workers but this run has 1 rank"):
         load_checkpoint(model_dir, meta, TrainConfig(), vocab_size, 1, SYNC_TOKENS)
 
+    # Resumed without torchrun, the 2 ranks go on as 2 worker processes, and it says so.
+    elsewhere = copy_model(model_dir, tmp_path / "without-torchrun")
+    plain = subprocess.run([sys.executable, "-m", "embcli", "train", "-m", elsewhere, "--resume"],
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "checkpointed by a torchrun run of 2 ranks" in plain.stderr
+    assert embcli.load(elsewhere).dim == 16
+
     resumed = torchrun(model_dir, 2, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpointed by" not in resumed.stderr
     assert "checkpoint.json" not in os.listdir(model_dir)
     model = embcli.load(model_dir)
     assert model.dim == 16

@@ -282,10 +282,15 @@ def test_worker_processes_interrupt_and_resume(vocab_dir):
 
 
 def test_resume_warns_about_ignored_settings(vocab_dir):
-    result = subprocess.run(
-        [sys.executable, "-m", "embcli", "train", "-m", vocab_dir, "--resume", "--epochs", "3", "--dim=20"],
-        capture_output=True, text=True,
-    )
+    command = [sys.executable, "-m", "embcli", "train", "-m", vocab_dir, "--resume", "--epochs", "3", "--dim=20"]
+    # Without a checkpoint, that is the one thing to say.
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1
-    assert "ignoring --dim, --epochs" in result.stderr
     assert "no checkpoint to resume from" in result.stderr
+    assert "ignoring" not in result.stderr
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "ignoring --dim, --epochs" in result.stderr
+    assert "torchrun" not in result.stderr
