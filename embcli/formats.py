@@ -355,6 +355,8 @@ def _read_text(path, format, report, progress):
     pending_values = []
     rows_seen = 0
     first_line_header = None
+    first_line_numbers = None
+    wrong_count = 0
 
     def flush():
         if not pending_words:
@@ -401,6 +403,8 @@ def _read_text(path, format, report, progress):
             dim = _glove_dim(line)
             if _HEADER.match(line.encode("utf-8", errors="replace")):
                 first_line_header = line
+            elif len(line.split()) >= 2 and all(_is_number(field) for field in line.split()):
+                first_line_numbers = line
             if dim < 1:
                 raise VectorFileError(f"{path}: line {number}: no values after the word: {line[:80]!r}"
                                       + _TAB_HINT * ("\t" in line))
@@ -417,6 +421,13 @@ def _read_text(path, format, report, progress):
                     "read the file in the word2vec format",
                     options=("format_word2vec",),
                 )
+            if first_line_numbers and number == 2:
+                raise VectorFileError(
+                    f"{path}: line 1 ({first_line_numbers[:80]!r}) holds only numbers and another count of "
+                    "fields than line 2, so it looks like a damaged header; a word2vec header is two "
+                    "integers, 'count dim'. Fix line 1, or remove it if the file has no header"
+                )
+            wrong_count += 1
             if not word:
                 report.problem(f"line {number}: the row has no word before its values")
             else:
@@ -429,6 +440,12 @@ def _read_text(path, format, report, progress):
         if len(pending_words) >= _TEXT_BLOCK_LINES:
             flush()
     flush()
+    if wrong_count > rows_seen // 2 and dim is not None and declared is None:
+        # --lenient would keep the few rows shaped like the first one and drop the rest.
+        raise VectorFileError(
+            f"{path}: {_plural(wrong_count, 'row')} of {rows_seen:,} do not have {dim} values, the count on "
+            "line 1, so line 1 is likely the damaged one; fix or remove it"
+        )
     if declared is not None and rows_seen < declared:
         report.problem(f"the header declares {_plural(declared, 'vector')} but the file contains {_plural(rows_seen, 'row')}")
     if dim is None:
@@ -890,8 +907,16 @@ def read_word_list(path):
             raise VectorFileError(f"{path}: line {number} is empty; each line must hold one word")
     # vocab.tsv layout: every line ends in <TAB> and an integer count.
     split = [line.rpartition("\t") for line in lines]
-    if lines and all(tab and word and count.isdigit() for word, tab, count in split):
+    counted = [bool(tab and word and count.isdigit()) for word, tab, count in split]
+    if lines and all(counted):
         return [word for word, _, _ in split], np.array([int(c) for _, _, c in split], dtype=np.int64)
+    if any(counted):
+        with_count = counted.index(True) + 1
+        without = counted.index(False) + 1
+        raise VectorFileError(
+            f"{path}: line {with_count} is word<TAB>count but line {without} ({lines[without - 1][:80]!r}) "
+            "is not; use one layout for every line: word<TAB>count, or one word per line"
+        )
     return lines, None
 
 
@@ -1177,8 +1202,11 @@ def _import_file(model_dir, path, format, lenient, words_path, progress, replace
 
     format, _ = _resolve_format(path, format)
     if format != "word2vec-binary":
-        vectors = read_vectors(path, format, lenient, words_path, progress)
-        import_model(model_dir, vectors, path, lenient, replace, source_name)
+        # The lock is held while the file is read, so a second writer is turned away at once.
+        with store.writer_lock(model_dir):
+            _check_no_model(model_dir, replace)
+            vectors = read_vectors(path, format, lenient, words_path, progress)
+            _write_imported(model_dir, vectors, path, lenient, source_name)
         return vectors
     report = _Warnings(lenient, path)
     with store.writer_lock(model_dir):
@@ -1214,9 +1242,16 @@ def import_model(model_dir, vectors, source_path, lenient=False, replace=False, 
 
     with store.writer_lock(model_dir):
         _check_no_model(model_dir, replace)
-        embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.matrix.astype(np.float32, copy=False))
-        return _commit_import(model_dir, vectors, vectors.matrix.shape[1], embeddings_tmp, None, source_path, lenient,
-                              source_name)
+        return _write_imported(model_dir, vectors, source_path, lenient, source_name)
+
+
+def _write_imported(model_dir, vectors, source_path, lenient, source_name):
+    """import_model's writing, for a caller that holds the directory's lock."""
+    from embcli import store
+
+    embeddings_tmp = store.save_npy_temp(model_dir, store.EMBEDDINGS, vectors.matrix.astype(np.float32, copy=False))
+    return _commit_import(model_dir, vectors, vectors.matrix.shape[1], embeddings_tmp, None, source_path, lenient,
+                          source_name)
 
 
 def _check_no_model(model_dir, replace):
@@ -1224,7 +1259,7 @@ def _check_no_model(model_dir, replace):
 
     if os.path.exists(os.path.join(model_dir, store.META)) and not replace:
         raise VectorFileError(
-            f"{model_dir} already contains a model; choose another model directory, or replace it"
+            f"{model_dir} already contains a model; choose another model directory, or replace it with --force"
         )
 
 

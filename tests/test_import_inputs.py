@@ -125,3 +125,48 @@ def test_import_from_stdin_and_fifo(tmp_path):
     assert bad.exit_code == 1
     assert "-: line 2: 'a' has 2 values, expected 3" in bad.stderr
     assert "import-input" not in bad.stderr
+
+
+def test_word_list_mixing_layouts_names_line(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "m.npy", np.eye(3, dtype=np.float32))
+    words = tmp_path / "words.txt"
+    words.write_text("a\t5\nb\nc\t1\n", encoding="utf-8")
+    result = invoke("import", str(tmp_path / "m.npy"), "--words", str(words), "-m", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "line 1 is word<TAB>count but line 2 ('b') is not" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_numeric_first_line_is_a_damaged_header(tmp_path):
+    path = tmp_path / "extra.txt"
+    path.write_bytes(b"3 3 7\na 0.1 0.2 0.3\nb 0.4 0.5 0.6\nc 0.7 0.8 0.9\n")
+    for lenient in ([], ["--lenient"]):
+        result = invoke("import", str(path), "-m", str(tmp_path / "out"), *lenient)
+        assert result.exit_code == 1
+        assert "line 1 ('3 3 7') holds only numbers" in result.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_lenient_stops_when_line_1_sets_a_wrong_dimension(tmp_path):
+    path = tmp_path / "short-first.txt"
+    path.write_bytes(b"first 0.1 0.2\n" + b"".join(b"w%d 0.1 0.2 0.3\n" % i for i in range(50)))
+    result = invoke("import", str(path), "-m", str(tmp_path / "out"), "--lenient")
+    assert result.exit_code == 1
+    assert "50 rows of 51 do not have 2 values, the count on line 1" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_takes_the_lock_before_reading(tmp_path):
+    from embcli import store
+
+    path = tmp_path / "ragged.txt"
+    path.write_bytes(b"a 0.1 0.2\nb 0.3\n")
+    model_dir = str(tmp_path / "busy")
+    with store.writer_lock(model_dir):
+        result = invoke("import", str(path), "-m", model_dir)
+    # Another writer holds the directory, so the file is not even read.
+    assert result.exit_code == 1
+    assert "is being written by another embcli process" in result.stderr
+    assert "ragged" not in result.stderr
