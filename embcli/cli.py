@@ -53,7 +53,13 @@ NoSubwordsOption = typer.Option(
 )
 
 
+# A message longer than this (a word of megabytes quoted from a damaged file) is cut.
+MESSAGE_CHARS = 2000
+
+
 def _stderr(message):
+    if len(message) > MESSAGE_CHARS:
+        message = f"{message[: MESSAGE_CHARS // 2]} ... ({len(message):,} characters in all) ... {message[-200:]}"
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
 

@@ -156,7 +156,7 @@ def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=Fa
     if not questions and not any(section.oov for section in sections):
         raise EvaluationError(
             f"{path}: no question of four words"
-            + (f" ({len(skipped)} lines did not have four words)" if skipped else "")
+            + (f" ({len(skipped):,} {'line' if len(skipped) == 1 else 'lines'} did not have four words)" if skipped else "")
         )
     zero_rows = set(np.flatnonzero(model.inverse_norms[:restrict] == 0).tolist())
     for start in range(0, len(questions), _ANALOGY_BLOCK):

@@ -170,3 +170,16 @@ def test_import_takes_the_lock_before_reading(tmp_path):
     assert result.exit_code == 1
     assert "is being written by another embcli process" in result.stderr
     assert "ragged" not in result.stderr
+
+
+def test_error_quoting_a_huge_word_is_cut(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "longword.bin"
+    path.write_bytes(b"1 3\n" + b"a" * 3_000_000)
+    result = subprocess.run([sys.executable, "-m", "embcli", "import", str(path), "-m", str(tmp_path / "out")],
+                            capture_output=True, timeout=120)
+    assert result.returncode == 1
+    assert 0 < len(result.stderr) < 5000
+    assert b"characters in all" in result.stderr
