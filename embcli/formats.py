@@ -28,9 +28,11 @@ binary, and GloVe with `no_header=True`) and the TensorFlow Embedding Projector'
 enough for every float32 to read back bit for bit.
 """
 
+import bz2
 import contextlib
 import functools
 import gzip
+import lzma
 import math
 import mmap
 import os
@@ -52,6 +54,10 @@ WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy", "pro
 NPY_MAGIC = b"\x93NUMPY"
 UTF8_BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
+BZIP2_MAGIC = b"BZh"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+# The errors that a damaged or truncated compressed stream raises while it is read.
+_DAMAGED_STREAM = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, OSError)
 MAX_WARNINGS = 20
 _HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
 # Appended to a row error when the line has tabs, which word2vec and GloVe files do not use.
@@ -101,12 +107,14 @@ class _Warnings:
 def detect_format(path):
     """Return the format of the vector file at `path`: word2vec, word2vec-binary, glove or npy."""
     try:
-        with _open_maybe_gzip(path) as handle:
+        with _open_maybe_compressed(path) as (handle, _):
             start = handle.read(1 << 16)
     except OSError as error:
-        raise VectorFileError(f"{path}: cannot read ({error.strerror or error})") from None
-    except EOFError:
-        raise VectorFileError(f"{path}: the gzip data is truncated") from None
+        if error.strerror:
+            raise VectorFileError(f"{path}: cannot read ({error.strerror})") from None
+        raise VectorFileError(f"{path}: the {compression(path)} data is damaged ({error})") from None
+    except (EOFError, zlib.error, lzma.LZMAError) as error:
+        raise VectorFileError(f"{path}: the {compression(path)} data is damaged or truncated ({error})") from None
     if start.startswith(NPY_MAGIC):
         return "npy"
     if not start.strip():
@@ -160,17 +168,37 @@ def _reject_other_kinds(path, start):
         )
 
 
-def is_gzip(path):
-    """Return True if the file at `path` starts with the gzip magic bytes, whatever its name."""
+def compression(path):
+    """Return "gzip", "bzip2" or "xz" for a file that starts with their magic bytes, else None.
+
+    The bytes decide, not the name, as for corpora.
+    """
     with open(path, "rb") as handle:
-        return handle.read(2) == GZIP_MAGIC
+        return _compression(handle.read(6))
 
 
-def _open_maybe_gzip(path):
-    """Open `path` for reading bytes, decompressing it as a stream if it is gzip data."""
-    if is_gzip(path):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+def _compression(magic):
+    if magic.startswith(GZIP_MAGIC):
+        return "gzip"
+    if magic.startswith(BZIP2_MAGIC) and magic[3:4].isdigit():
+        return "bzip2"
+    if magic.startswith(XZ_MAGIC):
+        return "xz"
+    return None
+
+
+@contextlib.contextmanager
+def _open_maybe_compressed(path):
+    """Yield (stream of the file's bytes, decompressed if gzip, bzip2 or xz; the raw file)."""
+    with open(path, "rb") as raw:
+        kind = _compression(raw.peek(6)[:6])
+        if kind is None:
+            yield raw, raw
+            return
+        opener = {"gzip": lambda: gzip.GzipFile(fileobj=raw), "bzip2": lambda: bz2.BZ2File(raw),
+                  "xz": lambda: lzma.LZMAFile(raw)}[kind]
+        with opener() as handle:
+            yield handle, raw
 
 
 def _plural(count, noun):
@@ -245,11 +273,13 @@ def _resolve_format(path, format):
         format = "word2vec"
     elif format not in READ_FORMATS:
         raise VectorFileError(f"unknown vector format {format!r}; choose one of {', '.join(READ_FORMATS)}")
-    if format in ("word2vec-binary", "npy") and is_gzip(path):
+    kind = compression(path) if format in ("word2vec-binary", "npy") else None
+    if kind:
         # Both are read through a memory map, which needs the uncompressed bytes on disk.
+        tool = {"gzip": "gunzip", "bzip2": "bunzip2", "xz": "unxz"}[kind]
         raise VectorFileError(
-            f"{path}: is gzip-compressed {format} data, which embcli reads only uncompressed; "
-            f"decompress it first (gunzip -k {path}) and import the result"
+            f"{path}: is {kind}-compressed {format} data, which embcli reads only uncompressed; "
+            f"decompress it first ({tool} -k {path}) and import the result"
         )
     return format, detected
 
@@ -263,9 +293,8 @@ def _text_lines(path, report, progress):
     number = 0
     offset = 0
     carry = b""
-    with _open_maybe_gzip(path) as handle:
+    with _open_maybe_compressed(path) as (handle, raw):
         # Progress counts the bytes of the file read, compressed or not.
-        raw = getattr(handle, "fileobj", handle)
         while True:
             chunk = _read_chunk(handle, path, offset + len(carry))
             data = carry + chunk
@@ -298,9 +327,12 @@ def _text_lines(path, report, progress):
 def _read_chunk(handle, path, offset):
     try:
         return handle.read(_BINARY_CHUNK)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+    except _DAMAGED_STREAM as error:
+        if isinstance(error, OSError) and error.strerror and not isinstance(error, gzip.BadGzipFile):
+            raise VectorFileError(f"{path}: cannot read ({error.strerror})") from None
         raise VectorFileError(
-            f"{path}: the gzip data is damaged or truncated after {offset:,} uncompressed bytes ({error})"
+            f"{path}: the {compression(path)} data is damaged or truncated after {offset:,} uncompressed "
+            f"bytes ({error})"
         ) from None
 
 

@@ -183,3 +183,27 @@ def test_error_quoting_a_huge_word_is_cut(tmp_path):
     assert result.returncode == 1
     assert 0 < len(result.stderr) < 5000
     assert b"characters in all" in result.stderr
+
+
+def test_import_bzip2_and_xz_vec_files(tmp_path):
+    import bz2
+    import lzma
+
+    for name, compress in (("x.vec.bz2", bz2.compress), ("x.vec.xz", lzma.compress), ("plain-name.txt", lzma.compress)):
+        path = tmp_path / name
+        path.write_bytes(compress(b"2 2\n" + ROWS))
+        result = invoke("import", str(path), "-m", str(tmp_path / f"model-{name}"))
+        assert result.exit_code == 0, result.stderr
+        assert "2 words x 2 dimensions (word2vec)" in result.stderr
+
+
+def test_truncated_xz_vec_file_is_named(tmp_path):
+    import lzma
+
+    path = tmp_path / "cut.vec.xz"
+    data = lzma.compress(b"2000 2\n" + b"".join(b"w%d 0.1 0.2\n" % i for i in range(2000)))
+    path.write_bytes(data[: len(data) // 2])
+    result = invoke("import", str(path), "-m", str(tmp_path / "model"))
+    assert result.exit_code == 1
+    assert "the xz data is damaged or truncated" in result.stderr
+    assert not (tmp_path / "model").exists()
