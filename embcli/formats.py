@@ -875,7 +875,7 @@ def _read_npy(path, words_path, report):
     if words_path is None:
         raise VectorFileError(f"{path}: a .npy matrix needs a word list, one word per line, in row order",
                               options=("words",))
-    words, counts = read_word_list(words_path)
+    words, counts = read_word_list(words_path, report)
     if len(words) != matrix.shape[0]:
         raise VectorFileError(
             f"{path} has {matrix.shape[0]:,} rows but {words_path} has {len(words):,} words; "
@@ -906,8 +906,11 @@ def _read_npy(path, words_path, report):
     return Vectors(words, values, "npy", counts=counts)
 
 
-def read_word_list(path):
-    """Return (words, counts or None) from a word list: one word per line, or word<TAB>count."""
+def read_word_list(path, report=None):
+    """Return (words, counts or None) from a word list: one word per line, or word<TAB>count.
+
+    With a lenient `report` (_Warnings), invalid UTF-8 becomes U+FFFD with a warning.
+    """
     path = str(path)
     if path.endswith(".npy"):
         try:
@@ -929,7 +932,13 @@ def read_word_list(path):
             data = handle.read()
     except OSError as error:
         raise VectorFileError(f"{path}: cannot read the word list ({error.strerror or error})") from None
-    text = decode_utf8(data, path, VectorFileError)
+    try:
+        text = decode_utf8(data, path, VectorFileError)
+    except VectorFileError as error:
+        if report is None or not report.lenient:
+            raise
+        report.problem(f"{str(error).removeprefix(path + ': ')} (replaced with U+FFFD)")
+        text = data.decode("utf-8", "replace").removeprefix("\ufeff")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

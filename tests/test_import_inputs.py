@@ -207,3 +207,20 @@ def test_truncated_xz_vec_file_is_named(tmp_path):
     assert result.exit_code == 1
     assert "the xz data is damaged or truncated" in result.stderr
     assert not (tmp_path / "model").exists()
+
+
+def test_lenient_replaces_invalid_utf8_in_word_list(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "m.npy", np.eye(2, dtype=np.float32))
+    words = tmp_path / "words.txt"
+    words.write_bytes(b"a\nb\xff\n")
+    strict = invoke("import", str(tmp_path / "m.npy"), "--words", str(words), "-m", str(tmp_path / "strict"))
+    assert strict.exit_code == 1
+    assert "line 2, byte offset 3: invalid UTF-8" in strict.stderr
+    lenient = invoke("import", str(tmp_path / "m.npy"), "--words", str(words), "-m", str(tmp_path / "out"),
+                     "--lenient")
+    assert lenient.exit_code == 0, lenient.stderr
+    assert "replaced with U+FFFD" in lenient.stderr
+    vocab = (tmp_path / "out" / "vocab.tsv").read_text(encoding="utf-8")
+    assert vocab.split("\n")[1].split("\t")[0] == "b\ufffd"
