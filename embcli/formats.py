@@ -256,6 +256,11 @@ def read_vectors(path, format=None, lenient=False, words_path=None, progress=Non
     vectors.warnings = report.messages
     vectors.warning_count = report.count
     if not vectors.words:
+        if report.count:
+            # --lenient skipped every row: say why, or the message names no cause.
+            first = report.messages[0].removeprefix(f"{path}: ")
+            raise VectorFileError(f"{path}: contains no vectors once {_plural(report.count, 'problem')} "
+                                  f"are skipped; the first: {first}")
         raise VectorFileError(f"{path}: contains no vectors")
     return vectors
 

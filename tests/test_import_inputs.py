@@ -224,3 +224,12 @@ def test_lenient_replaces_invalid_utf8_in_word_list(tmp_path):
     assert "replaced with U+FFFD" in lenient.stderr
     vocab = (tmp_path / "out" / "vocab.tsv").read_text(encoding="utf-8")
     assert vocab.split("\n")[1].split("\t")[0] == "b\ufffd"
+
+
+def test_lenient_with_every_row_skipped_says_why(tmp_path):
+    path = tmp_path / "wrong-dim.txt"
+    path.write_bytes(b"3 4\na 0.1 0.2 0.3\nb 0.4 0.5 0.6\nc 0.7 0.8 0.9\n")
+    result = invoke("import", str(path), "-m", str(tmp_path / "out"), "--lenient")
+    assert result.exit_code == 1
+    assert "contains no vectors once" in result.stderr
+    assert "'a' has 3 values, expected 4" in result.stderr
