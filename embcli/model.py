@@ -267,6 +267,16 @@ class Model:
             return row
         token = self.tokenizer.query_token(word, self.vocabulary)
         row = self.vocabulary.find(token)
+        if row is None and not (token.isascii() and word.isascii()):
+            # Imported words keep the file's spelling, which may be in another normal
+            # form than the query: decomposed accents (NFD) where the query is NFC.
+            import unicodedata
+
+            for form in (unicodedata.normalize("NFD", token), unicodedata.normalize("NFC", word)):
+                if form not in (token, word):
+                    row = self.vocabulary.find(form)
+                    if row is not None:
+                        break
         if row is None:
             raise UnknownWord(word, self.path, len(self), token=token)
         return row

@@ -233,3 +233,13 @@ def test_lenient_with_every_row_skipped_says_why(tmp_path):
     assert result.exit_code == 1
     assert "contains no vectors once" in result.stderr
     assert "'a' has 3 values, expected 4" in result.stderr
+
+
+def test_nfc_query_finds_imported_nfd_word(tmp_path):
+    path = tmp_path / "nfd.txt"
+    path.write_bytes("2 3\ncafe\u0301 0.1 0.2 0.3\nb 0.4 0.5 0.6\n".encode("utf-8"))
+    assert invoke("import", str(path), "-m", str(tmp_path / "out"), "-q").exit_code == 0
+    for query in ("caf\u00e9", "cafe\u0301"):
+        result = invoke("lookup", "-m", str(tmp_path / "out"), query)
+        assert result.exit_code == 0, result.stderr
+        assert [round(float(value), 3) for value in result.stdout.split("\t")[1:]] == [0.1, 0.2, 0.3]
