@@ -578,7 +578,35 @@ def _open_binary(path):
             return None
         # The map stays open while numpy views of it live; it closes when they are freed.
         data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    _reject_text_values(path, data, start, width)
     return _BinaryFile(path, data, start, declared, dim)
+
+
+_TEXT_NUMBER_BYTES = frozenset(b"0123456789.-+eE \t\r\n")
+
+
+def _reject_text_values(path, data, start, width):
+    """Raise VectorFileError when the first entry's "float32 bytes" are numbers written as text.
+
+    Read as binary, a word2vec text file gives vectors of tiny numbers (the codes of its
+    digits and spaces) without any error. float32 bytes of a real vector almost never
+    consist of these 17 characters only.
+    """
+    position = start
+    while position < len(data) and data[position] == 0x0A:
+        position += 1
+    space = data.find(b" ", position, position + _MAX_WORD_BYTES + 1)
+    if space < 0:
+        return
+    values = data[space + 1 : space + 1 + width]
+    if len(values) == width and width >= 8 and set(values) <= _TEXT_NUMBER_BYTES:
+        word = data[position:space].decode("utf-8", errors="replace")
+        raise VectorFileError(
+            f"{path}: the values after the first word {word!r} are text "
+            f"({values[:40].decode('ascii')!r}), not float32 bytes; this looks like a word2vec text "
+            "file, so read it in the word2vec format",
+            options=("format_word2vec",),
+        )
 
 
 def _max_binary_entries(binary):

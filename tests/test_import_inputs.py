@@ -243,3 +243,13 @@ def test_nfc_query_finds_imported_nfd_word(tmp_path):
         result = invoke("lookup", "-m", str(tmp_path / "out"), query)
         assert result.exit_code == 0, result.stderr
         assert [round(float(value), 3) for value in result.stdout.split("\t")[1:]] == [0.1, 0.2, 0.3]
+
+
+def test_text_file_forced_as_binary_is_named(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_bytes(b"3 3\nthe 0.1 0.2 0.3\ncat 0.3 0.4 0.5\ndog 0.5 0.6 0.7\n")
+    result = invoke("import", str(path), "--format", "word2vec-binary", "-m", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "the values after the first word 'the' are text" in result.stderr
+    assert "--format word2vec" in result.stderr
+    assert not (tmp_path / "out").exists()
