@@ -133,8 +133,12 @@ def _library_stderr(lines):
 
     faiss prints its warnings from C++ straight to the process's stderr, past --quiet.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # stderr closed: nothing to keep the messages from
+        yield
+        return
     try:
         with tempfile.TemporaryFile() as sink:
             os.dup2(sink.fileno(), 2)
