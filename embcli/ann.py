@@ -73,11 +73,11 @@ TRAINING_ROWS_PER_LIST = 40
 # Rows are zero-padded to a multiple of this many dimensions.
 PAD_TO = 4
 # Dimensions per product-quantizer code of 4 bits, when the rows keep all their
-# dimensions (see unprojected_codes). With 4 per code, the candidates of trained text8
-# models (31,642 x 100) held only 82-94 % of the exact top 10 among their best 200,
-# with every list scanned, and 59 % on a small model whose rows point one way
-# (1,698 x 32, mean pairwise cosine 0.88). With 2 per code, 99-100 % and 69 %; with
-# 1, 100 % and 96 %.
+# dimensions (see unprojected_codes). With every list scanned, the best 200 candidates
+# by code score contained 82-94 % of the exact top 10 on trained text8 models
+# (31,642 x 100) with 4 dimensions per code. On a small model whose rows point one way
+# (1,698 x 32, mean pairwise cosine 0.88) they contained 59 %. With 2 per code: 99-100 %
+# and 69 %. With 1 per code: 100 % and 96 %.
 DIMENSIONS_PER_CODE = 2
 # Up to this width, each dimension gets its own code: such rows are cheap to scan.
 ONE_CODE_EACH_UP_TO = 64
@@ -160,10 +160,10 @@ def _training_warnings(lines, training_rows):
     messages = []
     few = [match for match in map(_FEW_POINTS.search, lines) if match]
     if few:
-        wanted = max(int(match.group(3)) for match in few)
+        required = max(int(match.group(3)) for match in few)
         messages.append(
             f"{training_rows:,} rows are few to train the index's 4-bit codes (faiss asks for at "
-            f"least {wanted:,}), so its candidates are rougher and --approx may need a larger "
+            f"least {required:,}), so its candidates are rougher and --approx may need a larger "
             "--rerank; exact 'neighbors' is fast at this size"
         )
     others = [line.strip() for line in lines if line.strip() and not _FEW_POINTS.search(line)]

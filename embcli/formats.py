@@ -257,7 +257,7 @@ def read_vectors(path, format=None, lenient=False, words_path=None, progress=Non
     vectors.warning_count = report.count
     if not vectors.words:
         if report.count:
-            # --lenient skipped every row: say why, or the message names no cause.
+            # --lenient skipped every row; without the first problem the message gives no cause.
             first = report.messages[0].removeprefix(f"{path}: ")
             raise VectorFileError(f"{path}: contains no vectors once {_plural(report.count, 'problem')} "
                                   f"are skipped; the first: {first}")
@@ -460,8 +460,8 @@ def _read_text(path, format, report, progress):
                 )
             if first_line_numbers and number == 2:
                 raise VectorFileError(
-                    f"{path}: line 1 ({first_line_numbers[:80]!r}) holds only numbers and another count of "
-                    "fields than line 2, so it looks like a damaged header; a word2vec header is two "
+                    f"{path}: line 1 ({first_line_numbers[:80]!r}) is not a valid header: it contains only "
+                    "numbers, and another count of fields than line 2. A word2vec header is two "
                     "integers, 'count dim'. Fix line 1, or remove it if the file has no header"
                 )
             wrong_count += 1

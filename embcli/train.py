@@ -514,7 +514,7 @@ class Trainer:
 
     def _shared_negative_step_by_word(self, combined, pair_word, targets, lr, generator, with_loss=True,
                                       pair_weight=None):
-        """The shared-negative step of _negative_step for pairs whose inputs repeat.
+        """Run the shared-negative step of _negative_step for pairs whose inputs repeat.
 
         Pair p's input vector is row pair_word[p] of `combined` (U, D). Returns (the
         gradient of each row of `combined`, summed over its pairs (U, D), the summed loss

@@ -383,7 +383,7 @@ def test_index_of_few_rows_warns_once(tmp_path):
     assert "indexed 300 words" in loud.stderr
 
 
-def test_ivf_defaults_find_neighbours_of_rows_pointing_one_way(model_copy):
+def test_ivf_defaults_on_concentrated_rows(model_copy):
     # The trained test model's vectors share one direction (mean pairwise cosine about
     # 0.9), so coding the rows as they are leaves 4-bit codes that cannot order them.
     model = embcli.load(str(model_copy))

@@ -151,7 +151,7 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     with pytest.raises(ModelCorrupt, match="saved by 2 workers but this run has 1 rank"):
         load_checkpoint(model_dir, meta, TrainConfig(), vocab_size, 1, SYNC_TOKENS)
 
-    # Resumed without torchrun, the 2 ranks go on as 2 worker processes, and it says so.
+    # Resumed without torchrun, the 2 ranks go on as 2 worker processes, with a warning.
     elsewhere = copy_model(model_dir, tmp_path / "without-torchrun")
     plain = subprocess.run([sys.executable, "-m", "embcli", "train", "-m", elsewhere, "--resume"],
                            capture_output=True, text=True, timeout=300)

@@ -145,11 +145,11 @@ def test_numeric_first_line_is_a_damaged_header(tmp_path):
     for lenient in ([], ["--lenient"]):
         result = invoke("import", str(path), "-m", str(tmp_path / "out"), *lenient)
         assert result.exit_code == 1
-        assert "line 1 ('3 3 7') holds only numbers" in result.stderr
+        assert "line 1 ('3 3 7') is not a valid header: it contains only numbers" in result.stderr
         assert not (tmp_path / "out").exists()
 
 
-def test_lenient_stops_when_line_1_sets_a_wrong_dimension(tmp_path):
+def test_lenient_stops_on_wrong_first_row(tmp_path):
     path = tmp_path / "short-first.txt"
     path.write_bytes(b"first 0.1 0.2\n" + b"".join(b"w%d 0.1 0.2 0.3\n" % i for i in range(50)))
     result = invoke("import", str(path), "-m", str(tmp_path / "out"), "--lenient")
@@ -166,7 +166,7 @@ def test_import_takes_the_lock_before_reading(tmp_path):
     model_dir = str(tmp_path / "busy")
     with store.writer_lock(model_dir):
         result = invoke("import", str(path), "-m", model_dir)
-    # Another writer holds the directory, so the file is not even read.
+    # Another writer has the lock, so the file is not read at all.
     assert result.exit_code == 1
     assert "is being written by another embcli process" in result.stderr
     assert "ragged" not in result.stderr

@@ -283,7 +283,7 @@ def test_worker_processes_interrupt_and_resume(vocab_dir):
 
 def test_resume_warns_about_ignored_settings(vocab_dir):
     command = [sys.executable, "-m", "embcli", "train", "-m", vocab_dir, "--resume", "--epochs", "3", "--dim=20"]
-    # Without a checkpoint, that is the one thing to say.
+    # Without a checkpoint, the missing checkpoint is the only message.
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1
     assert "no checkpoint to resume from" in result.stderr

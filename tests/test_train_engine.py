@@ -380,10 +380,12 @@ def test_step_by_word_matches_per_pair_step(tmp_path, count_negatives):
     pair_word = torch.randint(0, 7, (100,), generator=generator)
     targets = torch.randint(0, 300, (100,), generator=generator)
     weight = torch.rand(100, generator=generator)
+    initial_outputs = torch.randn(300, 16, generator=torch.Generator().manual_seed(5)) * 0.3
+
     results = []
     for by_word in (False, True):
         inputs, outputs = init_vectors(300, 16, 1)
-        outputs.copy_(torch.randn(300, 16, generator=torch.Generator().manual_seed(5)) * 0.3)
+        outputs.copy_(initial_outputs)
         trainer = Trainer(config, corpus, inputs, outputs, CPU)
         if count_negatives:
             # Word 0 is 90 % of the negatives, drawn more often than the limit per step.
@@ -398,8 +400,9 @@ def test_step_by_word_matches_per_pair_step(tmp_path, count_negatives):
             per_pair, loss = trainer._negative_step(words[pair_word], targets, 0.025, draws, True, weight)
             grad = torch.zeros(7, 16).index_add_(0, pair_word, per_pair)
         results.append((grad, float(loss), outputs))
+
     (grad, loss, outputs), (grad_by_word, loss_by_word, outputs_by_word) = results
-    assert not torch.equal(outputs, torch.randn(300, 16, generator=torch.Generator().manual_seed(5)) * 0.3)
+    assert not torch.equal(outputs, initial_outputs)
     torch.testing.assert_close(grad_by_word, grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(outputs_by_word, outputs, rtol=1e-5, atol=1e-7)
     assert loss_by_word == pytest.approx(loss, rel=1e-5)
