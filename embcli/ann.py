@@ -181,10 +181,10 @@ def principal_projection(rows, max_directions):
 
     The directions are those whose variance across the rows is above the noise floor
     (NOISE_FLOOR_FACTOR times the median direction's, and at least NUMERICAL_ZERO of
-    the whole variance). The projection is used only when
-    there are at most `max_directions` of them, so that each can have its own 4-bit code within the
-    code budget of the unprojected layout, and when they hold at least PROJECTED_VARIANCE
-    of the variance. Otherwise None: the rows keep all their dimensions.
+    the whole variance). The projection is used only when there are at most
+    `max_directions` of them, each with its own 4-bit code, and when they hold at least
+    PROJECTED_VARIANCE of the variance. Otherwise None: the rows keep all their
+    dimensions.
 
     The variance is taken about the mean: a direction that all rows share does not
     order them. The projection itself has no offset. In inner products that shared
