@@ -470,9 +470,17 @@ def _warn_corpus_changed(model_dir):
     from embcli.errors import EmbcliError
 
     try:
-        sources = store.read_meta(model_dir).get("corpus", {}).get("sources", [])
+        meta = store.read_meta(model_dir)
     except EmbcliError:
         return  # training itself reports what is wrong with the model directory
+    sources = meta.get("corpus", {}).get("sources", [])
+    cached = meta.get("token_cache", {}).get("sources")
+    if cached and cached != sources:
+        names = ", ".join(source.get("path", "?") for source in cached)
+        note(f"warning: the token cache holds {names}, which an earlier 'embcli train CORPUS' encoded, not "
+             "the corpus that build-vocab read; training uses it. To train on build-vocab's corpus, run "
+             "'embcli build-vocab' again")
+        sources = cached
     for source in sources:
         change = corpus_change(source)
         if change and change.endswith("is gone"):

@@ -276,7 +276,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         raise EmptyCorpus("the corpus has no words from the vocabulary to train on")
 
     positions = [0] * (2 * launch.world_size)
-    corpus_record = meta.get("corpus", {}).get("sources", [])
+    corpus_record = train.cached_sources(meta)
     done_before = (0.0, 0.0, 0.0)  # words, examples and seconds of the run before a resume
     if resume:
         input_vectors, output_vectors, positions, config, sync_tokens, done_before = load_checkpoint(

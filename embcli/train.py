@@ -1129,6 +1129,12 @@ def _check_room_for_subwords(model_dir, config, vocab_size):
         )
 
 
+def cached_sources(meta):
+    """Return the sources whose token ids tokens.npy holds: those of the last `train
+    CORPUS` that replaced the cache, else those that build-vocab read."""
+    return meta.get("token_cache", {}).get("sources") or meta.get("corpus", {}).get("sources", [])
+
+
 def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors, encode_progress,
                  table=None):
     """Return (_Resume for epoch 0, path of a new token cache or None)."""
@@ -1147,7 +1153,7 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
 
             raise ModelNotFound(_no_token_cache_message(model_dir, meta))
         store.check_fingerprint(model_dir, meta, store.TOKENS)
-        corpus_record = meta.get("corpus", {}).get("sources", [])
+        corpus_record = cached_sources(meta)
     torch.manual_seed(config.seed)
     try:
         if config.min_n:

@@ -249,3 +249,25 @@ def test_lookup_stdin_error_names_line(trained_model):
     assert result.exit_code == 1
     assert result.stdout.startswith("king\t")
     assert "<stdin>: line 2: zzqqxx: not in vocabulary" in result.stderr
+
+
+def test_train_after_train_corpus_names_cache(small_corpus, tmp_path):
+    # `train CORPUS` replaces the token cache; a later plain `train` trains on that cache,
+    # so it must say so, and the model must record what it was trained on.
+    model_dir = str(tmp_path / "model")
+    part = tmp_path / "part.txt"
+    part.write_text("".join(open(small_corpus, encoding="utf-8").readlines()[:500]), encoding="utf-8")
+    assert invoke("build-vocab", "-m", model_dir, small_corpus, "--min-count", "3", "-q").exit_code == 0
+    options = ["-m", model_dir, "--epochs", "1", "--dim", "8", "--threads", "1", "--force"]
+    first = invoke("train", *options, str(part))
+    assert first.exit_code == 0, first.stderr
+    assert "token cache holds" not in first.stderr
+    second = invoke("train", *options)
+    assert second.exit_code == 0, second.stderr
+    assert f"the token cache holds {part}" in second.stderr
+    with open(os.path.join(model_dir, "meta.json"), encoding="utf-8") as handle:
+        meta = json.load(handle)
+    assert [source["path"] for source in meta["training"]["corpus"]] == [str(part)]
+    info = invoke("info", "-m", model_dir)
+    assert "trained on" in info.stdout
+    assert str(part) in info.stdout
