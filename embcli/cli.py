@@ -297,14 +297,15 @@ def build_vocab(
         finish()
     note(
         f"read {_count(summary.tokens, 'token')} on {_count(summary.lines, 'line')}; "
-        f"{_count(summary.distinct, 'distinct word')}; kept {summary.kept:,} with count >= {summary.min_count} "
-        f"({summary.coverage:.1%} of tokens) in {model_dir}"
+        f"{_count(summary.distinct, 'distinct word')}; kept {summary.kept:,} with count >= {summary.min_count}"
+        + (" (the most frequent, --max-size)" if summary.kept < summary.above_min_count else "")
+        + f" ({summary.coverage:.1%} of tokens) in {model_dir}"
     )
     for line in summary.notes:
         note(f"note: {line}")
     for line in summary.warnings:
         note(f"warning: {line}")
-    dropped = 1 - summary.kept / summary.distinct
+    dropped = 1 - summary.above_min_count / summary.distinct if summary.distinct else 0.0
     if dropped > 0.9:
         note(f"warning: --min-count {summary.min_count} dropped {dropped:.0%} of distinct words")
 
@@ -511,7 +512,7 @@ def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens, c
         STATE["quiet"] = True
 
     def started(backend, syncs):
-        note(f"training on {launch.world_size} ranks ({backend}), {syncs} synchronizations")
+        note(f"training on {_count(launch.world_size, 'rank')} ({backend}), {_count(syncs, 'synchronization')}")
 
     progress, finish = _training_progress()
     try:
@@ -546,7 +547,10 @@ def _training_progress():
             progress.start()
         elapsed = now - started[0]
         speed = f"{(words - started[1]) / elapsed:,.0f}" if elapsed > 0 else "-"
-        progress.update(task, total=total, completed=words, speed=speed, loss=f"{loss:.4f}", lr=f"{lr:.5f}")
+        # Before the first chunk ends there is no loss to show, and no rate yet in use.
+        shown_loss = f"{loss:.4f}" if math.isfinite(loss) else "-"
+        shown_lr = f"{lr:.5f}" if words > 0 else "-"
+        progress.update(task, total=total, completed=words, speed=speed, loss=shown_loss, lr=shown_lr)
 
     return update, progress.stop
 
@@ -1174,7 +1178,7 @@ def analogy(
         batch = False
         queries = [(" ".join(words), words, None)]
     else:
-        raise typer.BadParameter(f"expected three words A B C, or -, got {len(words)} arguments",
+        raise typer.BadParameter(f"expected three words A B C, or -, got {_count(len(words), 'argument')}",
                                  param_hint="WORDS")
     opened = Model.open(model)
 
@@ -1226,7 +1230,7 @@ def similarity(
         batch = False
         queries = [(" ".join(words), words, None)]
     else:
-        raise typer.BadParameter(f"expected two words, or -, got {len(words)} arguments", param_hint="WORDS")
+        raise typer.BadParameter(f"expected two words, or -, got {_count(len(words), 'argument')}", param_hint="WORDS")
     opened = Model.open(model)
 
     from_subwords = set()

@@ -215,6 +215,8 @@ class VocabSummary:
     min_count: int
     lines: int
     bytes_read: int
+    # Words that --min-count alone would keep; more than `kept` when --max-size cut the list.
+    above_min_count: int = 0
     warnings: list = field(default_factory=list)  # the tokens look wrong for the text
     notes: list = field(default_factory=list)  # what the tokenizer did, where worth saying
 
@@ -345,6 +347,7 @@ def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encodi
             min_count=min_count,
             lines=scan.lines,
             bytes_read=scan.bytes_read,
+            above_min_count=int(np.count_nonzero(scan.counts >= min_count)),
             warnings=review.warnings + ([scan.cut_warning] if scan.cut_warning else []),
             notes=review.notes,
         )

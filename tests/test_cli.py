@@ -271,3 +271,10 @@ def test_train_after_train_corpus_names_cache(small_corpus, tmp_path):
     info = invoke("info", "-m", model_dir)
     assert "trained on" in info.stdout
     assert str(part) in info.stdout
+
+
+def test_max_size_cut_is_not_blamed_on_min_count(small_corpus, tmp_path):
+    result = invoke("build-vocab", "-m", str(tmp_path / "model"), small_corpus, "--max-size", "100")
+    assert result.exit_code == 0, result.stderr
+    assert "kept 100 with count >= 5 (the most frequent, --max-size)" in result.stderr
+    assert "dropped" not in result.stderr
