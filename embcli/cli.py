@@ -1408,7 +1408,8 @@ def import_vectors(
     format: str = typer.Option("auto", "--format", "-f",
                                help="auto, word2vec, word2vec-binary, glove, fasttext or npy."),
     words: Optional[str] = typer.Option(None, "--words", help="Word list of a .npy matrix: one word per line "
-                                        "in row order, or word<TAB>count lines.", show_default=False),
+                                        "in row order, or word<TAB>count lines. [default: NAME.words.txt beside "
+                                        "NAME.npy, as export writes it]", show_default=False),
     lenient: bool = typer.Option(False, "--lenient",
                                  help="Warn and go on instead of stopping: skip ragged, non-finite and duplicate "
                                       "rows, keep the rows present whatever the header says, and replace "
