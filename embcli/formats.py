@@ -1230,10 +1230,13 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
     memory-mapped read-only. Other formats are read whole with read_vectors first.
     `path` may be - (standard input), a pipe or a FIFO: detecting the format and reading
     need the file twice, so such a stream is first copied to a temporary file in
-    `model_dir`, and messages still name `path`.
+    `model_dir`, and messages still name `path`. A compressed word2vec binary or .npy
+    file is decompressed into such a file too.
     """
     path = str(path)
-    if not _is_stream(path):
+    stream = _is_stream(path)
+    packed = not stream and _is_compressed_matrix(path, format)
+    if not stream and not packed:
         return _import_file(model_dir, path, format, lenient, words_path, progress, replace, path)
     from embcli import store
 
@@ -1242,13 +1245,18 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
     # NOTE: a process killed during the import leaves this copy behind.
     copy = os.path.join(model_dir, f".import-input-{uuid.uuid4().hex[:8]}")
     try:
-        source = sys.stdin.buffer if path == "-" else open(path, "rb")
-        try:
-            with open(copy, "wb") as handle:
-                shutil.copyfileobj(source, handle, 1 << 20)
-        finally:
-            if source is not sys.stdin.buffer:
-                source.close()
+        if packed:
+            # Binary and .npy files are read through a memory map, which needs their
+            # uncompressed bytes in a file: such a .bin.gz is decompressed next to the model.
+            _decompress(path, copy)
+        else:
+            source = sys.stdin.buffer if path == "-" else open(path, "rb")
+            try:
+                with open(copy, "wb") as handle:
+                    shutil.copyfileobj(source, handle, 1 << 20)
+            finally:
+                if source is not sys.stdin.buffer:
+                    source.close()
         try:
             vectors = _import_file(model_dir, copy, format, lenient, words_path, progress, replace, path)
         except VectorFileError as error:
@@ -1258,6 +1266,33 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
     finally:
         with contextlib.suppress(OSError):
             os.remove(copy)
+
+
+def _is_compressed_matrix(path, format):
+    """True for a gzip, bzip2 or xz file that holds word2vec binary or .npy data."""
+    if not os.path.isfile(path) or compression(path) is None:
+        return False
+    if format is None:
+        format = detect_format(path)
+    return format in ("word2vec-binary", "npy")
+
+
+def _decompress(path, target):
+    """Write the decompressed bytes of `path` to `target`."""
+    written = 0
+    with _open_maybe_compressed(path) as (source, _), open(target, "wb") as handle:
+        while True:
+            try:
+                block = source.read(1 << 20)
+            except _DAMAGED_STREAM as error:
+                if isinstance(error, OSError) and error.strerror and not isinstance(error, gzip.BadGzipFile):
+                    raise VectorFileError(f"{path}: cannot read ({error.strerror})") from None
+                raise VectorFileError(f"{path}: the {compression(path)} data is damaged or truncated after "
+                                      f"{written:,} uncompressed bytes ({error})") from None
+            if not block:
+                return
+            handle.write(block)
+            written += len(block)
 
 
 def _is_stream(path):

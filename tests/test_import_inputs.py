@@ -1,6 +1,7 @@
 """import on files as users get them: a byte-order mark, gzip, strict-mode errors."""
 
 import gzip
+import os
 
 from typer.testing import CliRunner
 
@@ -46,12 +47,13 @@ def test_import_gzip_glove_without_suffix(tmp_path):
     assert "(glove)" in result.stderr
 
 
-def test_import_gzip_binary_says_gunzip(tmp_path):
+def test_import_gzip_binary_with_format(tmp_path):
+    # Decompressed next to the model, since binary files are read through a memory map.
     path = tmp_path / "x.bin.gz"
     path.write_bytes(gzip.compress(b"1 2\nthe " + bytes(8)))
-    result = invoke("import", str(path), "-m", "model", "--format", "word2vec-binary")
-    assert result.exit_code == 1
-    assert "gunzip" in result.stderr
+    result = invoke("import", str(path), "-m", str(tmp_path / "model"), "--format", "word2vec-binary")
+    assert result.exit_code == 0, result.stderr
+    assert "1 word x 2 dimensions (word2vec-binary)" in result.stderr
 
 
 def test_import_truncated_gzip_is_error(tmp_path):
@@ -253,3 +255,47 @@ def test_text_file_forced_as_binary_is_named(tmp_path):
     assert "the values after the first word 'the' are text" in result.stderr
     assert "--format word2vec" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_import_compressed_binary_and_npy(tmp_path):
+    import bz2
+    import gzip as gzip_module
+
+    import numpy as np
+
+    from embcli.formats import write_vectors
+
+    words = ["the", "cat", "sat"]
+    matrix = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    write_vectors(str(tmp_path / "v.bin"), words, matrix, "word2vec-binary")
+    (tmp_path / "v.bin.gz").write_bytes(gzip_module.compress((tmp_path / "v.bin").read_bytes()))
+    result = invoke("import", str(tmp_path / "v.bin.gz"), "-m", str(tmp_path / "from-bin"))
+    assert result.exit_code == 0, result.stderr
+    assert "3 words x 4 dimensions (word2vec-binary)" in result.stderr
+    assert np.array_equal(np.load(tmp_path / "from-bin" / "embeddings.npy"), matrix)
+    assert not [name for name in os.listdir(tmp_path / "from-bin") if name.startswith(".import")]
+
+    np.save(tmp_path / "m.npy", matrix)
+    (tmp_path / "m.npy.bz2").write_bytes(bz2.compress((tmp_path / "m.npy").read_bytes()))
+    (tmp_path / "words.txt").write_text("the\ncat\nsat\n", encoding="utf-8")
+    result = invoke("import", str(tmp_path / "m.npy.bz2"), "--words", str(tmp_path / "words.txt"),
+                    "-m", str(tmp_path / "from-npy"))
+    assert result.exit_code == 0, result.stderr
+    assert np.array_equal(np.load(tmp_path / "from-npy" / "embeddings.npy"), matrix)
+
+
+def test_truncated_bin_gz_is_named(tmp_path):
+    import gzip as gzip_module
+
+    import numpy as np
+
+    from embcli.formats import write_vectors
+
+    matrix = np.random.default_rng(0).standard_normal((3000, 50)).astype(np.float32)
+    write_vectors(str(tmp_path / "v.bin"), [f"w{i}" for i in range(3000)], matrix, "word2vec-binary")
+    packed = gzip_module.compress((tmp_path / "v.bin").read_bytes())
+    (tmp_path / "cut.bin.gz").write_bytes(packed[: len(packed) // 2])
+    result = invoke("import", str(tmp_path / "cut.bin.gz"), "-m", str(tmp_path / "model"))
+    assert result.exit_code == 1
+    assert "cut.bin.gz: the gzip data is damaged or truncated" in result.stderr
+    assert not (tmp_path / "model" / "embeddings.npy").exists()
