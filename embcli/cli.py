@@ -53,6 +53,12 @@ NoSubwordsOption = typer.Option(
 )
 
 
+# Flags that the top-level command takes, shown at the end of each command's --help:
+# they may also be given after the command (see _hoist_global_flags).
+EPILOG = "Also accepted anywhere on the line: -q/--quiet (print only errors), --debug (tracebacks)."
+EPILOG_OWN_QUIET = "Also accepted anywhere on the line: --debug (print the traceback of an internal error)."
+
+
 # A message longer than this (a word of megabytes quoted from a damaged file) is cut.
 MESSAGE_CHARS = 2000
 
@@ -257,7 +263,7 @@ def _input_size(paths):
     return total
 
 
-@app.command("build-vocab")
+@app.command("build-vocab", epilog=EPILOG_OWN_QUIET)
 @handle_errors
 def build_vocab(
     corpus: List[str] = typer.Argument(..., help="Text files, .gz files, or - for stdin.", show_default=False),
@@ -325,7 +331,7 @@ def _check_subwords(value):
     return value
 
 
-@app.command()
+@app.command(epilog=EPILOG_OWN_QUIET)
 @handle_errors
 def train(
     corpus: Optional[List[str]] = typer.Argument(
@@ -666,7 +672,7 @@ def _with_line(failure, number):
     return QueryError(f"<stdin>: line {number}: {failure}")
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @handle_errors
 def lookup(
     words: List[str] = typer.Argument(..., help="Words to look up, or - to read one per line from stdin.", show_default=False),
@@ -704,7 +710,7 @@ def lookup(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @handle_errors
 def neighbors(
     words: Optional[List[str]] = typer.Argument(None, help="Query words, or - to read one per line from stdin.",
@@ -870,7 +876,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @handle_errors
 def info(
     model: Optional[str] = ModelOption,
@@ -925,7 +931,7 @@ def info(
         sys.stdout.write(f"{key}\t{value}\n")
 
 
-@app.command()
+@app.command(epilog=EPILOG_OWN_QUIET)
 @handle_errors
 def index(
     model: Optional[str] = ModelOption,
@@ -1149,7 +1155,7 @@ def _subword_field(words, from_subwords):
     return {"from_subwords": built} if built else {}
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @handle_errors
 def analogy(
     words: List[str] = typer.Argument(..., help="A B C for 'A is to B as C is to ?', or - to read one "
@@ -1210,7 +1216,7 @@ def analogy(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @handle_errors
 def similarity(
     words: List[str] = typer.Argument(..., help="Two words, or - to read one pair per line from stdin, "
@@ -1259,7 +1265,7 @@ def similarity(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @handle_errors
 def evaluate(
     analogies: List[str] = typer.Option([], "--analogies", help="Analogy file in the questions-words format "
@@ -1358,7 +1364,7 @@ def _table(header, rows):
     return [line(header), rule] + [rule if row is None else line(row) for row in rows]
 
 
-@app.command()
+@app.command(epilog=EPILOG_OWN_QUIET)
 @handle_errors
 def export(
     output: str = typer.Argument(..., help="File to write, or - for stdout; for --format projector, a directory "
@@ -1400,7 +1406,7 @@ def export(
          f"{', '.join(written)}")
 
 
-@app.command("import")
+@app.command("import", epilog=EPILOG_OWN_QUIET)
 @handle_errors
 def import_vectors(
     path: str = typer.Argument(..., help="Vector file: word2vec text or binary, GloVe, fastText .vec, or .npy.",
