@@ -159,6 +159,19 @@ def _discard_stdout():
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _reported_by_another_rank(failure):
+    """True for a model-directory error on a torchrun rank other than its node's first.
+
+    Every rank of a node reads the same model directory and raises the same error, so
+    only local rank 0 prints it; the others exit with the same code.
+    """
+    from embcli.errors import ModelCorrupt, ModelNotFound
+
+    if "WORLD_SIZE" not in os.environ or os.environ.get("LOCAL_RANK", "0") == "0":
+        return False
+    return isinstance(failure, (ModelCorrupt, ModelNotFound))
+
+
 def handle_errors(function):
     """Turn EmbcliError into a one-line message and exit code; hide tracebacks."""
 
@@ -173,7 +186,8 @@ def handle_errors(function):
             _settle_stdout()
             raise typer.Exit(1) from None
         except EmbcliError as failure:
-            error(error_message(failure))
+            if not _reported_by_another_rank(failure):
+                error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
         except BrokenPipeError:
             # The reader of stdout went away (for example `| head`): stop quietly.

@@ -128,3 +128,22 @@ def test_summaries_use_singular_for_one(tmp_path):
     result = invoke("import", str(vectors), "-m", "imported")
     assert result.exit_code == 0, result.stderr
     assert "imported 1 word x 1 dimension " in result.stderr
+
+
+def test_model_error_printed_by_first_rank_only(monkeypatch, capsys):
+    import typer
+
+    from embcli.cli import handle_errors
+    from embcli.errors import ModelCorrupt
+
+    @handle_errors
+    def fails():
+        raise ModelCorrupt("model/checkpoint.json was saved by 2 workers")
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for local_rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(typer.Exit) as stopped:
+            fails()
+        assert stopped.value.exit_code == 1
+        assert ("saved by 2 workers" in capsys.readouterr().err) == printed
