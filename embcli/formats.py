@@ -333,12 +333,17 @@ def _read_chunk(handle, path, offset):
     try:
         return handle.read(_BINARY_CHUNK)
     except _DAMAGED_STREAM as error:
-        if isinstance(error, OSError) and error.strerror and not isinstance(error, gzip.BadGzipFile):
-            raise VectorFileError(f"{path}: cannot read ({error.strerror})") from None
-        raise VectorFileError(
-            f"{path}: the {compression(path)} data is damaged or truncated after {offset:,} uncompressed "
-            f"bytes ({error})"
-        ) from None
+        raise _read_failure(path, error, offset) from None
+
+
+def _read_failure(path, error, offset):
+    """Return the VectorFileError for `error`, raised after `offset` bytes of `path` were read."""
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, gzip.BadGzipFile):
+        return VectorFileError(f"{path}: cannot read ({error.strerror})")
+    return VectorFileError(
+        f"{path}: the {compression(path)} data is damaged or truncated after {offset:,} uncompressed "
+        f"bytes ({error})"
+    )
 
 
 def _decode_line(raw, number, offset, report):
@@ -1269,7 +1274,7 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
 
 
 def _is_compressed_matrix(path, format):
-    """True for a gzip, bzip2 or xz file that holds word2vec binary or .npy data."""
+    """Return True for a gzip, bzip2 or xz file that contains word2vec binary or .npy data."""
     if not os.path.isfile(path) or compression(path) is None:
         return False
     if format is None:
@@ -1285,10 +1290,7 @@ def _decompress(path, target):
             try:
                 block = source.read(1 << 20)
             except _DAMAGED_STREAM as error:
-                if isinstance(error, OSError) and error.strerror and not isinstance(error, gzip.BadGzipFile):
-                    raise VectorFileError(f"{path}: cannot read ({error.strerror})") from None
-                raise VectorFileError(f"{path}: the {compression(path)} data is damaged or truncated after "
-                                      f"{written:,} uncompressed bytes ({error})") from None
+                raise _read_failure(path, error, written) from None
             if not block:
                 return
             handle.write(block)
