@@ -160,10 +160,10 @@ def _discard_stdout():
 
 
 def _reported_by_another_rank(failure):
-    """True for a model-directory error on a torchrun rank other than its node's first.
+    """Return True for a model-directory error on a torchrun rank other than its node's first.
 
-    Every rank of a node reads the same model directory and raises the same error, so
-    only local rank 0 prints it; the others exit with the same code.
+    Every rank of a node reads the same model directory and raises the same error. So
+    only local rank 0 prints it, and the others exit with the same code.
     """
     from embcli.errors import ModelCorrupt, ModelNotFound
 

@@ -252,8 +252,8 @@ def test_lookup_stdin_error_names_line(trained_model):
 
 
 def test_train_after_train_corpus_names_cache(small_corpus, tmp_path):
-    # `train CORPUS` replaces the token cache; a later plain `train` trains on that cache,
-    # so it must say so, and the model must record what it was trained on.
+    # `train CORPUS` replaces the token cache, and a later plain `train` trains on that
+    # cache. That run must warn about it, and the model must record the cache's corpus.
     model_dir = str(tmp_path / "model")
     part = tmp_path / "part.txt"
     part.write_text("".join(open(small_corpus, encoding="utf-8").readlines()[:500]), encoding="utf-8")
@@ -273,7 +273,7 @@ def test_train_after_train_corpus_names_cache(small_corpus, tmp_path):
     assert str(part) in info.stdout
 
 
-def test_max_size_cut_is_not_blamed_on_min_count(small_corpus, tmp_path):
+def test_max_size_summary_names_max_size(small_corpus, tmp_path):
     result = invoke("build-vocab", "-m", str(tmp_path / "model"), small_corpus, "--max-size", "100")
     assert result.exit_code == 0, result.stderr
     assert "kept 100 with count >= 5 (the most frequent, --max-size)" in result.stderr
