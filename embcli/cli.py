@@ -449,7 +449,7 @@ def train(
                  "synchronizing them")
         elif launch is not None and not saved.get("distributed") and launch.rank == 0:
             note(f"warning: {model_dir} was checkpointed by 'embcli train' with {saved_ranks} worker processes; "
-                 "each rank goes on from the position of the worker of the same number")
+                 "the ranks go on from where those stopped")
         # A resumed run takes every training setting from its checkpoint.
         settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
                     "--ns-exponent", "--negatives", "--seed", "--threads", "--subwords", "--buckets",

@@ -280,7 +280,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     done_before = (0.0, 0.0, 0.0)  # words, examples and seconds of the run before a resume
     if resume:
         input_vectors, output_vectors, positions, config, sync_tokens, done_before = load_checkpoint(
-            model_dir, meta, config, len(words), launch.world_size, sync_tokens)
+            model_dir, meta, config, len(words), launch.world_size, sync_tokens, len(corpus))
     else:
         input_vectors, output_vectors = train.init_vectors(len(words), config.dim, config.seed)
     start = train._Resume(config, launch.world_size, positions, input_vectors, output_vectors,
@@ -527,7 +527,7 @@ def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions,
                              train.CHECKPOINT: state_tmp})
 
 
-def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens):
+def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens, corpus_tokens=None):
     """Return (input, output, positions, config, sync_tokens, done) from the checkpoint in `model_dir`.
 
     `done` is (words, examples, seconds) of the run up to the checkpoint.
@@ -550,7 +550,13 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
             "torchrun runs do not support; resume it without torchrun"
         )
     start = train._load_checkpoint(model_dir, meta, config, vocab_size)
+    positions = start.positions
+    if start.dispatched and corpus_tokens is not None:
+        # Worker processes took chunks in turn from one queue; each rank keeps a fixed share.
+        chunks = len(train.chunk_starts(0, corpus_tokens, start.config.chunk_tokens))
+        ticket = train.ticket_from_positions(positions, world_size, chunks, True)
+        positions = train.shares_from_ticket(ticket, world_size, chunks, start.config.epochs)
     distributed = state.get("distributed") or {}
     sync_tokens = distributed.get("sync_tokens", sync_tokens)
     done = (start.words_done, start.examples_done, start.seconds_done)
-    return start.input_vectors, start.output_vectors, start.positions, start.config, sync_tokens, done
+    return start.input_vectors, start.output_vectors, positions, start.config, sync_tokens, done

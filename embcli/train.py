@@ -635,33 +635,68 @@ class Trainer:
         `report(words, examples, loss_sum, lr)` is called after each chunk. `should_stop()`
         is checked between chunks; when it returns True, training stops there.
         """
-        config = self.config
-        train_chunk = self.train_cbow_chunk if config.method == "cbow" else self.train_skipgram_chunk
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, self.config.epochs):
             first = start_chunk if epoch == start_epoch else 0
             for chunk_index in range(first, len(self.chunks)):
                 if should_stop is not None and should_stop():
                     return epoch, chunk_index
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(chunk_seed(config.seed, self.worker, epoch, chunk_index))
-                raw, sentence, core, is_end, _ = self._load_chunk(self.chunks[chunk_index])
-                words = int(core.sum())
-                ids, sentence, core = self._subsample(raw, sentence, core, is_end, generator)
                 lr = self.learning_rate(epoch, chunk_index)
-                with torch.no_grad():
-                    loss, examples = train_chunk(ids, sentence, core, lr, generator)
-                loss_value = float(loss)
-                # A fresh model's loss per example is ln 2 per score (about 4.2 with 5
-                # negatives); 50 times that only happens when the updates blow up.
-                diverging = examples and loss_value / examples > 50 * math.log(2) * (1 + config.negative)
-                if not math.isfinite(loss_value) or diverging:
-                    raise TrainingError(
-                        f"training diverged in epoch {epoch + 1} (the loss per example became "
-                        f"{loss_value / max(examples, 1):.4g}); lower the learning rate (it was {self.lr0:g})"
-                    )
+                words, examples, loss = self.train_chunk(epoch, chunk_index, lr, self.worker)
                 if report is not None:
-                    report(words, examples, loss_value, lr)
-        return config.epochs, 0
+                    report(words, examples, loss, lr)
+        return self.config.epochs, 0
+
+    def run_tickets(self, take, report, should_stop):
+        """Train the chunks that `take()` hands out until it returns None or should_stop().
+
+        Ticket t is chunk t % len(self.chunks) of epoch t // len(self.chunks), so tickets
+        handed out in order go through the chunks in corpus order, epoch after epoch (see
+        _Tickets). Call take_all_chunks() first. Returns the ticket taken but not
+        trained because should_stop() turned True meanwhile, or None.
+        """
+        chunks = len(self.chunks)
+        total = self.config.epochs * chunks
+        while not should_stop():
+            ticket = take()
+            if ticket is None:
+                return None
+            if should_stop():
+                return ticket
+            epoch, chunk_index = divmod(ticket, chunks)
+            # The rate of one process at this point of the run (learning_rate).
+            lr = self.lr0 * max(1.0 - ticket / max(total, 1), self.config.min_lr_fraction)
+            # The chunk's randomness depends on its place in the corpus, not on the
+            # worker that happens to take it.
+            words, examples, loss = self.train_chunk(epoch, chunk_index, lr, 0)
+            report(words, examples, loss, lr)
+        return None
+
+    def take_all_chunks(self):
+        """Make self.chunks every chunk of the corpus, for run_tickets."""
+        self.start, self.stop = 0, len(self.corpus)
+        self.chunks = chunk_starts(0, len(self.corpus), self.config.chunk_tokens)
+
+    def train_chunk(self, epoch, chunk_index, lr, seed_worker):
+        """Train chunk `chunk_index` of self.chunks once; return (words, examples, loss sum)."""
+        config = self.config
+        train = self.train_cbow_chunk if config.method == "cbow" else self.train_skipgram_chunk
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(chunk_seed(config.seed, seed_worker, epoch, chunk_index))
+        raw, sentence, core, is_end, _ = self._load_chunk(self.chunks[chunk_index])
+        words = int(core.sum())
+        ids, sentence, core = self._subsample(raw, sentence, core, is_end, generator)
+        with torch.no_grad():
+            loss, examples = train(ids, sentence, core, lr, generator)
+        loss_value = float(loss)
+        # A fresh model's loss per example is ln 2 per score (about 4.2 with 5
+        # negatives); 50 times that only happens when the updates blow up.
+        diverging = examples and loss_value / examples > 50 * math.log(2) * (1 + config.negative)
+        if not math.isfinite(loss_value) or diverging:
+            raise TrainingError(
+                f"training diverged in epoch {epoch + 1} (the loss per example became "
+                f"{loss_value / max(examples, 1):.4g}); lower the learning rate (it was {self.lr0:g})"
+            )
+        return words, examples, loss_value
 
 
 def init_vectors(vocab_size, dim, seed):
@@ -692,7 +727,7 @@ CHECKPOINT_INPUT = store.CHECKPOINT_INPUT
 CHECKPOINT_OUTPUT = store.CHECKPOINT_OUTPUT
 CHECKPOINT_TOKENS = store.CHECKPOINT_TOKENS
 CHECKPOINT_FILES = store.CHECKPOINT_FILES
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 # After SIGINT or SIGTERM, how long workers get to finish their chunk, in seconds.
 STOP_GRACE_SECONDS = 3.0
 # How often a running training saves a checkpoint, in seconds.
@@ -709,13 +744,17 @@ class _RemoteTraceback(Exception):
 
 def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, output_vectors,
                  positions, shared_stats, stop_flag, errors, parent_pid, table=None,
-                 save_orphaned=None):
+                 save_orphaned=None, tickets=None):
     """Entry point of one Hogwild worker process.
 
     The worker shares no lock with the others or with the parent: `positions`,
     `shared_stats` and `stop_flag` are lock-free shared arrays, and each worker writes
     only its own slots. So a worker killed at any moment, for example by the kernel's
     out-of-memory killer, cannot leave a lock held that would hang the rest.
+
+    With `tickets` (a _Tickets), the worker trains the chunks it takes from them, and
+    `positions` contains its claim (see _Tickets.resume_point). Otherwise it trains its
+    own share of the chunks, and `positions` contains its [epoch, chunk].
 
     If the parent dies (SIGKILL), every worker stops after its chunk, and worker 0 calls
     `save_orphaned(positions, words, examples)` to save a checkpoint in its place.
@@ -735,6 +774,15 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
         trainer = _new_trainer(config, corpus, input_vectors, output_vectors, torch.device("cpu"), worker,
                                workers, table)
         base = worker * 4
+
+        def should_stop():
+            # A parent killed with SIGKILL cannot set stop_flag; its death re-parents us.
+            return stop_flag[0] != 0 or os.getppid() != parent_pid
+
+        if tickets is not None:
+            _train_tickets(worker, workers, trainer, tickets, positions, shared_stats, should_stop,
+                           parent_pid, save_orphaned)
+            return
         chunks = len(trainer.chunks)
 
         def report(words, examples, loss, lr):
@@ -752,10 +800,6 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
             shared_stats[base + 1] += examples
             shared_stats[base + 2] += loss
             shared_stats[base + 3] = lr
-
-        def should_stop():
-            # A parent killed with SIGKILL cannot set stop_flag; its death re-parents us.
-            return stop_flag[0] != 0 or os.getppid() != parent_pid
 
         epoch, chunk = positions[2 * worker], positions[2 * worker + 1]
         epoch, chunk = trainer.run(int(epoch), int(chunk), report, should_stop)
@@ -779,6 +823,160 @@ def _worker_main(worker, workers, config, tokens_path, counts, input_vectors, ou
             errors.put(("internal", f"worker process {worker} failed: {type(error).__name__}: {error}",
                         traceback.format_exc()))
         stop_flag[0] = 1
+
+
+def _train_tickets(worker, workers, trainer, tickets, claims, shared_stats, should_stop, parent_pid,
+                   save_orphaned):
+    """Run `trainer` on the chunks of `tickets`, keeping this worker's claim in `claims`.
+
+    claims[3 * worker] is the last ticket taken, claims[3 * worker + 1] is 1 from just
+    before a take until that ticket's chunk is trained, and claims[3 * worker + 2] counts
+    the tickets taken. _Tickets.resume_point reads them.
+    """
+    tickets.in_worker()
+    trainer.take_all_chunks()
+    slot, base = 3 * worker, 4 * worker
+
+    def take():
+        # Busy before the read, so that a ticket read but not yet recorded still keeps
+        # the resume point at or before it.
+        claims[slot + 1] = 1
+        ticket = tickets.take()
+        if ticket is None:
+            claims[slot + 1] = 0
+            return None
+        claims[slot] = ticket
+        claims[slot + 2] += 1
+        return ticket
+
+    def report(words, examples, loss, lr):
+        shared_stats[base] += words
+        shared_stats[base + 1] += examples
+        shared_stats[base + 2] += loss
+        shared_stats[base + 3] = lr
+        claims[slot + 1] = 0
+
+    trainer.run_tickets(take, report, should_stop)
+    if worker == 0 and save_orphaned is not None and os.getppid() != parent_pid:
+        words = sum(shared_stats[4 * w] for w in range(workers))
+        examples = sum(shared_stats[4 * w + 1] for w in range(workers))
+        resume = tickets.resume_point(claims, workers)
+        save_orphaned(tickets.positions(resume, workers), words, examples)
+
+
+class _Tickets:
+    """Hands out the chunks of a run to Hogwild worker processes, in corpus order.
+
+    Ticket t stands for chunk t % chunks of epoch t // chunks (Trainer.run_tickets). The
+    parent writes the tickets into a pipe as 8-byte integers, 512 per write. A write of
+    at most PIPE_BUF (4,096) bytes enters the pipe whole, and the kernel serializes the
+    readers, so each 8-byte read takes one whole ticket and no ticket goes to two workers.
+    embcli takes no lock here, so a worker killed at any moment leaves none held.
+
+    A worker that runs faster (its core is less loaded) takes more chunks. With fixed
+    shares, the faster worker finished early and left its core idle: 3.1 s at the end of a
+    48 s subword run, in docs/benchmarks.md.
+    """
+
+    RECORD = 8
+    PER_WRITE = 512  # tickets per write: 4,096 bytes, PIPE_BUF on Linux
+
+    def __init__(self, start, chunks, epochs):
+        self.start = start
+        self.chunks = chunks
+        self.total = chunks * epochs
+        self.next = start
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.fill()
+
+    def fill(self):
+        """Write as many of the remaining tickets as fit in the pipe; close it after the last."""
+        while self.write_fd is not None and self.next < self.total:
+            end = min(self.next + self.PER_WRITE, self.total)
+            try:
+                written = os.write(self.write_fd, np.arange(self.next, end, dtype="<i8").tobytes())
+            except BlockingIOError:
+                return  # the pipe is full; the next poll writes more
+            assert written == (end - self.next) * self.RECORD  # a pipe write of <= PIPE_BUF is whole
+            self.next = end
+        if self.next >= self.total:
+            self.close()
+
+    def close(self):
+        """Hand out no more tickets: the workers read the end once the pipe is empty."""
+        if self.write_fd is not None:
+            os.close(self.write_fd)
+            self.write_fd = None
+
+    def release(self):
+        self.close()
+        if self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
+
+    def in_worker(self):
+        """Close a forked worker's copy of the write end, so that the end can be read."""
+        if self.write_fd is not None:
+            os.close(self.write_fd)
+            self.write_fd = None
+
+    def take(self):
+        """Return the next ticket, or None when there are no more (blocks while the pipe is empty)."""
+        data = os.read(self.read_fd, self.RECORD)
+        if not data:
+            return None
+        if len(data) != self.RECORD:
+            raise RuntimeError(f"read {len(data)} bytes of a chunk ticket instead of {self.RECORD}")
+        return int.from_bytes(data, "little", signed=True)
+
+    def resume_point(self, claims, workers):
+        """Return the first ticket that is not known to be trained.
+
+        Tickets go out in order, so every ticket before start + (tickets taken) was taken,
+        and each worker has at most one untrained ticket. The counts are read before the
+        claims: a worker that takes a ticket in between is then busy, which keeps the
+        result at or before its previous ticket. Chunks trained after the result are
+        trained again by a resumed run, as after a stop in the middle of a chunk.
+        """
+        taken = sum(int(claims[3 * w + 2]) for w in range(workers))
+        resume = self.start + taken
+        for w in range(workers):
+            ticket = int(claims[3 * w])
+            if claims[3 * w + 1]:
+                resume = min(resume, ticket)
+        return min(resume, self.total)
+
+    def positions(self, ticket, workers):
+        """Return the checkpoint positions of `ticket`: [epoch, chunk] of the whole corpus's
+        chunks, once per worker (the layout of fixed shares, which hold one per worker)."""
+        return list(divmod(ticket, self.chunks)) * workers
+
+
+def ticket_from_positions(positions, workers, chunks, dispatched):
+    """Return the first ticket of a run of `workers` resumed at checkpoint `positions`.
+
+    `dispatched` positions come from _Tickets.positions. Older checkpoints of in-turn
+    workers hold each worker's [epoch, chunk] of its share (chunks w, w + workers, ...
+    of each epoch): the run resumes at the earliest, and trains again what the others
+    had trained beyond it.
+    """
+    if dispatched:
+        return positions[0] * chunks + positions[1]
+    return min(positions[2 * w] * chunks + positions[2 * w + 1] * workers + w for w in range(workers))
+
+
+def shares_from_ticket(ticket, workers, chunks, epochs):
+    """Return the in-turn positions of `workers` fixed shares that resume at `ticket`:
+    each worker's first chunk at or after it (for torchrun ranks, which keep shares)."""
+    positions = []
+    epoch, chunk = divmod(ticket, chunks)
+    for w in range(workers):
+        per_epoch = len(range(w, chunks, workers))
+        index = max(0, -(-(chunk - w) // workers))
+        at = (epoch, index) if index < per_epoch else (epoch + 1, 0)
+        positions += [epochs, 0] if at[0] >= epochs else list(at)
+    return positions
 
 
 # Added to a worker's /proc/self/oom_score_adj (range -1000..1000). The kernel's
@@ -855,6 +1053,8 @@ class _Resume:
     seconds_done: float = 0.0
     resumed: bool = False
     table: object = None  # the SubwordTable of a subword run, else None
+    # True when `positions` come from _Tickets.positions, False for fixed shares.
+    dispatched: bool = False
 
 
 def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="strict",
@@ -965,7 +1165,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                     positions, totals, failure = _run_workers(
                         workers, config, tokens_path, counts, input_vectors, output_vectors,
                         positions, stop, progress, words_total, save_if_due, table,
-                        save_orphaned)
+                        save_orphaned, dispatched=start.dispatched)
             except TrainingError as error:
                 # Trainer.run reports a non-finite loss as TrainingError "training diverged".
                 if "diverged" in str(error) and not isinstance(error, TrainingDiverged):
@@ -1330,9 +1530,13 @@ class _WorkerFailure:
 
 
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
-                 stop, progress, words_total, every_poll=None, table=None, save_orphaned=None):
+                 stop, progress, words_total, every_poll=None, table=None, save_orphaned=None,
+                 dispatched=False):
     """Train with `workers` Hogwild processes on shared vectors until done or stopped.
 
+    With the in-turn chunk order, the workers take the chunks from one _Tickets;
+    `dispatched` says that `positions` came from _Tickets.positions (else from fixed
+    shares, see ticket_from_positions). With slices, each trains its own slice.
     `every_poll(positions, words, examples)` is called about four times a second. The
     workers go on updating the vectors while it reads them, which Hogwild tolerates.
     `save_orphaned` runs in worker 0 if this process dies (see _worker_main).
@@ -1348,8 +1552,21 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
 
     context = mp.get_context("fork")
     _share_vectors(input_vectors, output_vectors)
+    tickets = None
+    if _uses_tickets(config, workers):
+        chunks = len(chunk_starts(0, len(Corpus(tokens_path, counts)), config.chunk_tokens))
+        start = min(ticket_from_positions(positions, workers, chunks, dispatched), chunks * config.epochs)
+        tickets = _Tickets(start, chunks, config.epochs)
+        # Per worker: the last ticket taken, busy (0 or 1), tickets taken.
+        claims = [float(start), 0.0, 0.0] * workers
     # Lock-free shared arrays: a worker killed while holding a lock would hang the others.
-    shared_positions = context.RawArray("d", [float(p) for p in positions])
+    shared_positions = context.RawArray("d", claims if tickets else [float(p) for p in positions])
+
+    def current_positions():
+        if tickets is None:
+            return [int(p) for p in shared_positions]
+        return tickets.positions(tickets.resume_point(shared_positions, workers), workers)
+
     shared_stats = context.RawArray("d", 4 * workers)
     stop_flag = context.RawArray("b", 1)
     errors = context.Queue()
@@ -1359,7 +1576,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
             target=_worker_main,
             args=(w, workers, config, tokens_path, np.asarray(counts), input_vectors, output_vectors,
                   shared_positions, shared_stats, stop_flag, errors, os.getpid(), table,
-                  save_orphaned),
+                  save_orphaned, tickets),
             daemon=True,
         )
         for w in range(workers)
@@ -1387,6 +1604,10 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
                 failure = _killed_worker(processes)
             if stop.is_set() or failure is not None:
                 stop_flag[0] = 1
+            if tickets is not None and stop_flag[0]:
+                tickets.close()  # wakes a worker that waits for a ticket
+            elif tickets is not None:
+                tickets.fill()
             if stop_flag[0] and stop_deadline is None:
                 stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
             if stop_deadline is not None and time.monotonic() > stop_deadline:
@@ -1406,20 +1627,28 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
                 lr = max(shared_stats[4 * w + 3] for w in range(workers))
                 progress(words, words_total, examples, window.mean(), lr)
             if every_poll is not None and stop_deadline is None:
-                every_poll([int(p) for p in shared_positions], words, examples)
+                every_poll(current_positions(), words, examples)
     except BaseException:
         stop_flag[0] = 1
+        if tickets is not None:
+            tickets.close()
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()  # workers ignore SIGTERM, so terminate() would not end them
         raise
+    finally:
+        if tickets is not None:
+            tickets.close()
     for process in processes:
         process.join()
+    positions = current_positions()
+    if tickets is not None:
+        tickets.release()
     failure = _reported_failure(errors, failure)
     words = sum(shared_stats[4 * w] for w in range(workers))
     examples = sum(shared_stats[4 * w + 1] for w in range(workers))
-    return [int(p) for p in shared_positions], [words, examples, window.mean()], failure
+    return positions, [words, examples, window.mean()], failure
 
 
 def _share_vectors(input_vectors, output_vectors):
@@ -1505,6 +1734,11 @@ def _all_finite(matrix, block_rows=1 << 14):
                for begin in range(0, matrix.shape[0], block_rows))
 
 
+def _uses_tickets(config, workers):
+    """Return True if _run_workers hands out the chunks of this run as _Tickets."""
+    return workers > 1 and config.chunk_order == "in-turn"
+
+
 def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors, output_vectors,
                      start, new_cache, words_done, examples_done, seconds, words_total):
     """Commit the training state in `model_dir`; return the path of checkpoint.json.
@@ -1536,6 +1770,8 @@ def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors,
         "config": _config_json(config),
         "workers": workers,
         "positions": [int(p) for p in positions],
+        # Worker processes in turn take their chunks from one _Tickets; see ticket_from_positions.
+        **({"chunk_dispatch": "tickets"} if _uses_tickets(config, workers) else {}),
         "corpus": start.corpus_record,
         "words_done": words_done,
         "examples_done": examples_done,
@@ -1621,6 +1857,7 @@ def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
         seconds_done=float(state.get("seconds", 0)),
         resumed=True,
         table=table,
+        dispatched=state.get("chunk_dispatch") == "tickets",
     )
 
 

@@ -173,6 +173,33 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     assert f"trained {model.meta['training']['stats']['words']:,} words" in resumed.stderr
 
 
+def test_worker_checkpoint_resumes_on_ranks(vocab_dir, tmp_path):
+    """Worker processes take chunks from one queue; ranks resume from its first untrained chunk."""
+    from embcli.errors import TrainingInterrupted
+
+    model_dir = copy_model(vocab_dir, tmp_path / "workers")
+    calls = [0]
+
+    def interrupt(words, total, examples, loss, lr):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(model_dir, TrainConfig(dim=16, epochs=12, threads=2, chunk_tokens=4096), progress=interrupt)
+    with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    assert state["chunk_dispatch"] == "tickets"
+    assert state["positions"][:2] == state["positions"][2:]
+    resumed = torchrun(model_dir, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpointed by 'embcli train' with 2 worker processes" in resumed.stderr
+    model = embcli.load(model_dir)
+    whole_run = 12 * model.meta["vocab"]["tokens_covered"]
+    # Chunks trained after the first untrained one are trained again: at most one per worker.
+    assert whole_run <= model.meta["training"]["stats"]["words"] <= whole_run * 1.05
+
+
 SYNC_CHECK = """
 import sys
 import numpy as np

@@ -406,3 +406,88 @@ def test_step_by_word_matches_per_pair_step(tmp_path, count_negatives):
     torch.testing.assert_close(grad_by_word, grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(outputs_by_word, outputs, rtol=1e-5, atol=1e-7)
     assert loss_by_word == pytest.approx(loss, rel=1e-5)
+
+
+def test_tickets_go_once_each_to_two_processes_in_order():
+    """More tickets than the pipe holds: the parent refills it, and two forked readers
+    together get every ticket once, each in increasing order."""
+    import multiprocessing
+
+    from embcli.train import _Tickets
+
+    tickets = _Tickets(start=3, chunks=1000, epochs=12)  # 11,997 tickets, the pipe holds 8,192
+    assert tickets.next < tickets.total
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def reader():
+        tickets.in_worker()
+        taken = []
+        while (ticket := tickets.take()) is not None:
+            taken.append(ticket)
+        results.put(taken)
+
+    processes = [context.Process(target=reader) for _ in range(2)]
+    for process in processes:
+        process.start()
+    while tickets.write_fd is not None:
+        tickets.fill()
+    first, second = results.get(timeout=60), results.get(timeout=60)
+    for process in processes:
+        process.join(timeout=60)
+    tickets.release()
+    assert sorted(first + second) == list(range(3, 12_000))
+    assert first == sorted(first) and second == sorted(second)
+
+
+def test_ticket_resume_point_keeps_untrained_tickets():
+    from embcli.train import _Tickets
+
+    tickets = _Tickets(start=10, chunks=7, epochs=4)
+    # Per worker: last ticket taken, busy, tickets taken.
+    assert tickets.resume_point([10, 0, 0, 10, 0, 0], 2) == 10
+    # Worker 0 trained 10 and holds 12; worker 1 trained 11 and 13.
+    assert tickets.resume_point([12, 1, 2, 13, 0, 2], 2) == 12
+    # Both idle after training 10-13.
+    assert tickets.resume_point([12, 0, 2, 13, 0, 2], 2) == 14
+    # Worker 1 is reading its next ticket: busy, still showing the trained 13.
+    assert tickets.resume_point([14, 0, 3, 13, 1, 2], 2) == 13
+    # All 28 - 10 tickets taken and trained.
+    assert tickets.resume_point([27, 0, 9, 26, 0, 9], 2) == 28
+    assert tickets.positions(28, 2) == [4, 0, 4, 0]
+    assert tickets.positions(12, 2) == [1, 5, 1, 5]
+    tickets.release()
+
+
+def test_ticket_positions_convert_to_and_from_fixed_shares():
+    from embcli.train import shares_from_ticket, ticket_from_positions
+
+    # 7 chunks per epoch in turn: worker 0 trains 0, 2, 4, 6; worker 1 trains 1, 3, 5.
+    assert ticket_from_positions([1, 5, 1, 5], 2, 7, dispatched=True) == 12
+    # Fixed shares: worker 0 next trains its 3rd chunk (4) of epoch 1, worker 1 its 2nd (3).
+    assert ticket_from_positions([1, 2, 1, 1], 2, 7, dispatched=False) == 7 + 3
+    # A finished worker does not hold the others back.
+    assert ticket_from_positions([3, 0, 2, 3], 2, 7, dispatched=False) == 14 + 7
+    assert shares_from_ticket(12, 2, 7, epochs=3) == [1, 3, 1, 2]
+    assert shares_from_ticket(13, 2, 7, epochs=3) == [1, 3, 2, 0]
+    assert shares_from_ticket(21, 2, 7, epochs=3) == [3, 0, 3, 0]
+    for ticket in range(22):
+        shares = shares_from_ticket(ticket, 2, 7, epochs=3)
+        # Each share resumes at its first chunk at or after the ticket.
+        assert ticket_from_positions(shares, 2, 7, dispatched=False) == min(ticket, 21)
+
+
+def test_two_workers_with_tickets_train_every_chunk_once(small_corpus, tmp_path):
+    """Tiny chunks make 8 epochs of tickets outnumber what the pipe holds at once."""
+    from embcli.tokenize import Tokenizer
+    from embcli.train import _words_in, train_model
+    from embcli.vocab import build_vocab
+
+    vocab_dir = str(tmp_path / "model")
+    build_vocab(vocab_dir, [small_corpus], Tokenizer(), min_count=3)
+    tokens = np.load(os.path.join(vocab_dir, store.TOKENS), mmap_mode="r")
+    chunk_tokens = max(16, len(tokens) // 1100)
+    stats = train_model(vocab_dir, TrainConfig(dim=8, epochs=8, threads=2, chunk_tokens=chunk_tokens))
+    counts = [int(line.split("\t")[1]) for line in open(os.path.join(vocab_dir, store.VOCAB), encoding="utf-8")]
+    assert len(range(0, len(tokens), chunk_tokens)) * 8 > 8192
+    assert stats.words == _words_in(Corpus(os.path.join(vocab_dir, store.TOKENS), counts)) * 8
