@@ -66,8 +66,13 @@ MESSAGE_CHARS = 2000
 def _stderr(message):
     if len(message) > MESSAGE_CHARS:
         message = f"{message[: MESSAGE_CHARS // 2]} ... ({len(message):,} characters in all) ... {message[-200:]}"
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        # The reader of stderr went away (`2>&1 | head -1`). The message is lost, but the
+        # command goes on and its exit code still reports any failure.
+        _point_at_devnull(sys.stderr)
 
 
 def note(message):
@@ -155,8 +160,58 @@ def _settle_stdout():
 
 def _discard_stdout():
     """Point stdout at os.devnull, so the flush at exit cannot fail a second time."""
+    _point_at_devnull(sys.stdout)
+
+
+def _point_at_devnull(stream):
+    """Make the descriptor of `stream` write to os.devnull, so later writes and the flush at exit succeed."""
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor, for example in tests
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def _occupy_closed_descriptor(descriptor):
+    """Open os.devnull as `descriptor`, which the process was started without (`>&-`).
+
+    Otherwise the next file opened would get that number, and a library writing to
+    stdout would write into it.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    if devnull != descriptor:
+        os.dup2(devnull, descriptor)
+        os.close(devnull)
+
+
+class _ClosedStream:
+    """sys.stdout or sys.stdin of a process started with that stream closed: every
+    read or write raises OSError EBADF, as on the closed descriptor."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def _fail(self, *args):
+        import errno
+
+        raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: {self.name} is closed")
+
+    write = read = readline = readinto = _fail
+    __iter__ = __next__ = _fail
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    fileno = _fail
+
+    @property
+    def buffer(self):
+        return self
 
 
 def _reported_by_another_rank(failure):
@@ -601,8 +656,6 @@ def _stdin_raw_lines():
     a user or a program that writes one query and waits gets its result. Input that is
     already available (a file, a fast pipe) is still searched in full blocks.
     """
-    if sys.stdin is None:  # started with stdin closed
-        return
     stream = getattr(sys.stdin, "buffer", None)
     descriptor = _stdin_descriptor()
     if stream is None:  # a text-only stdin, for example in tests
@@ -718,7 +771,8 @@ def lookup(
                 fields["from_subwords"] = [word]
             out.write(json.dumps(fields, ensure_ascii=False) + "\n")
         else:
-            out.write(word + "\t" + "\t".join(f"{v:.6g}" for v in vector.tolist()) + "\n")
+            # 9 significant digits give back the float32 value exactly, as export writes it.
+            out.write(word + "\t" + "\t".join(["%.9g" % v for v in vector.tolist()]) + "\n")
     out.flush()
     if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
@@ -894,7 +948,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
 @handle_errors
 def info(
     model: Optional[str] = ModelOption,
-    as_json: bool = JsonOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the metadata as one JSON object on one line."),
 ):
     """Print the model's metadata: vocabulary, dimensions, settings, corpus, statistics."""
     from embcli import store
@@ -1563,9 +1617,17 @@ def main():
     """Console entry point. A plain `neighbors` query ends the process with os._exit."""
     import signal
 
-    if sys.stdout is None or sys.stderr is None:
-        # Started with stdout or stderr closed (`>&-`): there is nowhere to write.
+    if sys.stderr is None:
+        # Started with stderr closed (`2>&-`): no error could be reported.
         sys.exit(1)
+    if sys.stdout is None:
+        # Started with stdout closed (`>&-`): commands that print nothing there still
+        # run, and a command that prints results fails with "cannot write to standard output".
+        _occupy_closed_descriptor(1)
+        sys.stdout = _ClosedStream("standard output")
+    if sys.stdin is None:
+        _occupy_closed_descriptor(0)
+        sys.stdin = _ClosedStream("standard input")
     sys.argv[1:] = _hoist_global_flags(sys.argv[1:])
     sys.stdout = _CheckedStdout(sys.stdout)
 

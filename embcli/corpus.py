@@ -212,6 +212,9 @@ class TextStream:
         try:
             yield from self._read_handle(name, reader, raw, encoding)
         except _DAMAGED as error:
+            if isinstance(error, OSError) and error.errno is not None and not raw:
+                # A read of the file itself failed (a closed stdin, an I/O error), not a decompression.
+                raise CorpusError(f"{name}: cannot read ({error.strerror})") from None
             raise CorpusError(f"{name}: damaged or truncated file ({error})") from None
         finally:
             if raw is not None:

@@ -260,6 +260,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     words, counts = store.read_vocab(model_dir, meta)
     if not words:
         raise EmbcliError(f"{model_dir}/vocab.tsv is empty; rebuild the vocabulary")
+    train.check_trainable(model_dir, meta, counts)
     tokens_path = os.path.join(model_dir, store.TOKENS)
     if not os.path.exists(tokens_path):
         raise ModelNotFound(train._no_token_cache_message(model_dir, meta))

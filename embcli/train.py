@@ -1097,6 +1097,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
 
     meta = store.read_meta(model_dir)
     words, counts = store.read_vocab(model_dir, meta)
+    check_trainable(model_dir, meta, counts)
     if len(words) < 2:
         raise EmptyCorpus(
             f"{os.path.join(model_dir, store.VOCAB)} has {len(words)} words, and word "
@@ -1304,10 +1305,26 @@ def _subword_table(words, config):
 
 def _no_token_cache_message(model_dir, meta):
     if "imported" in meta:
-        return (f"{model_dir} holds vectors imported from {meta['imported'].get('path', 'a file')}, "
-                "without a corpus to train on; to train, run 'embcli build-vocab CORPUS' with "
-                "another model directory")
+        return _imported_message(model_dir, meta)
     return f"{model_dir} has no token cache; run 'embcli build-vocab CORPUS' again"
+
+
+def _imported_message(model_dir, meta):
+    return (f"{model_dir} contains vectors imported from {meta['imported'].get('path', 'a file')}, "
+            "whose vocabulary has no word counts to train with; to train, run 'embcli build-vocab "
+            "CORPUS' with another model directory")
+
+
+def check_trainable(model_dir, meta, counts):
+    """Raise EmbcliError before a training run that could only overwrite imported vectors.
+
+    An imported vocabulary has count 0 for every word, which leaves subsampling and the
+    negative-sampling table undefined.
+    """
+    if "imported" in meta or not np.any(np.asarray(counts) > 0):
+        raise EmbcliError(_imported_message(model_dir, meta) if "imported" in meta else
+                          f"{os.path.join(model_dir, store.VOCAB)} has no word with a count above 0; "
+                          "rebuild the vocabulary with 'embcli build-vocab CORPUS'")
 
 
 def _check_room_for_subwords(model_dir, config, vocab_size):

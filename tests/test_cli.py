@@ -199,6 +199,12 @@ def test_build_vocab_keeps_files_of_another_program(small_corpus, tmp_path):
     assert json.loads((folder / "meta.json").read_text())["format_version"] == 1
 
 
+def embcli_load_dim(path):
+    import embcli
+
+    return embcli.load(path).dim
+
+
 def test_imported_model_info_and_train_say_imported(tmp_path):
     vectors = tmp_path / "v.txt"
     vectors.write_text("3 2\nking 1 0\nqueen 0 1\nman 1 1\n", encoding="utf-8")
@@ -207,8 +213,17 @@ def test_imported_model_info_and_train_say_imported(tmp_path):
     assert "training\tnone: imported vectors" in info.stdout
     train = invoke("train", "-m", "imp", "--epochs", "1")
     assert train.exit_code != 0
-    assert f"imp holds vectors imported from {vectors}" in train.stderr
+    assert f"imp contains vectors imported from {vectors}" in train.stderr
     assert "Traceback" not in train.stderr
+    # With a corpus too: the imported counts are all 0, so training could only destroy the vectors.
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("king queen man " * 50 + "\n", encoding="utf-8")
+    for options in ([], ["--sample", "0"]):
+        train = invoke("train", "-m", "imp", str(corpus), "--epochs", "1", *options)
+        assert train.exit_code == 1
+        assert "no word counts to train with" in train.stderr
+        assert "Warning" not in train.stderr and "Traceback" not in train.stderr
+    assert embcli_load_dim("imp") == 2
 
 
 def test_buckets_without_subwords_warns(small_corpus):
@@ -278,3 +293,14 @@ def test_max_size_summary_names_max_size(small_corpus, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "kept 100 with count >= 5 (the most frequent, --max-size)" in result.stderr
     assert "dropped" not in result.stderr
+
+
+def test_lookup_text_gives_back_float32_values_exactly(trained_model):
+    import embcli
+
+    result = invoke("lookup", "-m", trained_model, "king", "lord")
+    assert result.exit_code == 0, result.stderr
+    model = embcli.load(trained_model)
+    for line in result.stdout.splitlines():
+        word, *values = line.split("\t")
+        assert np.array_equal(np.array(values, dtype=np.float32), model.vector(word))
