@@ -34,7 +34,8 @@ def test_stdout_closed_queries_fail_with_a_message(trained_model, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = exported.read_text(encoding="utf-8").splitlines()
     count, dim = map(int, lines[0].split())
-    assert len(lines) == count + 1 and len(lines[1].split()) == dim + 1
+    assert len(lines) == count + 1
+    assert len(lines[1].split()) == dim + 1
 
 
 def test_stdin_closed_is_an_error_not_empty_input(trained_model, small_corpus, tmp_path):
@@ -47,7 +48,7 @@ def test_stdin_closed_is_an_error_not_empty_input(trained_model, small_corpus, t
     assert not (tmp_path / "model").exists()
 
 
-def test_failed_query_exits_1_when_stderr_reader_is_gone(trained_model):
+def test_stderr_reader_gone_failed_query_exits_1(trained_model):
     process = subprocess.Popen(EMBCLI + ["neighbors", "-m", trained_model, "zzzq"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     process.stderr.close()  # the reader goes away before the error is written
