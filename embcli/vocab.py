@@ -46,8 +46,6 @@ class Scan:
     cut_warning: str = ""  # warning text when a cut in a run without whitespace split a word
 
 
-def _write_ids(handle, buffer):
-    np.asarray(buffer, dtype=np.uint32).tofile(handle)
 
 
 # Characters on each side of a cut that decide whether the cut split a token.
@@ -100,15 +98,13 @@ def scan_corpus(paths, tokenizer, work_dir, encoding="utf-8", errors="strict", p
                 buffer.append(line_end)
                 line_has_tokens = False
             if len(buffer) >= _FLUSH_IDS:
-                counts = _add_counts(counts, buffer, line_end)
-                _write_ids(handle, buffer)
+                counts = _flush_ids(handle, buffer, counts, line_end)
                 buffer = []
                 if progress is not None:
                     progress(stream.bytes_read)
         if line_has_tokens:
             buffer.append(line_end)
-        counts = _add_counts(counts, buffer, line_end)
-        _write_ids(handle, buffer)
+        counts = _flush_ids(handle, buffer, counts, line_end)
         handle.flush()
     if progress is not None:
         progress(stream.bytes_read)
@@ -135,10 +131,12 @@ def _split_words(count):
     return "a word across two pieces was" if count == 1 else f"{count:,} words across two pieces were each"
 
 
-def _add_counts(counts, buffer, line_end):
+def _flush_ids(handle, buffer, counts, line_end):
+    """Write the ids of `buffer` to `handle`; return `counts` plus their counts."""
     if not buffer:
         return counts
     ids = np.asarray(buffer, dtype=np.uint32)
+    ids.tofile(handle)
     ids = ids[ids != line_end]
     if not len(ids):
         return counts
