@@ -771,8 +771,8 @@ def lookup(
                 fields["from_subwords"] = [word]
             out.write(json.dumps(fields, ensure_ascii=False) + "\n")
         else:
-            # 9 significant digits give back the float32 value exactly, as export writes it.
-            out.write(word + "\t" + "\t".join(["%.9g" % v for v in vector.tolist()]) + "\n")
+            # str() of a float32 is its shortest exact form, as in --json.
+            out.write(word + "\t" + "\t".join([str(value) for value in vector]) + "\n")
     out.flush()
     if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)

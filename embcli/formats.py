@@ -37,6 +37,7 @@ import math
 import mmap
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -127,6 +128,7 @@ def detect_format(path):
         if _NEGATIVE_HEADER.match(first):
             raise VectorFileError(f"{path}: line 1 is a 'count dim' header with a negative number: "
                                   f"{first.strip().decode('ascii')!r}")
+        _reject_headerless_binary(path, start.removeprefix(UTF8_BOM), len(start) < 1 << 16)
         return "glove"
     dim = int(header.group(2))
     if not newline or not rest:
@@ -146,6 +148,33 @@ def detect_format(path):
     if text is not None and not any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text):
         return "word2vec"
     return "word2vec-binary"
+
+
+def _reject_headerless_binary(path, start, whole):
+    """Raise VectorFileError if `start`, the first bytes of a file without a header, is word2vec binary data.
+
+    gensim writes such files with write_header=False. They are recognized by entries
+    of a text word, a space and float32 bytes that follow each other for some
+    dimension. `whole` is True when `start` is the whole file.
+    """
+    if not _NON_TEXT_BYTES.search(start):
+        return  # float32 bytes almost always contain control bytes, which text files do not
+    for dim in range(1, len(start) // 8 + 1):
+        entries, end = _walk_entries(start, 0, 4 * dim, 3)
+        if entries == 3 or (entries and whole and not start[end:].strip(b"\n")):
+            break
+    else:
+        return
+    if whole:
+        count, _ = _walk_entries(start, 0, 4 * dim, len(start))
+        fix = f"(echo '{count} {dim}'; cat {shlex.quote(path)}) > NEW_FILE"
+    else:
+        fix = f"(echo 'COUNT {dim}'; cat {shlex.quote(path)}) > NEW_FILE, where COUNT is the number of words"
+    raise VectorFileError(
+        f"{path}: has no 'count dim' first line, but it looks like word2vec binary data (a word, a space and "
+        f"float32 bytes, {_plural(dim, 'value')} per word). A word2vec binary file needs that first line; "
+        f"add it, for example with {fix}"
+    )
 
 
 # A pickle starts with the PROTO opcode and its version; fastText's .bin with its magic number.
@@ -566,8 +595,9 @@ def _open_binary(path):
         header = _HEADER.match(first)
         if not header or not first.endswith(b"\n"):
             raise VectorFileError(
-                f"{path}: line 1 is not a word2vec 'count dim' header: "
-                f"{first[:80].decode('utf-8', errors='replace')!r}"
+                f"{path}: line 1 is not a word2vec 'count dim' header (it starts with {_excerpt(first)}); a "
+                "word2vec binary file needs that first line: the number of words and of dimensions, "
+                "separated by a space"
             )
         declared, dim = int(header.group(1)), int(header.group(2))
         if dim < 1:
@@ -643,7 +673,8 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
     chain from the first word: the next entry starts after the vector (and after the
     newline that word2vec.c writes), and its word ends at the first space from there.
     The vectors of a block are gathered in one step from a float32 view of the file
-    (see _vector_view).
+    (see _vector_view). When a word is not text, _MisreadCheck looks for the cause in
+    the entry before it.
     """
     data, declared, dim = binary.data, binary.declared, binary.dim
     size = len(data)
@@ -658,6 +689,10 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
     released = 0  # the map before this offset is dropped from this process's memory
     last_space = size - 1 - width  # the last offset where a word's space leaves room for its vector
     run_pattern, entry_pattern = _binary_patterns(width, block)
+    check = _MisreadCheck(binary)
+    # Each block is yielded once the first entry of the next one is read, because a next
+    # word that is not text can show that the last entry of the block was misread.
+    held = None  # (ends, words, first entry number) of the block read last
     while True:
         run = run_pattern.match(data, position)
         if run:
@@ -681,8 +716,13 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
                 if position < size and data[position] == 0x0A:
                     position += 1
         if len(ends):
-            words = _binary_words(raw_words, ends, entries + 1, declared, seen, report)
-            yield _block_vectors(vectors, ends, words, entries + 1, report)
+            words = _binary_words(raw_words, ends, entries + 1, declared, seen, report, check)
+            if held is not None:
+                if check.drop_previous:
+                    held[1][-1] = None
+                yield _block_vectors(vectors, *held, report)
+            check.drop_previous = False
+            held = (ends, words, entries + 1)
             entries += len(ends)
             if hasattr(data, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
                 # The pages stay in the page cache: this only keeps the mapped input from
@@ -695,7 +735,10 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
             progress(position)
         if not run and len(ends) < block:
             break
-    _check_binary_end(binary, position, entries, report)
+    if _check_binary_end(binary, position, entries, report, check):
+        held[1][-1] = None
+    if held is not None:
+        yield _block_vectors(vectors, *held, report)
 
 
 @functools.lru_cache(maxsize=8)
@@ -741,15 +784,25 @@ def _block_vectors(vectors, ends, words, first_entry, report):
     return [word for word, ok in zip(words, finite) if ok], rows[finite], norms[finite]
 
 
-def _check_binary_end(binary, position, entries, report):
-    """Report what follows the last complete entry, which ends at `position`."""
+def _check_binary_end(binary, position, entries, report, check):
+    """Report what follows the last complete entry, which ends at `position`.
+
+    Returns True when that entry was misread and must be skipped (see _MisreadCheck).
+    """
     data, declared, width = binary.data, binary.declared, 4 * binary.dim
     size = len(data)
     if position >= size or not data[position:].strip(b"\n"):
         if entries < declared:
+            check.raise_if_other_value_size()
             report.problem(f"the header declares {_plural(declared, 'vector')} but the file contains {entries:,} "
                            + ("entry" if entries == 1 else "entries"))
-        return
+        return False
+    check.raise_if_other_value_size()
+    if check.previous is not None:
+        split = check.find_word_with_space(*check.previous[1:3], None)
+        if split is not None:
+            report.problem(check.word_with_space_message(check.previous, split[0], None))
+            return True
     end = data.find(b" ", position)
     if end >= 0 and end + 1 + width <= size:
         # A complete entry follows, so its word must be too long. The entries after it
@@ -771,6 +824,173 @@ def _check_binary_end(binary, position, entries, report):
             f"byte offset {size} inside entry {entries + 1} (starting at byte offset {position}, "
             f"word {tail.decode('utf-8', 'replace')!r})"
         )
+    return False
+
+
+# C0 control characters other than tab, and DEL. Words of vector files do not contain
+# them, but float32 bytes that a misread entry takes for the start of a word often do.
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The same without tab and line breaks, which text files contain.
+_NON_TEXT_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The same without NUL and the line breaks, for the words of a block joined by NUL.
+_JOINED_CONTROL_BYTES = re.compile(rb"[\x01-\x08\x0b-\x1f\x7f]")
+# Entries checked when testing whether a file's values take other than 4 bytes.
+_VALUE_SIZE_CHECK_ENTRIES = 10_000
+_VALUE_TYPES = {8: "float64", 2: "float16"}
+
+
+def _is_text_word(raw):
+    """True if the bytes `raw` can be a word: non-empty UTF-8 without control characters other than tab."""
+    if not raw or _CONTROL_BYTES.search(raw):
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _starts_with_non_text(raw):
+    """True if the bytes `raw` start with a control character or with bytes that are not UTF-8."""
+    if _CONTROL_BYTES.match(raw):
+        return True
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start == 0
+    return False
+
+
+def _excerpt(raw, limit=24):
+    """Return the start of the bytes `raw` as an escaped literal, for a message."""
+    text = repr(bytes(raw[:limit]))
+    return text + f" ... ({len(raw):,} bytes)" if len(raw) > limit else text
+
+
+class _MisreadCheck:
+    """Find the cause when a word2vec binary entry's word is not text.
+
+    Entries are found by following a chain (see _binary_blocks), so one misread entry
+    shifts the next. Two causes are checked, and each is confirmed by reading the bytes
+    again under it:
+    - a word that contains a space. Its word is read up to that space, its vector takes
+      the rest of the word and fewer vector bytes, and the next "word" starts with the
+      vector bytes left over.
+    - values of another size than 4 bytes (float64 or float16). Then every vector is
+      read at the wrong length.
+    """
+
+    def __init__(self, binary):
+        self.binary = binary
+        # (entry number, word start, offset of the space after the word, word or None if
+        # skipped) of the last entry of the block decoded last.
+        self.previous = None
+        self.drop_previous = False  # set when the last entry of the block before was misread
+        self._value_size = None
+        self._value_size_checked = False
+
+    def raise_if_other_value_size(self):
+        """Raise VectorFileError if the entries fit values of 8 or 2 bytes instead of 4.
+
+        All vectors would be wrong, so this stops a lenient read too.
+        """
+        size = self._other_value_size()
+        if size is None:
+            return
+        binary = self.binary
+        raise VectorFileError(
+            f"{binary.path}: the entries do not fit {_plural(binary.dim, 'value')} of 4 bytes (float32) each, "
+            f"the size that word2vec binary files use: read that way, the words after the first one start "
+            f"with vector bytes. They fit {_plural(binary.dim, 'value')} of {size} bytes each, so the file "
+            f"seems to contain {_VALUE_TYPES[size]} values; write it again with float32 values, for example "
+            "after numpy's astype('float32')"
+        )
+
+    def _other_value_size(self):
+        """Return 8 or 2 if every entry checked has a text word when values take that many bytes."""
+        if self._value_size_checked:
+            return self._value_size
+        self._value_size_checked = True
+        binary = self.binary
+        for size in _VALUE_TYPES:
+            entries, end = _walk_entries(binary.data, binary.start, size * binary.dim, _VALUE_SIZE_CHECK_ENTRIES)
+            at_end = not binary.data[end:].strip(b"\n")
+            if entries == _VALUE_SIZE_CHECK_ENTRIES or (entries and at_end and entries == binary.declared):
+                self._value_size = size
+                break
+        return self._value_size
+
+    def find_word_with_space(self, word_start, space, next_space):
+        """Return (word, start of the next word) if the word at `word_start` continues past `space`.
+
+        The word goes on to a later space when the bytes up to it are text and, after
+        that space and a vector, the next entry's word is text and ends at `next_space`,
+        the space that the chain found. With `next_space` None the vector must end the file.
+        NOTE: only the entry just before is checked, so a word whose text after its first
+        space is longer than a vector (4 * dim bytes) is reported as the later entries' problem.
+        """
+        data = self.binary.data
+        width = 4 * self.binary.dim
+        limit = len(data) if next_space is None else next_space
+        candidate = space
+        while True:
+            candidate = data.find(b" ", candidate + 1, min(limit, word_start + _MAX_WORD_BYTES + 1))
+            if candidate < 0 or not _is_text_word(data[word_start:candidate]):
+                # A word that is not text up to this space is not text up to a later one either.
+                return None
+            next_start = candidate + 1 + width
+            if next_start < len(data) and data[next_start] == 0x0A:
+                next_start += 1
+            if next_space is None:
+                if next_start <= len(data) and not data[next_start:].strip(b"\n"):
+                    return data[word_start:candidate].decode("utf-8"), len(data)
+            elif next_start < next_space and _is_text_word(data[next_start:next_space]):
+                return data[word_start:candidate].decode("utf-8"), next_start
+
+    def word_with_space_message(self, previous, word, next_entry):
+        """Return the problem report for the entry `previous` whose whole word `word` contains a space."""
+        entry, word_start, space, _ = previous
+        data, width = self.binary.data, 4 * self.binary.dim
+        short = data[word_start:space].decode("utf-8", "replace")
+        rest = len(word.encode("utf-8")) - len(short.encode("utf-8"))
+        after = (f"so entry {next_entry} starts inside that vector" if next_entry is not None
+                 else "so bytes of the vector are left over at the end of the file")
+        return (
+            f"entry {entry} of {self.binary.declared:,}, byte offset {word_start}: the word {word!r} contains a "
+            f"space, which word2vec binary files cannot hold: it reads as the word {short!r} with a vector "
+            f"of the next {width:,} bytes, {rest:,} of them the rest of the word, {after}. Replace the spaces "
+            "in such words, for example with _, where the file was written"
+        )
+
+    def misread_hint(self, previous):
+        """Return the clause for a word that starts with bytes that are not text: the entry before may be misread."""
+        if previous is None:
+            return ""
+        entry, word_start, space, _ = previous
+        word = self.binary.data[word_start:space].decode("utf-8", "replace")
+        return (f"; the word starts with bytes that are not text, so entry {entry} ({word!r}) may be misread: "
+                "its word may contain a space, or the file's values may not be 4-byte float32")
+
+
+def _walk_entries(data, start, width, limit):
+    """Follow the chain of entries with `width` vector bytes from `start` while their words are text.
+
+    Returns (entries read, offset after the last of them), at most `limit` entries.
+    """
+    size = len(data)
+    position = start
+    while position < size and data[position] == 0x0A:
+        position += 1
+    entries = 0
+    while entries < limit and position < size:
+        space = data.find(b" ", position, position + _MAX_WORD_BYTES + 1)
+        if space < 0 or space + 1 + width > size or not _is_text_word(data[position:space]):
+            break
+        entries += 1
+        position = space + 1 + width
+        if position < size and data[position] == 0x0A:
+            position += 1
+    return entries, position
 
 
 def _vector_view(data, dim):
@@ -827,43 +1047,63 @@ class _SeenWords:
         return self._entry_of
 
 
-def _binary_words(raw, ends, first_entry, declared, seen, report):
+def _binary_words(raw, ends, first_entry, declared, seen, report, check):
     """Decode the words `raw` (bytes) of one block of entries; None marks one skipped in lenient mode.
 
     `ends` are the byte offsets of the spaces after the words. `first_entry` is the
     1-based number of the block's first entry. `seen` (a _SeenWords) contains the
-    words of the earlier blocks, and the block's words are added to it.
+    words of the earlier blocks, and the block's words are added to it. `check` (a
+    _MisreadCheck) finds the cause of a word that is not text, and may set
+    check.drop_previous to skip the last entry of the block before.
     """
     last_entry = first_entry + len(raw) - 1
     joined = b"\0".join(raw)
     if b"\n" in joined:
         # Words of a run keep the newline that ends the previous vector.
         joined = joined.replace(b"\0\n", b"\0").removeprefix(b"\n")
-    if last_entry <= declared and b"\n" not in joined:
+    if last_entry <= declared and b"\n" not in joined and not _JOINED_CONTROL_BYTES.search(joined):
         try:
             words = joined.decode("utf-8").split("\0")
         except UnicodeDecodeError:
             words = None
         if words is not None and len(words) == len(raw) and all(words) and seen.add_if_new(words, first_entry):
+            last_end = int(ends[-1])
+            check.previous = (last_entry, last_end - len(raw[-1].lstrip(b"\n")), last_end, words[-1])
             return words
     # Something needs a closer look: check entry by entry, in file order.
     seen = seen.entry_numbers()
     result = []
+    previous = check.previous
     for entry, (chunk, end) in enumerate(zip(raw, ends), first_entry):
+        end = int(end)
         offset = end - len(chunk)
         if entry == declared + 1:
+            check.raise_if_other_value_size()
             report.problem(
                 f"the header declares {_plural(declared, 'vector')} but more data follows at "
                 f"byte offset {offset} (entry {entry})"
             )
         stripped = chunk.lstrip(b"\n")
         offset += len(chunk) - len(stripped)
+        hint = ""
+        if previous is not None and not _is_text_word(stripped):
+            check.raise_if_other_value_size()
+            split = check.find_word_with_space(previous[1], previous[2], end)
+            if split is not None:
+                report.problem(check.word_with_space_message(previous, split[0], entry))
+                _skip_previous(previous, result, seen, check)
+                # The chain still finds this entry's vector: it follows the space at `end`.
+                offset = split[1]
+                stripped = check.binary.data[offset:end]
+            elif _starts_with_non_text(stripped):
+                hint = check.misread_hint(previous)
+        previous = (entry, offset, end, None)
         try:
             word = stripped.decode("utf-8")
         except UnicodeDecodeError as error:
             report.problem(
                 f"entry {entry} of {declared:,}, byte offset {offset + error.start}: "
-                f"the word {stripped[:60]!r} is not valid UTF-8"
+                f"the word {_excerpt(stripped, 60)} is not valid UTF-8{hint}"
             )
             word = stripped.decode("utf-8", errors="replace")
         if not word:
@@ -871,7 +1111,7 @@ def _binary_words(raw, ends, first_entry, declared, seen, report):
             result.append(None)
             continue
         if "\n" in word or "\r" in word:
-            report.problem(f"entry {entry}, byte offset {offset}: the word {word[:60]!r} contains a line break")
+            report.problem(f"entry {entry}, byte offset {offset}: the word {word[:60]!r} contains a line break{hint}")
             result.append(None)
             continue
         if word in seen:
@@ -882,7 +1122,20 @@ def _binary_words(raw, ends, first_entry, declared, seen, report):
             continue
         seen[word] = entry
         result.append(word)
+        previous = (entry, offset, end, word)
+    check.previous = previous
     return result
+
+
+def _skip_previous(previous, result, seen, check):
+    """Skip the entry `previous`, found misread, whether it is in this block (`result`) or the one before."""
+    entry, _, _, word = previous
+    if result:
+        result[-1] = None
+    else:
+        check.drop_previous = True
+    if word is not None and seen.get(word) == entry:
+        del seen[word]
 
 
 # .npy matrix with a word list.
@@ -1002,23 +1255,107 @@ def read_word_list(path, report=None):
 # Writers.
 
 
+# The characters that each format cannot hold in a word: text rows and vocab.tsv end at
+# a line break, word2vec and GloVe fields are separated by spaces, and word lists of npy
+# and projector exports are read as word<TAB>count or tab-separated metadata.
+_FORBIDDEN_IN_WORDS = {
+    "word2vec": " \n\r",
+    "word2vec-binary": " \n\r",
+    "glove": " \n\r",
+    "fasttext": " \n\r",
+    "npy": "\t\n\r",
+    "projector": "\t\n\r",
+}
+# Words quoted in an export error; the message gives the count of the others.
+_QUOTED_WORDS = 5
+
+
 def check_words(words, format):
-    """Raise VectorFileError if a word cannot be written in `format` and read back."""
-    if format in ("projector", "npy"):
-        forbidden = ("\t", "\n", "\r")
-    elif format == "word2vec-binary":
-        forbidden = (" ", "\n")
-    else:
-        forbidden = (" ", "\n", "\r")
+    """Raise VectorFileError if a word cannot be written in `format` and read back.
+
+    All words are checked against all formats first, so the message names only the
+    formats that can hold every word, or says that none can.
+    """
+    problems = _word_problems(words)
+    if not problems:
+        return
+    unwritable = _unwritable_words(problems, format)
+    if not unwritable:
+        return
+    fitting = [other for other in WRITE_FORMATS if not _unwritable_words(problems, other)]
+    if fitting:
+        listed = _describe_words(words, unwritable, problems)
+        count = "a word" if len(unwritable) == 1 else f"{len(unwritable):,} words"
+        raise VectorFileError(
+            f"the {format} format cannot hold {count} of the model: {listed}; export with --format "
+            f"{_join_or(fitting)}, which can hold every word of the model"
+        )
+    every = sorted(set().union(*problems.values()))
+    reasons = []
+    for character in sorted(problems, key=lambda key: min(problems[key])):
+        rejecting = [name for name in WRITE_FORMATS if character == "" or character in _FORBIDDEN_IN_WORDS[name]]
+        what = "an empty word" if character == "" else f"a word that contains {character!r}"
+        reasons.append(f"{_join_and(rejecting)} cannot hold {what}")
+    raise VectorFileError(
+        f"no export format can hold every word of the model, because of {_plural(len(every), 'word')}: "
+        f"{_describe_words(words, every, problems)}. In short, {'; '.join(reasons)}. Change these words in "
+        "the file the model came from, then import or train it again"
+    )
+
+
+def _word_problems(words):
+    """Return {character: word numbers (1-based) of the words that contain it}, with "" for empty words.
+
+    Only space, tab, LF and CR are looked for, the characters that some format cannot hold.
+    """
+    # One search of all words joined: most models have no such word, and this is fast.
+    joined = "\0".join(words)
+    characters = [character for character in " \t\n\r" if character in joined]
+    empty = not all(words)
+    if not characters and not empty:
+        return {}
+    problems = {}
     for number, word in enumerate(words, 1):
-        if not word or any(ch in word for ch in forbidden):
-            found = [ch for ch in forbidden if ch in word]
-            what = f"contains {' and '.join(map(repr, found))}" if found else "is empty"
-            # Spaces fit the npy and projector formats, tabs the word2vec ones.
-            other = ("npy or projector" if found and set(found) <= {" "} else
-                     "word2vec, word2vec-binary or glove" if found and set(found) <= {"	"} else None)
-            advice = f"; export with --format {other}, which can hold it" if other else ""
-            raise VectorFileError(f"word {number} {word!r} {what}, which the {format} format cannot hold{advice}")
+        if not word:
+            problems.setdefault("", []).append(number)
+        for character in characters:
+            if character in word:
+                problems.setdefault(character, []).append(number)
+    return problems
+
+
+def _unwritable_words(problems, format):
+    """Return the sorted numbers of the words that `format` cannot hold."""
+    forbidden = _FORBIDDEN_IN_WORDS[format]
+    numbers = set()
+    for character, found in problems.items():
+        if character == "" or character in forbidden:
+            numbers.update(found)
+    return sorted(numbers)
+
+
+def _describe_words(words, numbers, problems):
+    """Return the first _QUOTED_WORDS words of `numbers` and what each contains, with the count of the rest."""
+    parts = []
+    for number in numbers[:_QUOTED_WORDS]:
+        word = words[number - 1]
+        found = [character for character in " \t\n\r" if character in word]
+        what = f"contains {' and '.join(map(repr, found))}" if found else "is empty"
+        parts.append(f"word {number} {word[:80]!r} {what}")
+    text = ", ".join(parts)
+    if len(numbers) > _QUOTED_WORDS:
+        text += f" and {len(numbers) - _QUOTED_WORDS:,} more"
+    return text
+
+
+def _join_or(names):
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _join_and(names):
+    if len(names) == 1:
+        return f"the {names[0]} format"
+    return f"the {', '.join(names[:-1])} and {names[-1]} formats"
 
 
 def write_vectors(path, words, matrix, format, progress=None):
