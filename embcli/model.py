@@ -7,6 +7,7 @@ first use.
 """
 
 import os
+import types
 
 import numpy as np
 
@@ -14,6 +15,11 @@ from embcli import search, store
 from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, QueryError, UnknownWord
 
 ANALOGY_METHODS = ("3cosadd", "3cosmul")
+# The largest finite float32, and the magnitude at or below which a float64 rounds to
+# 0 in float32 (half the smallest float32 subnormal, 1.4e-45). `embcli neighbors
+# --vector` rejects query vectors with the same limits.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_ROUNDS_TO_ZERO = 7.006492321624085e-46
 # Above this many lookups in one call, building the word -> row dict beats byte searches.
 _INDEX_THRESHOLD = 32
 
@@ -147,6 +153,7 @@ class Model:
         self._inverse_norms = None
         self._norms_from_file = False
         self._subwords = None
+        self._index_view = None
 
     @classmethod
     def open(cls, path=None):
@@ -208,7 +215,10 @@ class Model:
 
     @property
     def index(self):
-        return self.vocabulary.index
+        """A read-only mapping of each word to its matrix row."""
+        if self._index_view is None:
+            self._index_view = types.MappingProxyType(self.vocabulary.index)
+        return self._index_view
 
     @property
     def inverse_norms(self):
@@ -242,9 +252,22 @@ class Model:
         """model["king"] is model.vector("king"), as in gensim's KeyedVectors."""
         return self.vector(word)
 
+    def __iter__(self):
+        """Iterate over the vocabulary words in row order, as a dict iterates its keys.
+
+        With subwords, `word in model` is also true for words outside the vocabulary,
+        which the iteration does not yield.
+        """
+        return iter(self.words)
+
     def __contains__(self, word):
         """True when model[word] has a vector: a vocabulary word, or with subwords, any
-        word with at least one character n-gram, as in gensim's FastText."""
+        word with at least one character n-gram, as in gensim's FastText.
+
+        Anything but a str is not in the model, as with a dict of str keys.
+        """
+        if not isinstance(word, str):
+            return False
         try:
             self.resolve(word)
         except (UnknownWord, QueryError):
@@ -288,7 +311,13 @@ class Model:
         return [self.row(word) for word in words]
 
     def word(self, row):
-        return self.vocabulary.word(row)
+        """Return the word of matrix row `row` (an int from 0 to len(model) - 1)."""
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"a row must be an int, not {type(row).__name__}; use model.row(word) "
+                            "to find the row of a word")
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} is outside 0..{len(self) - 1}, the rows of this model")
+        return self.vocabulary.word(int(row))
 
     @property
     def has_subwords(self):
@@ -303,8 +332,12 @@ class Model:
 
             settings = self.meta["subwords"]
             name = settings.get("file", "subwords.npy")
-            store.check_fingerprint(self.path, self.meta, name)
-            matrix = store.load_matrix(os.path.join(self.path, name), expected_rows=int(settings["buckets"]))
+            try:
+                store.check_fingerprint(self.path, self.meta, name)
+                matrix = store.load_matrix(os.path.join(self.path, name), expected_rows=int(settings["buckets"]))
+            except (ModelCorrupt, ModelNotFound):
+                self._raise_if_replaced()
+                raise
             if matrix.shape[1] != self.dim:
                 raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
                                    f"embeddings have {self.dim}; retrain the model")
@@ -332,6 +365,30 @@ class Model:
                 raise
             return None, vector, count
         return row, self._row_vector(row), 0
+
+    def _raise_if_replaced(self):
+        """Raise ModelCorrupt saying that this object is stale if the directory now
+        contains another consistent model; return if it does not.
+
+        A file that this object reads after opening (subwords.npy) no longer matches
+        its meta, which is expected when the model was trained or imported again
+        since then, and a fault of the directory otherwise.
+        """
+        try:
+            current = store.read_meta(self.path)
+        except EmbcliError:
+            return
+        if current == self.meta:
+            return
+        try:
+            for name in current.get("files", {}):
+                store.check_fingerprint(self.path, current, name)
+        except (ModelCorrupt, ModelNotFound, OSError):
+            return
+        raise ModelCorrupt(
+            f"{self.path} was changed on disk after this object opened it (its {store.META} is "
+            "different now), so this object's files no longer match; open it again with embcli.load"
+        ) from None
 
     def _row_vector(self, row):
         vector = np.array(self.matrix[row], dtype=np.float32)
@@ -362,6 +419,7 @@ class Model:
         them and `subwords` is true; nothing is left out of its results.
         """
         _check_counts(k, restrict)
+        words = _word_list(words, "neighbors")
         if not (subwords and self.has_subwords):
             rows = self.rows(words)
             for word, row in zip(words, rows):
@@ -385,15 +443,29 @@ class Model:
         return [self._named(result) for result in results]
 
     def neighbors_of_vector(self, vector, k=10, restrict=None):
-        """Return [(word, cosine)] of the k words nearest to `vector`; nothing is left out."""
-        return self.neighbors_of_vectors(np.asarray(vector)[None, :], k, restrict)[0]
+        """Return [(word, cosine)] of the k words nearest to `vector`; nothing is left out.
+
+        Raises QueryError when the vector has no cosine similarity: it contains NaN or
+        infinity, a value outside the float32 range, or only zeros in float32.
+        """
+        return self._neighbors_of_vectors(np.asarray(vector)[None, :], k, restrict, single=True)[0]
 
     def neighbors_of_vectors(self, vectors, k=10, restrict=None):
-        """Return one neighbour list per row of `vectors` (Q, dim); a zero vector gets none."""
+        """Return one neighbour list per row of `vectors` (Q, dim).
+
+        Raises QueryError for the first row that has no cosine similarity, as
+        `neighbors_of_vector` does.
+        """
+        return self._neighbors_of_vectors(vectors, k, restrict, single=False)
+
+    def _neighbors_of_vectors(self, vectors, k, restrict, single):
         _check_counts(k, restrict)
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        # Checked in float64 first: a float32 cast would turn 1e39 into infinity.
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
         if vectors.shape[1] != self.dim:
             raise QueryError(f"a query vector has {vectors.shape[1]} values, but the model has {self.dim} dimensions")
+        check_query_vectors(vectors, "vector" if single else "vectors row {}")
+        vectors = vectors.astype(np.float32)
         results = search.top_k(self.matrix, vectors, k, limit=restrict, inverse_norms=self.inverse_norms)
         return [self._named(result) for result in results]
 
@@ -409,9 +481,11 @@ class Model:
         return self.analogy_batch([(a, b, c)], k, method, exclude_inputs, restrict, subwords)[0]
 
     def analogy_batch(self, triples, k=10, method="3cosadd", exclude_inputs=True, restrict=None, subwords=True):
+        """Return one `analogy` result per (a, b, c) in the iterable `triples`."""
         _check_counts(k, restrict)
         if method not in ANALOGY_METHODS:
             raise QueryError(f"unknown analogy method {method!r}; choose one of {', '.join(ANALOGY_METHODS)}")
+        triples = _triple_list(triples)
         words = [word for triple in triples for word in triple]
         if not (subwords and self.has_subwords):
             rows = np.asarray(self.rows(words), dtype=np.int64).reshape(len(triples), 3)
@@ -481,7 +555,7 @@ class Model:
         index, score = result
         if self._norms_from_file and len(index):
             self._check_stored_norms(index)
-        return [(self.word(int(i)), float(s)) for i, s in zip(index, score)]
+        return [(self.vocabulary.word(int(i)), float(s)) for i, s in zip(index, score)]
 
     def _check_stored_norms(self, rows):
         """Raise ModelCorrupt if norms.npy disagrees with the embeddings at `rows`.
@@ -527,6 +601,51 @@ def similarity_of_vectors(left, right):
     return np.clip(scores, -1.0, 1.0)
 
 
+def check_query_vectors(vectors, where):
+    """Raise QueryError for the first row of `vectors` (Q, dim) that has no cosine similarity.
+
+    A row fails if it contains NaN or infinity, if all its values round to 0 in
+    float32, or if a value is outside the float32 range. The message starts with
+    `where`, formatted with the row number.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    magnitudes = np.abs(vectors)
+    not_finite = ~np.isfinite(vectors).all(axis=1)
+    zero = ~(magnitudes > FLOAT32_ROUNDS_TO_ZERO).any(axis=1)
+    too_large = (magnitudes > FLOAT32_MAX).any(axis=1)
+    failed = np.flatnonzero(not_finite | zero | too_large)
+    if not len(failed):
+        return
+    row = int(failed[0])
+    name = where.format(row)
+    if not_finite[row]:
+        raise QueryError(f"{name}: the vector contains NaN or infinity")
+    if zero[row]:
+        raise QueryError(f"{name}: the vector is all zeros in float32, so cosine similarity is undefined")
+    value = float(vectors[row][np.argmax(magnitudes[row] > FLOAT32_MAX)])
+    raise QueryError(f"{name}: the value {value!r} is outside the float32 range (about -3.4e38 to 3.4e38)")
+
+
+def _word_list(words, single_method):
+    """Return the iterable `words` as a list; a str raises TypeError instead of giving its letters."""
+    if isinstance(words, str):
+        raise TypeError(f"pass a list of words, not a str; for one word, call {single_method}({words!r})")
+    return list(words)
+
+
+def _triple_list(triples):
+    """Return the iterable `triples` as a list of (a, b, c) tuples of 3 items each."""
+    if isinstance(triples, str):
+        raise TypeError("pass a list of (a, b, c) triples, not a str")
+    checked = []
+    for triple in triples:
+        items = () if isinstance(triple, str) else tuple(triple)
+        if len(items) != 3:
+            raise TypeError(f"an analogy is a triple of words (a, b, c), not {triple!r}")
+        checked.append(items)
+    return checked
+
+
 def _check_counts(k, restrict):
     """Raise QueryError unless `k` is an integer of 0 or more and `restrict` None or a positive integer.
 
@@ -538,6 +657,17 @@ def _check_counts(k, restrict):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             kind = "a positive whole number" if least else "a whole number, 0 or more"
             raise QueryError(f"{name} must be {kind}, not {value!r}")
+
+
+# The export format of each file name extension, as `embcli export --format auto` picks it.
+# Any other extension gets word2vec.
+# TODO: embcli.cli's export command repeats this mapping; it should call export_format.
+EXPORT_EXTENSIONS = {".bin": "word2vec-binary", ".npy": "npy", ".vec": "fasttext"}
+
+
+def export_format(output):
+    """Return the export format for the file name `output`, from its extension (any case)."""
+    return EXPORT_EXTENSIONS.get(os.path.splitext(output)[1].lower(), "word2vec")
 
 
 def check_export_target(model_dir, output, format):

@@ -89,23 +89,23 @@ def cosine(a, b):
 def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None, skip_zero_rows=False):
     """Return [(indices, scores)] for each query: the k rows most cosine-similar to it.
 
-    `queries` is (Q, D) and need not be normalized; a zero query gets no results.
-    `exclude` is a list of Q collections of row indices to leave out. `limit` searches
-    only the first `limit` rows (the most frequent words). Results are sorted by score,
-    highest first, ties by row. Fewer than k come back when fewer rows qualify.
+    `queries` is (Q, D) and need not be normalized; a zero query, or one with NaN or
+    infinity, gets no results. `exclude` is a list of Q collections of row indices to
+    leave out. `limit` searches only the first `limit` rows (the most frequent words).
+    Results are sorted by score, highest first, ties by row. Fewer than k come back
+    when fewer rows qualify.
     `inverse_norms` (V,) are 1/norm of each row, computed from the matrix when None.
     A zero row scores 0, or is left out with `skip_zero_rows` (gensim's NaN score for
     it never ranks).
     """
-    units = unit_rows(queries)
+    units, unusable = _finite_units(queries)
 
     def score(cosines, rows):
         return cosines(units[rows])
 
     results = _search(matrix, len(units), k, score, exclude, limit, inverse_norms, skip_zero_rows, reuse=True)
-    zero = ~units.any(axis=1)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-    return [empty if zero[q] else result for q, result in enumerate(results)]
+    unusable |= ~units.any(axis=1)
+    return _without_results(results, unusable)
 
 
 def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inverse_norms=None,
@@ -114,15 +114,38 @@ def top_k_cosmul(matrix, a, b, c, k, exclude=None, limit=None, epsilon=1e-6, inv
 
     3CosMul (Levy and Goldberg, 2014) scores row d as cos'(d, b) cos'(d, c) /
     (cos'(d, a) + epsilon), with each cosine shifted to [0, 1] by cos' = (1 + cos) / 2,
-    as gensim's most_similar_cosmul does. `a`, `b`, `c` are (Q, D).
+    as gensim's most_similar_cosmul does. `a`, `b`, `c` are (Q, D). A query with NaN or
+    infinity in `a`, `b` or `c` gets no results.
     """
-    unit_a, unit_b, unit_c = unit_rows(a), unit_rows(b), unit_rows(c)
+    (unit_a, unusable_a), (unit_b, unusable_b), (unit_c, unusable_c) = (_finite_units(v) for v in (a, b, c))
 
     def score(cosines, rows):
         shifted = [(cosines(u[rows]) + 1.0) / 2.0 for u in (unit_a, unit_b, unit_c)]
         return shifted[1] * shifted[2] / (shifted[0] + np.float32(epsilon))
 
-    return _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms, skip_zero_rows)
+    results = _search(matrix, len(unit_a), k, score, exclude, limit, inverse_norms, skip_zero_rows)
+    return _without_results(results, unusable_a | unusable_b | unusable_c)
+
+
+def _finite_units(vectors):
+    """Return `vectors` scaled to unit length, with rows holding NaN or infinity set to 0,
+    and a boolean array marking those rows.
+
+    The top-k selection needs finite scores, and a NaN query has no cosine anyway.
+    """
+    vectors = np.atleast_2d(np.asarray(vectors))
+    with np.errstate(invalid="ignore"):
+        units = unit_rows(vectors)
+    # unit_rows leaves a row with NaN at 0 and turns infinity into NaN.
+    not_finite = ~(np.isfinite(vectors).all(axis=1) & np.isfinite(units).all(axis=1))
+    units[not_finite] = 0
+    return units, not_finite
+
+
+def _without_results(results, unusable):
+    """Return `results` with the result of each query marked in `unusable` emptied."""
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return [empty if unusable[q] else result for q, result in enumerate(results)]
 
 
 def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, skip_zero_rows=False, reuse=False):
@@ -185,15 +208,10 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
                 merged = _merge_above(best_index[q_start:q_stop], best_score[q_start:q_stop], scores, start, scratch)
                 new_index[q_start:q_stop], new_score[q_start:q_stop] = merged
             else:
-                # Seed the top k from the first columns, then merge the rest above it.
                 take = new_index.shape[1]
-                seed = min(stop - start, max(4 * take, 1024))
-                picked = _top_columns(scores[:, :seed], take)
-                seed_index = np.ascontiguousarray(picked + start)
-                seed_score = np.take_along_axis(scores, picked, axis=1)
-                if seed < stop - start:
-                    seed_index, seed_score = _merge_above(seed_index, seed_score, scores[:, seed:], start + seed)
-                new_index[q_start:q_stop], new_score[q_start:q_stop] = seed_index, seed_score
+                threshold = _sampled_threshold(scores, take)
+                merged = _top_at_or_above(scores, threshold, take, start, scratch)
+                new_index[q_start:q_stop], new_score[q_start:q_stop] = merged
         if full:
             best_index, best_score = new_index, new_score
             continue
@@ -220,6 +238,48 @@ def _top_columns(scores, take):
     return np.argpartition(scores, scores.shape[1] - take, axis=1)[:, scores.shape[1] - take :]
 
 
+# The first block's top k is chosen among the columns that reach a threshold taken from
+# samples of at least this many columns (see _sampled_threshold).
+SAMPLE_COLUMNS = 1024
+
+
+def _sampled_threshold(scores, take):
+    """Return for each row of `scores` a value that at least `take` of its columns reach.
+
+    The value is the larger of two take-th best scores. One is taken among the first
+    columns, which hold the neighbours of frequent words. The other is taken among
+    columns spread evenly over the block, because the neighbours of a rare word in a
+    weakly trained model are rare words too. With the first columns alone, nearly every
+    later column passed for rare words: 1,000 rare words of a 5,278-word model trained
+    for one epoch took 0.79 s instead of 0.08 s (best of 7 runs on 2 CPU cores).
+    """
+    width = scores.shape[1]
+    sample = max(4 * take, SAMPLE_COLUMNS)
+    if sample >= width:
+        return _kth_largest(scores, take)
+    step = width // sample
+    return np.maximum(_kth_largest(scores[:, :sample], take), _kth_largest(scores[:, ::step], take))
+
+
+def _kth_largest(scores, k):
+    """Return the k-th largest value of each row of `scores`."""
+    position = scores.shape[1] - k
+    return np.partition(scores, position, axis=1)[:, position]
+
+
+def _top_at_or_above(scores, threshold, take, start, scratch=None):
+    """Return the `take` best columns of each row of `scores` (as rows start + column) and their scores.
+
+    Each row must have at least `take` scores at or above its `threshold`, and only
+    those are sorted. Equal scores go to the lower row, the more frequent word.
+    """
+    mask = None if scratch is None else scratch.mask(*scores.shape)
+    # flatnonzero on a sparse mask is about 10 times faster than 2-D nonzero.
+    flat = np.flatnonzero(np.greater_equal(scores, threshold[:, None], out=mask))
+    query, column = np.divmod(flat, scores.shape[1])
+    return _best_per_query(query, column + start, scores[query, column], scores.shape[0], take)
+
+
 def _merge_above(best_index, best_score, scores, start, scratch=None):
     """Return the k best of (best_index, best_score) and the block `scores`, (Qb, k) each.
 
@@ -237,11 +297,20 @@ def _merge_above(best_index, best_score, scores, start, scratch=None):
     candidate_query = np.concatenate([np.repeat(np.arange(count), k), query])
     candidate_index = np.concatenate([best_index.ravel(), column + start])
     candidate_score = np.concatenate([best_score.ravel(), scores[query, column]])
-    order = np.lexsort((candidate_index, -candidate_score, candidate_query))
-    sorted_query = candidate_query[order]
+    # Each query keeps exactly k: it had k before.
+    return _best_per_query(candidate_query, candidate_index, candidate_score, count, k)
+
+
+def _best_per_query(query, index, score, count, k):
+    """Return the k best (index, score) candidates of each of `count` queries, as (count, k) arrays.
+
+    Each query must have at least k candidates. Equal scores go to the lower index.
+    """
+    order = np.lexsort((index, -score, query))
+    sorted_query = query[order]
     rank = np.arange(len(order)) - np.searchsorted(sorted_query, sorted_query)
-    chosen = order[rank < k]  # each query keeps exactly k: it had k before
-    return candidate_index[chosen].reshape(count, k), candidate_score[chosen].reshape(count, k)
+    chosen = order[rank < k]
+    return index[chosen].reshape(count, k), score[chosen].reshape(count, k)
 
 
 class _Scratch:
