@@ -1742,7 +1742,8 @@ def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, 
 
     # A replaced model's token cache, checkpoint, n-gram rows and approximate index
     # belong to its old rows.
-    old = (store.TOKENS, *store.CHECKPOINT_FILES, "subwords.npy", INDEX_META, *INDEX_FILES.values())
+    old = (store.TOKENS, *store.CHECKPOINT_FILES, "subwords.npy", "subword-buckets.npy", INDEX_META,
+           *INDEX_FILES.values())
     stale = [name for name in old if os.path.exists(os.path.join(model_dir, name))]
     store.commit(model_dir, {store.VOCAB: vocab_tmp, store.EMBEDDINGS: embeddings_tmp, store.NORMS: norms_tmp,
                              store.META: meta_tmp}, remove=stale)

@@ -332,16 +332,26 @@ class Model:
 
             settings = self.meta["subwords"]
             name = settings.get("file", "subwords.npy")
+            ids_name = settings.get("bucket_ids_file") if settings.get("rows") == "used" else None
             try:
+                stored_buckets = None
+                if ids_name is not None:
+                    store.check_fingerprint(self.path, self.meta, ids_name)
+                    stored_buckets = _load_bucket_ids(os.path.join(self.path, ids_name), int(settings["buckets"]))
                 store.check_fingerprint(self.path, self.meta, name)
-                matrix = store.load_matrix(os.path.join(self.path, name), expected_rows=int(settings["buckets"]))
+                matrix = store.load_matrix(os.path.join(self.path, name))
             except (ModelCorrupt, ModelNotFound):
                 self._raise_if_replaced()
                 raise
+            rows = int(settings["buckets"]) if stored_buckets is None else len(stored_buckets)
+            if matrix.shape[0] != rows:
+                what = "buckets" if stored_buckets is None else f"bucket ids in {ids_name}"
+                raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[0]:,} rows but there are {rows:,} "
+                                   f"{what}; the files do not belong together, retrain the model")
             if matrix.shape[1] != self.dim:
                 raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
                                    f"embeddings have {self.dim}; retrain the model")
-            self._subwords = SubwordVectors(matrix, settings)
+            self._subwords = SubwordVectors(matrix, settings, stored_buckets)
         return self._subwords
 
     def resolve(self, word, subwords=True):
@@ -670,13 +680,29 @@ def export_format(output):
     return EXPORT_EXTENSIONS.get(os.path.splitext(output)[1].lower(), "word2vec")
 
 
+def _load_bucket_ids(path, buckets):
+    """Return the sorted bucket ids (int64) of the rows of subwords.npy, or raise ModelCorrupt."""
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelCorrupt(f"{path} is missing; the model directory is incomplete, retrain the model") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise ModelCorrupt(f"{path}: not a valid .npy file ({error}); retrain the model") from None
+    if ids.ndim != 1 or ids.dtype.kind not in "ui":
+        raise ModelCorrupt(f"{path}: expected a 1-D integer array, found {ids.dtype} {ids.shape}; retrain the model")
+    ids = ids.astype(np.int64)
+    if len(ids) and (ids[0] < 0 or ids[-1] >= buckets or np.any(ids[1:] <= ids[:-1])):
+        raise ModelCorrupt(f"{path}: the bucket ids are not increasing within 0..{buckets - 1:,}; retrain the model")
+    return ids
+
+
 def check_export_target(model_dir, output, format):
     """Raise EmbcliError if exporting to `output` would replace a file of the model directory."""
     from embcli.ann import INDEX_FILES, INDEX_META
-    from embcli.subwords import SUBWORDS
+    from embcli.subwords import SUBWORD_BUCKETS, SUBWORDS
 
     reserved = {store.META, store.VOCAB, store.EMBEDDINGS, store.TOKENS, store.NORMS, store.JOURNAL,
-                store.LOCK, *store.CHECKPOINT_FILES, SUBWORDS, INDEX_META, *INDEX_FILES.values()}
+                store.LOCK, *store.CHECKPOINT_FILES, SUBWORDS, SUBWORD_BUCKETS, INDEX_META, *INDEX_FILES.values()}
     if format == "projector":
         targets = [os.path.join(output, "vectors.tsv"), os.path.join(output, "metadata.tsv")]
     elif format == "npy" and output.endswith(".npy"):

@@ -31,6 +31,8 @@ DEFAULT_MAX_N = 6
 DEFAULT_BUCKETS = 2_000_000
 # fastText's 2 M buckets; see the Subwords section of docs/benchmarks.md for the measurement.
 SUBWORDS = "subwords.npy"
+# The bucket of each row of subwords.npy, when it holds only the used buckets' rows.
+SUBWORD_BUCKETS = "subword-buckets.npy"
 
 
 def parse_range(text):
@@ -185,7 +187,8 @@ class SubwordTable:
         return cls(table_offsets, rows, vocab_size, min_n, max_n, buckets, combination, bucket_ids)
 
     def to_meta(self):
-        return subword_meta(self.min_n, self.max_n, self.buckets, self.combination)
+        return subword_meta(self.min_n, self.max_n, self.buckets, self.combination,
+                            used_rows=self.bucket_ids is not None)
 
 
 MAX_BUCKETS = 2**32 - 1
@@ -203,9 +206,13 @@ def check_settings(min_n, max_n, buckets, combination):
         raise EmbcliError(f"combination must be mean or sum, not {combination!r}")
 
 
-def subword_meta(min_n, max_n, buckets, combination):
-    """Return the meta.json record that queries need to rebuild n-gram vectors."""
-    return {
+def subword_meta(min_n, max_n, buckets, combination, used_rows=False):
+    """Return the meta.json record that queries need to rebuild n-gram vectors.
+
+    With `used_rows`, subwords.npy holds one row per used bucket, in bucket order, and
+    SUBWORD_BUCKETS their bucket ids; otherwise one row per bucket.
+    """
+    settings = {
         "file": SUBWORDS,
         "hash": HASH_NAME,
         "hash_parameters": {"offset_basis": FNV_OFFSET, "prime": FNV_PRIME, "bytes": "int8 sign-extended"},
@@ -216,13 +223,23 @@ def subword_meta(min_n, max_n, buckets, combination):
         "eow": EOW,
         "combination": combination,
     }
+    if used_rows:
+        settings["rows"] = "used"
+        settings["bucket_ids_file"] = SUBWORD_BUCKETS
+    return settings
 
 
 class SubwordVectors:
-    """Vectors for words outside the vocabulary, from a model's n-gram bucket matrix."""
+    """Vectors for words outside the vocabulary, from a model's n-gram bucket matrix.
 
-    def __init__(self, buckets_matrix, settings):
-        self.matrix = buckets_matrix  # (buckets, D) float32, memory-mapped
+    `stored_buckets` (sorted) gives the bucket of each row of `matrix` when it holds only
+    the buckets that vocabulary words use; None means one row per bucket. A bucket
+    without a row never received a gradient, so it adds nothing to a vector.
+    """
+
+    def __init__(self, buckets_matrix, settings, stored_buckets=None):
+        self.matrix = buckets_matrix  # (rows, D) float32, memory-mapped
+        self.stored_buckets = stored_buckets
         self.min_n = int(settings["min_n"])
         self.max_n = int(settings["max_n"])
         self.buckets = int(settings["buckets"])
@@ -236,31 +253,20 @@ class SubwordVectors:
         return (hashes % np.uint32(self.buckets)).astype(np.int64)
 
     def vector(self, word):
-        """Return (vector, n-gram count) for `word`; the vector is None without n-grams."""
+        """Return (vector, count of the n-grams that make it) for `word`; the vector is
+        None when no n-gram of `word` has a row."""
         ids = self.bucket_ids(word)
+        total_ngrams = len(ids)
+        if self.stored_buckets is not None and not len(self.stored_buckets):
+            ids = ids[:0]
+        elif self.stored_buckets is not None and len(ids):
+            position = np.searchsorted(self.stored_buckets, ids).clip(max=len(self.stored_buckets) - 1)
+            ids = position[self.stored_buckets[position] == ids]
         if len(ids) == 0:
             return None, 0
         rows = np.asarray(self.matrix[np.sort(ids)], dtype=np.float32)
         total = rows.sum(axis=0)
         if self.combination == "mean":
-            total /= len(ids)
+            # fastText's mean over all the word's n-grams, with 0 for those without a row.
+            total /= total_ngrams
         return total, len(ids)
-
-
-def write_vec(path, words, matrix):
-    """Write vectors in fastText's .vec text format: a 'count dim' line, then one
-    'word v1 v2 ...' line per word, values space-separated. Returns the word count.
-
-    NOTE: a minimal writer kept here until the model export module takes it over; it
-    writes plain files (not through embcli.store), because an export target is not a
-    model directory.
-    """
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(f"{len(words)} {matrix.shape[1]}\n")
-        for start in range(0, len(words), 4096):
-            block = np.asarray(matrix[start : start + 4096], dtype=np.float32)
-            lines = []
-            for word, row in zip(words[start : start + 4096], block):
-                lines.append(word + " " + " ".join(f"{value:.6g}" for value in row.tolist()) + "\n")
-            handle.write("".join(lines))
-    return len(words)

@@ -50,11 +50,6 @@ import torch
 from embcli.train import LOSS_EVERY, Trainer
 
 
-# Buckets are initialised in blocks of this many rows, each from its own generator, so
-# that the initial value of any bucket can be rebuilt without the whole matrix.
-INIT_BLOCK = 65536
-PREFETCH_BLOCKS = 3
-
 # A shared input row takes in full the changes of at most about this many words of one
 # step (see SubwordTrainer._shared_row_scale). With 8, a corpus of 300 four-digit numbers
 # still diverged on two workers at 100 buckets. With 4 it trained, and text8_en_5M's
@@ -62,23 +57,11 @@ PREFETCH_BLOCKS = 3
 SHARED_ROW_CAP = 4
 
 
-def initial_bucket_block(seed, dim, first, last):
-    """Return the initial (last - first, dim) rows of buckets first..last - 1.
-
-    `first` must be a multiple of INIT_BLOCK. Uniform in ±1/dim, fastText's
-    initialisation; the values depend only on (seed, dim, bucket).
-    """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + 1 + first // INIT_BLOCK)
-    return torch.empty(last - first, dim).uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
-
-
 def init_subword_vectors(table, dim, seed):
     """fastText's initialisation: input rows uniform in ±1/dim, output rows zero.
 
     The input matrix has the compact layout of `table`: the word rows, then one row per
-    used bucket. Its values come from one generator, not from initial_bucket_block,
-    which would generate every block of buckets to take the used rows (1 s for 2,000,000
-    buckets of dimension 100).
+    used bucket, all drawn from one generator.
     """
     generator = torch.Generator().manual_seed(seed)
     # The matrix moves to shared memory before it is filled in place, so it never exists
@@ -88,15 +71,6 @@ def init_subword_vectors(table, dim, seed):
     input_vectors.uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
     output_vectors = torch.zeros(table.vocab_size, dim)
     return input_vectors, output_vectors
-
-
-def _used_buckets_by_block(table):
-    """Yield (first bucket, end bucket, used bucket ids in it, their first compact row)."""
-    ids = torch.from_numpy(table.bucket_ids)
-    for first in range(0, table.buckets, INIT_BLOCK):
-        last = min(first + INIT_BLOCK, table.buckets)
-        low, high = torch.searchsorted(ids, torch.tensor([first, last])).tolist()
-        yield first, last, ids[low:high], low
 
 
 def combine_word_vectors(vectors, table):
@@ -109,37 +83,6 @@ def combine_word_vectors(vectors, table):
         torch.from_numpy(table.rows.astype(np.int64, copy=False)), torch.from_numpy(vectors),
         torch.from_numpy(table.offsets[:-1].astype(np.int64, copy=False)), mode=table.combination)
     return combined.numpy()
-
-
-def full_bucket_blocks(vectors, table, seed):
-    """Yield the (buckets, dim) bucket matrix of trained compact `vectors` in row blocks.
-
-    Used buckets take their trained rows; the others keep their initial values, as
-    fastText's untouched buckets do.
-    """
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
-
-    dim = vectors.shape[1]
-    trained = torch.from_numpy(vectors[table.vocab_size :])
-
-    def make(part):
-        first, last, used, row = part
-        block = initial_bucket_block(seed, dim, first, last)
-        block[used - first] = trained[row : row + len(used)]
-        return block.numpy()
-
-    # Blocks are independent, and torch releases the interpreter lock while it draws
-    # them, so two threads prepare the next blocks while the caller writes one. At most
-    # PREFETCH_BLOCKS blocks wait in memory.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        waiting = collections.deque()
-        for part in _used_buckets_by_block(table):
-            waiting.append(pool.submit(make, part))
-            if len(waiting) >= PREFETCH_BLOCKS:
-                yield waiting.popleft().result()
-        while waiting:
-            yield waiting.popleft().result()
 
 
 class SubwordTrainer(Trainer):

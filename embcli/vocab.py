@@ -260,9 +260,11 @@ def build_vocab(
         for name in (store.EMBEDDINGS, *store.CHECKPOINT_FILES)
         if os.path.exists(os.path.join(model_dir, name))
     ]
-    # The n-gram rows of a subword model go with its embeddings.
-    if store.EMBEDDINGS in trained and os.path.exists(os.path.join(model_dir, "subwords.npy")):
-        trained.append("subwords.npy")
+    # The n-gram rows of a subword model, and their bucket ids, go with its embeddings.
+    from embcli.subwords import SUBWORD_BUCKETS, SUBWORDS
+
+    if store.EMBEDDINGS in trained:
+        trained += [name for name in (SUBWORDS, SUBWORD_BUCKETS) if os.path.exists(os.path.join(model_dir, name))]
     if trained and not replace_embeddings:
         what = "trained embeddings" if store.EMBEDDINGS in trained else "a training checkpoint"
         raise EmbcliError(

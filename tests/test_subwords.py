@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import embcli
 from embcli import subwords
 from embcli.cli import app
 from embcli.errors import EmbcliError
@@ -161,15 +162,22 @@ def test_subword_model_files(subword_model):
     words = open(os.path.join(subword_model, "vocab.tsv"), encoding="utf-8").read().splitlines()
     embeddings = np.load(os.path.join(subword_model, "embeddings.npy"), allow_pickle=False)
     buckets = np.load(os.path.join(subword_model, "subwords.npy"), allow_pickle=False)
+    bucket_ids = np.load(os.path.join(subword_model, "subword-buckets.npy"), allow_pickle=False)
     assert embeddings.shape == (len(words), 48)
-    assert buckets.shape == (100_000, 48)
+    # One row per bucket that a vocabulary word's n-grams hash to, in bucket order.
+    table = subwords.SubwordTable.build([word.split("\t")[0] for word in words], 3, 6, 100_000)
+    assert np.array_equal(bucket_ids, table.bucket_ids)
+    assert bucket_ids.dtype == np.uint32
+    assert buckets.shape == (len(bucket_ids), 48)
     assert buckets.dtype == np.float32
     assert np.isfinite(buckets).all()
     assert meta["subwords"]["hash"] == "fasttext-fnv1a-32"
     assert (meta["subwords"]["min_n"], meta["subwords"]["max_n"]) == (3, 6)
     assert meta["subwords"]["buckets"] == 100_000
     assert meta["subwords"]["combination"] == "sum"
+    assert meta["subwords"]["rows"] == "used"
     assert "subwords.npy" in meta["files"]
+    assert "subword-buckets.npy" in meta["files"]
 
 
 def test_embeddings_hold_word_plus_ngrams(subword_model):
@@ -179,7 +187,8 @@ def test_embeddings_hold_word_plus_ngrams(subword_model):
     buckets = np.load(os.path.join(subword_model, "subwords.npy"), allow_pickle=False)
     word = "tabernacle"
     own = model.vector(word)
-    ngram_rows = buckets[model.subwords.bucket_ids(word)]
+    stored = np.load(os.path.join(subword_model, "subword-buckets.npy"), allow_pickle=False)
+    ngram_rows = buckets[np.searchsorted(stored, model.subwords.bucket_ids(word))]
     # The stored vector is the mean of the word's own row and its n-gram rows, so it
     # points close to the mean of the n-gram rows alone.
     ngram_mean = ngram_rows.mean(axis=0)
@@ -187,20 +196,29 @@ def test_embeddings_hold_word_plus_ngrams(subword_model):
     assert cosine > 0.5
 
 
-def test_unused_buckets_keep_initial_values(subword_model):
-    """Training holds only the buckets of vocabulary n-grams; subwords.npy has them all."""
-    from embcli.train_subwords import INIT_BLOCK, initial_bucket_block
+def test_unseen_word_sums_only_stored_ngram_rows(subword_model):
+    """Buckets that no vocabulary word uses have no row and add nothing; a word whose
+    n-grams all fall in such buckets has no vector."""
+    from embcli.errors import UnknownWord
+    from embcli.model import Model
 
-    words = [line.split("\t")[0] for line in open(os.path.join(subword_model, "vocab.tsv"), encoding="utf-8")]
+    model = Model.open(subword_model)
     buckets = np.load(os.path.join(subword_model, "subwords.npy"), allow_pickle=False)
-    table = subwords.SubwordTable.build(words, 3, 6, 100_000)
-    unused = np.setdiff1d(np.arange(100_000), table.bucket_ids)
-    initial = np.concatenate([initial_bucket_block(3, 48, first, min(first + INIT_BLOCK, 100_000)).numpy()
-                              for first in range(0, 100_000, INIT_BLOCK)])
-    assert len(unused) > 0
-    assert np.array_equal(buckets[unused], initial[unused])
-    changed = np.abs(buckets[table.bucket_ids] - initial[table.bucket_ids]).max(axis=1) > 0
-    assert changed.mean() > 0.9
+    stored = np.load(os.path.join(subword_model, "subword-buckets.npy"), allow_pickle=False)
+    word = "tabernaclezqxj"
+    ids = model.subwords.bucket_ids(word)
+    found = np.isin(ids, stored)
+    assert 0 < found.sum() < len(ids)
+    rows, vector, count = model.resolve(word)
+    assert rows is None
+    assert count == found.sum()
+    expected = buckets[np.searchsorted(stored, np.sort(ids[found]))].sum(axis=0)
+    assert np.allclose(vector, expected, atol=1e-6)
+    # 14 % of the 100,000 buckets have a row here, so some short words have none.
+    unseen = next(candidate for candidate in (f"q{a}{b}" for a in "xzjv" for b in "xzjkv")
+                  if not np.isin(model.subwords.bucket_ids(candidate), stored).any())
+    with pytest.raises(UnknownWord):
+        model.resolve(unseen)
 
 
 @pytest.mark.parametrize("unseen, known", [("tabernacles", "tabernacle"), ("famines", "famine"),
@@ -239,9 +257,14 @@ def test_note_counts_ngrams_once_per_word(subword_model):
     result = invoke("similarity", "-m", subword_model, "tabernacles", "tabernacles")
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("tabernacles: not in vocabulary") == 1
-    result = invoke("lookup", "-m", subword_model, "酒")
-    assert result.exit_code == 0, result.stderr
-    assert "its vector combines 1 character n-gram\n" in result.stderr
+    # The note counts the n-grams that have a row (those of some vocabulary word).
+    model = embcli.load(subword_model)
+    stored = np.load(os.path.join(subword_model, "subword-buckets.npy"), allow_pickle=False)
+    found = int(np.isin(model.subwords.bucket_ids("tabernacles"), stored).sum())
+    assert f"its vector combines {found} character n-grams\n" in result.stderr
+    result = invoke("lookup", "-m", subword_model, "酒")  # one n-gram, <酒>, in no vocabulary word
+    assert result.exit_code == 1
+    assert "酒: not in vocabulary" in result.stderr
 
 
 def test_lookup_known_word_has_no_note(subword_model):
@@ -350,7 +373,8 @@ def test_vec_export_reads_back_in_gensim(subword_model, tmp_path):
 
     model = Model.open(subword_model)
     path = str(tmp_path / "model.vec")
-    assert subwords.write_vec(path, model.words, model.matrix) == len(model.words)
+    result = invoke("export", "-m", subword_model, path, "--format", "fasttext")
+    assert result.exit_code == 0, result.stderr
     loaded = KeyedVectors.load_word2vec_format(path, binary=False)
     assert loaded.index_to_key == model.words
     np.testing.assert_allclose(loaded.vectors, model.matrix, rtol=1e-5, atol=1e-6)
@@ -363,7 +387,9 @@ def test_cbow_with_subwords_and_retrain_without(small_corpus):
     assert result.exit_code == 0, result.stderr
     meta = json.load(open("embcli-model/meta.json", encoding="utf-8"))
     assert meta["subwords"]["max_n"] == 5
-    assert np.load("embcli-model/subwords.npy").shape == (5000, 16)
+    bucket_ids = np.load("embcli-model/subword-buckets.npy")
+    assert bucket_ids[-1] < 5000
+    assert np.load("embcli-model/subwords.npy").shape == (len(bucket_ids), 16)
     assert np.isfinite(np.load("embcli-model/embeddings.npy")).all()
 
     result = invoke("train", "--dim", "16", "--epochs", "1", "--threads", "1", "--quiet")
@@ -372,6 +398,7 @@ def test_cbow_with_subwords_and_retrain_without(small_corpus):
     assert "subwords" not in meta
     assert "subwords.npy" not in meta["files"]
     assert not os.path.exists("embcli-model/subwords.npy")
+    assert not os.path.exists("embcli-model/subword-buckets.npy")
     result = invoke("lookup", "tabernacles")
     assert result.exit_code == 1
 
@@ -456,8 +483,8 @@ def test_buckets_beyond_hash_or_disk_rejected(small_corpus):
     assert "4294967295" in too_many.stderr
     with pytest.raises(EmbcliError, match="at most 4,294,967,295"):
         subwords.check_settings(3, 6, 5_000_000_000, "mean")
-    # 4 billion rows of 1,000 floats (16 TB) fit on no test machine's disk.
-    no_room = invoke("train", "--subwords", "3-6", "--buckets", "4000000000", "--dim", "1000",
+    # Thousands of rows of 10,000,000 floats (more than 100 TB) fit on no test machine's disk.
+    no_room = invoke("train", "--subwords", "3-6", "--buckets", "4000000000", "--dim", "10000000",
                      "--threads", "1")
     assert no_room.exit_code == 1
     assert "saving this model needs" in no_room.stderr
@@ -510,3 +537,27 @@ def test_approx_names_subwords_for_unknown_word(subword_model, tmp_path):
     result = invoke("neighbors", "-m", str(model), "--approx", "blessedly")
     assert result.exit_code == 1
     assert "--approx searches vocabulary words only" in result.stderr
+
+
+def test_model_with_a_row_for_every_bucket_still_answers(subword_model, tmp_path):
+    """Models saved before subword-buckets.npy existed hold one row per bucket."""
+    from embcli import store
+
+    old = str(tmp_path / "old")
+    shutil.copytree(subword_model, old)
+    stored = np.load(os.path.join(old, "subword-buckets.npy"), allow_pickle=False)
+    rows = np.load(os.path.join(old, "subwords.npy"), allow_pickle=False)
+    full = np.zeros((100_000, rows.shape[1]), dtype=np.float32)
+    full[stored] = rows
+    np.save(os.path.join(old, "subwords.npy"), full)
+    os.remove(os.path.join(old, "subword-buckets.npy"))
+    meta = json.load(open(os.path.join(old, "meta.json"), encoding="utf-8"))
+    for key in ("rows", "bucket_ids_file"):
+        del meta["subwords"][key]
+    del meta["files"]["subword-buckets.npy"]
+    meta["files"]["subwords.npy"] = store.fingerprint(os.path.join(old, "subwords.npy"))
+    with open(os.path.join(old, "meta.json"), "w", encoding="utf-8") as handle:
+        json.dump(meta, handle)
+    before, after = embcli.load(subword_model), embcli.load(old)
+    for word in ("tabernacles", "famines"):
+        assert np.allclose(before.vector(word), after.vector(word), atol=1e-6)
