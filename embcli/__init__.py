@@ -167,17 +167,10 @@ def import_vectors(path, model=None, format=None, words=None, lenient=False, for
     meta["imported"]["warnings"] count. A directory that already contains a model
     raises VectorFileError unless `force` is true.
     """
-    import os
-
     from embcli.formats import import_file
-    from embcli.store import META, resolve_model_path
+    from embcli.store import resolve_model_path
 
     model_dir = resolve_model_path(model)
-    # NOTE: import_file's own check names the CLI flag (--force) in its message, so
-    # this check runs first and names the setting in `options` instead.
-    if not force and os.path.exists(os.path.join(model_dir, META)):
-        raise VectorFileError(f"{model_dir} already contains a model; choose another model directory, "
-                              "or replace it", options=("force",))
     import_file(model_dir, path, format, lenient, words, replace=force)
     return load(model_dir)
 

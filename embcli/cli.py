@@ -1448,14 +1448,13 @@ def export(
 ):
     """Write the model's vectors in another tool's file format."""
     from embcli.formats import WRITE_FORMATS, write_vectors
-    from embcli.model import Model, check_export_target
+    from embcli.model import Model, check_export_target, export_format
 
     STATE["quiet"] = STATE["quiet"] or quiet
     if not output:
         raise typer.BadParameter("the output path is empty; give a file name, or - for stdout", param_hint="OUTPUT")
     if format == "auto":
-        format = {".bin": "word2vec-binary", ".npy": "npy", ".vec": "fasttext"}.get(
-            os.path.splitext(output)[1].lower(), "word2vec")
+        format = export_format(output)
     if format not in WRITE_FORMATS:
         raise typer.BadParameter(f"use auto or one of {', '.join(WRITE_FORMATS)}", param_hint="--format")
     if output == "-" and format in ("projector", "npy"):

@@ -1706,9 +1706,8 @@ def _check_no_model(model_dir, replace):
     from embcli import store
 
     if os.path.exists(os.path.join(model_dir, store.META)) and not replace:
-        raise VectorFileError(
-            f"{model_dir} already contains a model; choose another model directory, or replace it with --force"
-        )
+        raise VectorFileError(f"{model_dir} already contains a model; choose another model directory, or replace it",
+                              options=("force",))
 
 
 def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, lenient, source_name=None):

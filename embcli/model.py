@@ -671,7 +671,6 @@ def _check_counts(k, restrict):
 
 # The export format of each file name extension, as `embcli export --format auto` picks it.
 # Any other extension gets word2vec.
-# TODO: embcli.cli's export command repeats this mapping; it should call export_format.
 EXPORT_EXTENSIONS = {".bin": "word2vec-binary", ".npy": "npy", ".vec": "fasttext"}
 
 
