@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,15 @@ def trained_model(tmp_path_factory):
     build_vocab(model_dir, [str(DATA / "kjv_small.txt")], Tokenizer(), min_count=3)
     train_model(model_dir, TrainConfig(dim=32, epochs=3, threads=1, seed=3))
     return model_dir
+
+
+def interrupt_after(reports, signum=signal.SIGINT):
+    """Return a progress callback that sends `signum` to this process at report number `reports`."""
+    calls = [0]
+
+    def progress(words, total, examples, loss, lr):
+        calls[0] += 1
+        if calls[0] == reports:
+            os.kill(os.getpid(), signum)
+
+    return progress

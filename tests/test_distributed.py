@@ -20,6 +20,8 @@ from embcli.tokenize import Tokenizer
 from embcli.train import TrainConfig, _open_corpus, init_vectors, train_model
 from embcli.vocab import build_vocab
 
+from conftest import interrupt_after
+
 SETTINGS = dict(dim=32, epochs=3, seed=3)
 # kjv_small has about 115 k tokens, so each of 2 ranks trains 57 k per epoch. The ranks
 # synchronize a few times per epoch, and the one-process reference uses chunks of the same size.
@@ -178,15 +180,8 @@ def test_worker_checkpoint_resumes_on_ranks(vocab_dir, tmp_path):
     from embcli.errors import TrainingInterrupted
 
     model_dir = copy_model(vocab_dir, tmp_path / "workers")
-    calls = [0]
-
-    def interrupt(words, total, examples, loss, lr):
-        calls[0] += 1
-        if calls[0] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(TrainingInterrupted):
-        train_model(model_dir, TrainConfig(dim=16, epochs=12, threads=2, chunk_tokens=4096), progress=interrupt)
+        train_model(model_dir, TrainConfig(dim=16, epochs=12, threads=2, chunk_tokens=4096), progress=interrupt_after(2))
     with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
         state = json.load(handle)
     assert state["chunk_dispatch"] == "tickets"

@@ -18,6 +18,8 @@ from embcli.tokenize import Tokenizer
 from embcli.train import TrainConfig, train_model
 from embcli.vocab import build_vocab
 
+from conftest import interrupt_after
+
 # Small chunks, so that the small corpus spans many chunks and a stop lands mid-epoch.
 SETTINGS = dict(dim=12, epochs=2, threads=1, seed=5, chunk_tokens=4096)
 
@@ -32,18 +34,6 @@ def vocab_dir(tmp_path, small_corpus):
 def copy_model(source, target):
     shutil.copytree(source, target)
     return target
-
-
-def interrupt_after(reports, signum):
-    """Return a progress callback that sends `signum` to this process after chunk `reports`."""
-    calls = [0]
-
-    def progress(words, total, examples, loss, lr):
-        calls[0] += 1
-        if calls[0] == reports:
-            os.kill(os.getpid(), signum)
-
-    return progress
 
 
 def embeddings_bytes(model_dir):

@@ -15,6 +15,8 @@ from embcli import subwords
 from embcli.cli import app
 from embcli.errors import EmbcliError
 
+from conftest import interrupt_after
+
 runner = CliRunner()
 
 # Bucket ids (hash % buckets) of the n-grams (3 to 6 characters) of each word, in
@@ -444,9 +446,6 @@ def test_train_rejects_bad_subword_range(small_corpus):
 
 
 def test_resume_subwords_matches_uninterrupted(tmp_path, small_corpus):
-    import shutil
-    import signal
-
     from embcli.errors import TrainingInterrupted
     from embcli.tokenize import Tokenizer
     from embcli.train import TrainConfig, train_model
@@ -459,15 +458,8 @@ def test_resume_subwords_matches_uninterrupted(tmp_path, small_corpus):
     shutil.copytree(model_dir, reference)
     train_model(reference, TrainConfig(**settings))
 
-    calls = [0]
-
-    def interrupt(words, total, examples, loss, lr):
-        calls[0] += 1
-        if calls[0] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(TrainingInterrupted):
-        train_model(model_dir, TrainConfig(**settings), progress=interrupt)
+        train_model(model_dir, TrainConfig(**settings), progress=interrupt_after(2))
     train_model(model_dir, TrainConfig(dim=8, threads=1), resume=True)
     for name in ("embeddings.npy", "subwords.npy"):
         resumed = np.load(os.path.join(model_dir, name), allow_pickle=False)
