@@ -345,9 +345,9 @@ class Model:
                 raise
             rows = int(settings["buckets"]) if stored_buckets is None else len(stored_buckets)
             if matrix.shape[0] != rows:
-                what = "buckets" if stored_buckets is None else f"bucket ids in {ids_name}"
+                counted = "buckets" if stored_buckets is None else f"bucket ids in {ids_name}"
                 raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[0]:,} rows but there are {rows:,} "
-                                   f"{what}; the files do not belong together, retrain the model")
+                                   f"{counted}; the files do not belong together, retrain the model")
             if matrix.shape[1] != self.dim:
                 raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
                                    f"embeddings have {self.dim}; retrain the model")

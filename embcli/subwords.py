@@ -209,7 +209,7 @@ def check_settings(min_n, max_n, buckets, combination):
 def subword_meta(min_n, max_n, buckets, combination, used_rows=False):
     """Return the meta.json record that queries need to rebuild n-gram vectors.
 
-    With `used_rows`, subwords.npy holds one row per used bucket, in bucket order, and
+    With `used_rows`, subwords.npy contains one row per used bucket, in bucket order, and
     SUBWORD_BUCKETS their bucket ids; otherwise one row per bucket.
     """
     settings = {
