@@ -522,22 +522,30 @@ def train(
         note(
             f"trained {_count(stats.words, 'word')} ({_count(stats.epochs_done, 'epoch')}) on "
             f"{launch.world_size} ranks in "
-            f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s, final loss "
-            f"{stats.final_loss:.4f}); saved {model_dir}"
+            f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s{_loss_text(stats.final_loss)}); "
+            f"saved {model_dir}"
         )
         return
     progress, finish = _training_progress()
     try:
         stats = train_model(model_dir, config, corpus or None, encoding, decode_errors, resume=resume,
                             progress=progress, discard_checkpoint=force,
-                            checkpoint_seconds=checkpoint_every * 60)
+                            checkpoint_seconds=checkpoint_every * 60, warn=lambda message: note(f"warning: {message}"))
     finally:
         finish()
     note(
         f"trained {_count(stats.epochs_done, 'epoch')} over {_count(stats.words // stats.epochs_done, 'word')} "
         f"in {stats.seconds:.1f} s "
-        f"({stats.words_per_second:,.0f} words/s, final loss {stats.final_loss:.4f}); saved {model_dir}"
+        f"({stats.words_per_second:,.0f} words/s{_loss_text(stats.final_loss)}); saved {model_dir}"
     )
+
+
+def _loss_text(loss):
+    """Return ", final loss X" for a summary line, or "" when no batch was trained (a resumed
+    run with nothing left to train)."""
+    if loss is None or not math.isfinite(loss):
+        return ""
+    return f", final loss {loss:.4f}"
 
 
 def _warn_corpus_changed(model_dir):
@@ -984,7 +992,7 @@ def info(
         lines.append(("training", " ".join(f"{key}={value}" for key, value in settings.items())))
         stats = training["stats"]
         run = (f"{stats['seconds']:.1f} s, {stats['words_per_second']:,.0f} words/s, "
-               f"final loss {stats['final_loss']:.4f}, device {training['device']}")
+               f"{_loss_text(stats['final_loss'])[2:] or 'no final loss'}, device {training['device']}")
         # The settings keep threads=0 when the default chose the count; this is what ran.
         if isinstance(training.get("workers"), int):
             run += f", {_count(training['workers'], 'worker')}"
@@ -1617,8 +1625,10 @@ def main():
     import signal
 
     if sys.stderr is None:
-        # Started with stderr closed (`2>&-`): no error could be reported.
-        sys.exit(1)
+        # Started with stderr closed (`2>&-`), as some job runners start programs: the
+        # command runs, its messages are lost, and its exit code reports the outcome.
+        _occupy_closed_descriptor(2)
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
     if sys.stdout is None:
         # Started with stdout closed (`>&-`): commands that print nothing there still
         # run, and a command that prints results fails with "cannot write to standard output".

@@ -236,11 +236,13 @@ class TextStream:
                 if not more:
                     break
                 block += more
-            if raw is not None:
+            if raw is not None and raw.seekable():
                 position = raw.tell()
                 self.bytes_read += position - last_position
                 last_position = position
             else:
+                # Plain text, or compressed data from a pipe, whose position cannot be read:
+                # count the bytes after decompression.
                 self.bytes_read += len(block)
             at_end = not block
             if first:

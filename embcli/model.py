@@ -351,7 +351,7 @@ class Model:
             if matrix.shape[1] != self.dim:
                 raise ModelCorrupt(f"{self.path}/{name} has {matrix.shape[1]} columns but the "
                                    f"embeddings have {self.dim}; retrain the model")
-            self._subwords = SubwordVectors(matrix, settings, stored_buckets)
+            self._subwords = SubwordVectors(matrix, settings, stored_buckets, os.path.join(self.path, name))
         return self._subwords
 
     def resolve(self, word, subwords=True):

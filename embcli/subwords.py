@@ -18,7 +18,7 @@ vocabulary gets the same combination of its n-gram rows alone, as fastText's
 
 import numpy as np
 
-from embcli.errors import EmbcliError
+from embcli.errors import EmbcliError, ModelCorrupt
 
 HASH_NAME = "fasttext-fnv1a-32"
 FNV_OFFSET = 2166136261
@@ -237,8 +237,9 @@ class SubwordVectors:
     without a row never received a gradient, so it adds nothing to a vector.
     """
 
-    def __init__(self, buckets_matrix, settings, stored_buckets=None):
+    def __init__(self, buckets_matrix, settings, stored_buckets=None, path=SUBWORDS):
         self.matrix = buckets_matrix  # (rows, D) float32, memory-mapped
+        self.path = path  # of the matrix, for messages
         self.stored_buckets = stored_buckets
         self.min_n = int(settings["min_n"])
         self.max_n = int(settings["max_n"])
@@ -265,6 +266,9 @@ class SubwordVectors:
         if len(ids) == 0:
             return None, 0
         rows = np.asarray(self.matrix[np.sort(ids)], dtype=np.float32)
+        if not np.isfinite(rows).all():
+            raise ModelCorrupt(f"{self.path}: the n-gram rows of {word!r} contain NaN or infinite values; "
+                               "retrain the model")
         total = rows.sum(axis=0)
         if self.combination == "mean":
             # fastText's mean over all the word's n-grams, with 0 for those without a row.

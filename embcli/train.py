@@ -37,6 +37,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 from embcli import store
-from embcli.errors import EmbcliError, TrainingDiverged, TrainingError, TrainingInterrupted
+from embcli.errors import DiskFull, EmbcliError, TrainingDiverged, TrainingError, TrainingInterrupted
 from embcli.tokencache import TokenCache
 
 LINE_END = int(store.LINE_END)
@@ -717,7 +718,11 @@ class TrainStats:
     epochs_done: int
 
     def to_json(self):
-        return asdict(self)
+        data = asdict(self)
+        # A resumed run with nothing left to train has no loss; JSON has no NaN.
+        if not math.isfinite(data["final_loss"]):
+            data["final_loss"] = None
+        return data
 
 
 # -- orchestration: workers, checkpoints, saving ---------------------------------------
@@ -996,6 +1001,13 @@ def _prefer_as_oom_victim():
         pass
 
 
+def is_shared_memory_full(error):
+    """Return True for torch's RuntimeError when a shared-memory file cannot be created or grown."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("shared memory" in text or "unable to resize file" in text) and (
+        "No space left" in text or "File too large" in text or "(28)" in text or "(27)" in text)
+
+
 def _is_out_of_memory(error):
     """Return True for a failed allocation: MemoryError, or torch's RuntimeError for ENOMEM."""
     if isinstance(error, MemoryError):
@@ -1059,7 +1071,7 @@ class _Resume:
 
 def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="strict",
                 resume=False, progress=None, encode_progress=None, discard_checkpoint=False,
-                checkpoint_seconds=DEFAULT_CHECKPOINT_SECONDS):
+                checkpoint_seconds=DEFAULT_CHECKPOINT_SECONDS, warn=None):
     """Train embeddings for the vocabulary in `model_dir` and save them there.
 
     `progress(words_done, words_total, examples, loss, lr)` is called a few times a
@@ -1088,11 +1100,11 @@ def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="
         )
     with store.writer_lock(model_dir):
         return _train_locked(model_dir, config, corpus_paths, encoding, errors, resume,
-                             progress, encode_progress, checkpoint_seconds)
+                             progress, encode_progress, checkpoint_seconds, warn)
 
 
 def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, progress,
-                  encode_progress, checkpoint_seconds):
+                  encode_progress, checkpoint_seconds, warn=None):
     from embcli.errors import EmptyCorpus
 
     meta = store.read_meta(model_dir)
@@ -1150,7 +1162,14 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
 
         def save_if_due(positions, words, examples):
             if checkpoints.due():
-                checkpoints.save(positions, input_vectors, output_vectors, words, examples)
+                try:
+                    checkpoints.save(positions, input_vectors, output_vectors, words, examples)
+                except (OSError, DiskFull) as error:
+                    # The checkpoint protects the run; failing to save one must not end it.
+                    checkpoints.last_save = time.monotonic()
+                    (warn or _warn_on_stderr)(
+                        f"could not save a checkpoint ({error}); training goes on, and the next "
+                        f"try is in {checkpoints.interval / 60:g} minutes")
 
         def save_orphaned(positions, words, examples):
             checkpoints.save_orphaned(positions, input_vectors, output_vectors, words, examples)
@@ -1175,6 +1194,10 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                 raise
             seconds = start.seconds_done + time.time() - started
             done_words = start.words_done + totals[0]
+            if all(positions[2 * w] >= config.epochs for w in range(workers)):
+                # After a worker or the parent was killed, a resumed run trains again the
+                # chunks finished after the first unfinished one; count the corpus once per epoch.
+                done_words = min(done_words, words_total)
             done_examples = start.examples_done + totals[1]
             finished = all(positions[2 * w] >= config.epochs for w in range(workers))
             if not finished:
@@ -1204,6 +1227,10 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             os.remove(new_cache)
 
 
+def _warn_on_stderr(message):
+    sys.stderr.write(f"warning: {message}\n")
+
+
 def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors, totals, stop,
                           failure, fraction_done):
     """Save a checkpoint of an unfinished run, then raise an error that names the resume command.
@@ -1218,13 +1245,16 @@ def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors,
     cause = failure.message if failure is not None else f"training stopped by {stop.name}"
     try:
         checkpoint = checkpoints.save(positions, input_vectors, output_vectors, totals[0], totals[1])
-    except (OSError, MemoryError) as error:
+    except (OSError, MemoryError, DiskFull) as error:
         earlier = os.path.join(model_dir, CHECKPOINT)
         if os.path.exists(earlier):
             fallback = f"the previous checkpoint {earlier} is unchanged; continue from it with: {command}"
         else:
-            fallback = "no earlier checkpoint exists, so the run must start again"
-        raise TrainingError(f"{cause}, and saving a checkpoint failed ({error}); {fallback}") from None
+            fallback = "no earlier checkpoint exists, so the work of this run is lost and it must start again"
+        message = f"{cause}, and saving a checkpoint failed ({error}); {fallback}"
+        if failure is None:
+            raise TrainingInterrupted(message, exit_code=128 + stop.signal) from None
+        raise TrainingError(message) from None
     if failure is not None:
         message = f"{cause}; the work done so far is saved in {checkpoint}; continue with: {command}"
         if failure.traceback:
@@ -1338,11 +1368,16 @@ def _check_room_for_subwords(model_dir, config, table):
     free = shutil.disk_usage(model_dir).free
     if needed > free:
         raise EmbcliError(
-            f"saving this model needs {needed / 2**30:,.1f} GiB ({used:,} used n-gram buckets and "
+            f"saving this model needs {_size_text(needed)} ({used:,} used n-gram buckets and "
             f"{table.vocab_size:,} words x {config.dim} dimensions), but {model_dir} has "
-            f"{free / 2**30:,.1f} GiB free; free some space, or use a smaller dim or vocabulary",
+            f"{_size_text(free)} free; free some space, or use a smaller dim or vocabulary",
             options=("dim",),
         )
+
+
+def _size_text(size):
+    """Return a byte count in MiB below 1 GiB, else in GiB: "17.5 MiB", "2.3 GiB"."""
+    return f"{size / 2**20:,.1f} MiB" if size < 2**30 else f"{size / 2**30:,.1f} GiB"
 
 
 def cached_sources(meta):
@@ -1673,6 +1708,18 @@ def _share_vectors(input_vectors, output_vectors):
         input_vectors.share_memory_()
         output_vectors.share_memory_()
     except RuntimeError as error:
+        if is_shared_memory_full(error):
+            import shutil
+
+            needed = (input_vectors.numel() + output_vectors.numel()) * input_vectors.element_size()
+            free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+            raise TrainingError(
+                f"the worker processes share the vectors through /dev/shm, and it cannot take the "
+                f"{needed / 2**20:,.1f} MiB they need ({free / 2**20:,.1f} MiB free there; {error}); "
+                "nothing in the model directory was changed; train with one worker process, or "
+                "give /dev/shm more room (a Docker container gets 64 MiB unless run with --shm-size)",
+                options=("threads",),
+            ) from None
         if not _is_out_of_memory(error):
             raise
         rows, dim = input_vectors.shape
@@ -1771,7 +1818,8 @@ def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors,
             f"{config.resolved_lr():g})"
         )
     input_tmp = store.save_npy_temp(model_dir, CHECKPOINT_INPUT, inputs)
-    output_tmp = store.save_npy_temp(model_dir, CHECKPOINT_OUTPUT, outputs)
+    with store.removed_on_error(input_tmp):
+        output_tmp = store.save_npy_temp(model_dir, CHECKPOINT_OUTPUT, outputs)
     renames = {CHECKPOINT_INPUT: input_tmp, CHECKPOINT_OUTPUT: output_tmp}
     tokens_name = start.tokens_name
     if new_cache is not None:

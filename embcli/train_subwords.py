@@ -47,7 +47,7 @@ What differs from fastText, and why:
 import numpy as np
 import torch
 
-from embcli.train import LOSS_EVERY, Trainer
+from embcli.train import LOSS_EVERY, Trainer, is_shared_memory_full
 
 
 # A shared input row takes in full the changes of at most about this many words of one
@@ -65,9 +65,15 @@ def init_subword_vectors(table, dim, seed):
     """
     generator = torch.Generator().manual_seed(seed)
     # The matrix moves to shared memory before it is filled in place, so it never exists
-    # twice. Hogwild workers need it there anyway.
+    # twice. Hogwild workers need it there anyway; one process does not, so a full
+    # /dev/shm leaves it in private memory (and _share_vectors reports it to workers).
     input_vectors = torch.empty(table.input_rows, dim)
-    input_vectors.share_memory_()
+    try:
+        input_vectors.share_memory_()
+    except RuntimeError as error:
+        if not is_shared_memory_full(error):
+            raise
+        input_vectors = torch.empty(table.input_rows, dim)
     input_vectors.uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
     output_vectors = torch.zeros(table.vocab_size, dim)
     return input_vectors, output_vectors

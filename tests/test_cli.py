@@ -304,3 +304,17 @@ def test_lookup_text_gives_back_float32_values_exactly(trained_model):
     for line in result.stdout.splitlines():
         word, *values = line.split("\t")
         assert np.array_equal(np.array(values, dtype=np.float32), model.vector(word))
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "lzma"])
+def test_build_vocab_reads_compressed_stdin_pipe(tmp_path, compress):
+    import importlib
+    import subprocess
+    import sys
+
+    data = importlib.import_module(compress).compress("the king and the queen\r\nthe king\r\n".encode())
+    result = subprocess.run([sys.executable, "-m", "embcli", "build-vocab", "-m", str(tmp_path / "m"), "-",
+                             "--min-count", "1"], input=data, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "vocab.tsv").read_text(encoding="utf-8").split() == [
+        "the", "3", "king", "2", "and", "1", "queen", "1"]

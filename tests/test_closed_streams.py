@@ -57,3 +57,14 @@ def test_stderr_reader_gone_failed_query_exits_1(trained_model):
                                stderr=subprocess.PIPE)
     process.stderr.close()
     assert process.wait(timeout=60) == 0
+
+
+def test_stderr_closed_commands_run_and_exit_codes_report(small_corpus, trained_model, tmp_path):
+    result = run_with_closed(2, ["build-vocab", "-m", "model", small_corpus, "--min-count", "3"], tmp_path)
+    assert result.returncode == 0
+    assert (tmp_path / "model" / "vocab.tsv").exists()
+    result = run_with_closed(2, ["neighbors", "-m", trained_model, "zzzq"], tmp_path)
+    assert result.returncode == 1
+    result = run_with_closed(2, ["neighbors", "-m", trained_model, "king", "-k", "1"], tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.count("\n") == 1

@@ -284,3 +284,54 @@ def test_resume_warns_about_ignored_settings(vocab_dir):
     assert result.returncode == 0, result.stderr
     assert "ignoring --dim, --epochs" in result.stderr
     assert "torchrun" not in result.stderr
+
+
+def test_failed_periodic_checkpoint_lets_training_finish(tmp_path, small_corpus):
+    """A checkpoint that cannot be written (here: a per-file size limit that the input
+    matrix of a subword run exceeds, but no file of the model does) is a warning."""
+    import resource
+
+    from embcli import subwords
+
+    model_dir = str(tmp_path / "model")
+    build_vocab(model_dir, [small_corpus], Tokenizer(), min_count=3)
+    words = [line.split("\t")[0] for line in open(os.path.join(model_dir, store.VOCAB), encoding="utf-8")]
+    table = subwords.SubwordTable.build(words, 3, 6, 100_000)
+    row_bytes = 16 * 4
+    largest_model_file = max(table.vocab_size, table.input_rows - table.vocab_size) * row_bytes
+    limit = (largest_model_file + table.input_rows * row_bytes) // 2
+    assert largest_model_file + 4096 < limit < table.input_rows * row_bytes
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of ending the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "embcli", "train", "-m", model_dir, "--subwords", "3-6", "--buckets", "100000",
+         "--dim", "16", "--epochs", "3", "--threads", "1", "--checkpoint-every", "0.0001"],
+        capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    assert result.returncode == 0, result.stderr
+    assert "warning: could not save a checkpoint" in result.stderr
+    assert Model.open(model_dir).dim == 16
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp-") or name.startswith("checkpoint")]
+
+
+def test_full_shared_memory_is_named(tmp_path, small_corpus):
+    """Worker processes share the vectors through /dev/shm; a file there that cannot grow
+    (here: a per-file size limit below one matrix) is a user-facing error."""
+    import resource
+
+    model_dir = str(tmp_path / "model")
+    build_vocab(model_dir, [small_corpus], Tokenizer(), min_count=3)
+    limit = 64 * 1024  # below one 1,698 x 32 float32 matrix
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "embcli", "train", "-m", model_dir, "--dim", "32", "--threads", "2"],
+                            capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    assert result.returncode == 1
+    assert "/dev/shm" in result.stderr
+    assert "[--threads]" in result.stderr
+    assert "internal error" not in result.stderr

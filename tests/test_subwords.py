@@ -553,3 +553,25 @@ def test_model_with_a_row_for_every_bucket_still_answers(subword_model, tmp_path
     before, after = embcli.load(subword_model), embcli.load(old)
     for word in ("tabernacles", "famines"):
         assert np.allclose(before.vector(word), after.vector(word), atol=1e-6)
+
+
+def test_nan_in_ngram_rows_is_reported(subword_model, tmp_path):
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(subword_model, damaged)
+    rows = np.load(os.path.join(damaged, "subwords.npy"), mmap_mode="r+")
+    rows[:] = np.nan  # the same file size, other values
+    rows.flush()
+    del rows
+    # Rewrite the fingerprint so that only the values are wrong.
+    from embcli import store
+
+    meta = json.load(open(os.path.join(damaged, "meta.json"), encoding="utf-8"))
+    meta["files"]["subwords.npy"] = store.fingerprint(os.path.join(damaged, "subwords.npy"))
+    with open(os.path.join(damaged, "meta.json"), "w", encoding="utf-8") as handle:
+        json.dump(meta, handle)
+    for command in ("lookup", "similarity"):
+        words = ["tabernacles"] if command == "lookup" else ["tabernacles", "tabernacle"]
+        result = invoke(command, "-m", damaged, *words)
+        assert result.exit_code == 1
+        assert "NaN or infinite" in result.stderr
+        assert "subwords.npy" in result.stderr

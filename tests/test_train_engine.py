@@ -491,3 +491,15 @@ def test_two_workers_with_tickets_train_every_chunk_once(small_corpus, tmp_path)
     counts = [int(line.split("\t")[1]) for line in open(os.path.join(vocab_dir, store.VOCAB), encoding="utf-8")]
     assert len(range(0, len(tokens), chunk_tokens)) * 8 > 8192
     assert stats.words == _words_in(Corpus(os.path.join(vocab_dir, store.TOKENS), counts)) * 8
+
+
+def test_stats_without_loss_write_valid_json():
+    """A resumed run with no chunk left has no loss: meta.json gets null, not NaN."""
+    import json
+
+    from embcli.train import TrainStats
+
+    stats = TrainStats(words=10, examples=5, seconds=1.0, words_per_second=10.0, final_loss=float("nan"),
+                       epochs_done=1)
+    text = json.dumps(stats.to_json(), allow_nan=False)
+    assert json.loads(text)["final_loss"] is None
