@@ -1906,6 +1906,12 @@ def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
     input_rows = vocab_size if table is None else table.input_rows
     input_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_INPUT), input_rows, mmap=False)
     output_vectors = store.load_matrix(os.path.join(model_dir, CHECKPOINT_OUTPUT), vocab_size, mmap=False)
+    if input_vectors.shape[1] != resumed.dim or output_vectors.shape[1] != resumed.dim:
+        raise ModelCorrupt(f"{path} gives dim {resumed.dim}, but the checkpoint's matrices have "
+                           f"{input_vectors.shape[1]} columns; " + _DISCARD_DAMAGED, options=("force",))
+    if any(not 0 <= epoch <= resumed.epochs for epoch in positions[0::2]) or min(positions[1::2], default=0) < 0:
+        raise ModelCorrupt(f"{path}: positions {positions} lie outside the {resumed.epochs} epochs of the run; "
+                           + _DISCARD_DAMAGED, options=("force",))
     return _Resume(
         config=resumed,
         workers=workers,

@@ -335,3 +335,23 @@ def test_full_shared_memory_is_named(tmp_path, small_corpus):
     assert "/dev/shm" in result.stderr
     assert "[--threads]" in result.stderr
     assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("edit, message", [({"dim": 60}, "gives dim 60"), ({"positions": [5, 0]}, "lie outside")])
+def test_edited_checkpoint_rejected(vocab_dir, edit, message):
+    import json
+
+    from embcli.errors import ModelCorrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
+    path = os.path.join(vocab_dir, "checkpoint.json")
+    state = json.load(open(path, encoding="utf-8"))
+    if "dim" in edit:
+        state["config"]["dim"] = edit["dim"]
+    else:
+        state["positions"][:2] = edit["positions"]
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(state, handle)
+    with pytest.raises(ModelCorrupt, match=message):
+        train_model(vocab_dir, TrainConfig(**SETTINGS), resume=True)
