@@ -692,7 +692,7 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
     check = _MisreadCheck(binary)
     # Each block is yielded once the first entry of the next one is read, because a next
     # word that is not text can show that the last entry of the block was misread.
-    held = None  # (ends, words, first entry number) of the block read last
+    pending = None  # (ends, words, first entry number) of the block read last
     while True:
         run = run_pattern.match(data, position)
         if run:
@@ -717,12 +717,12 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
                     position += 1
         if len(ends):
             words = _binary_words(raw_words, ends, entries + 1, declared, seen, report, check)
-            if held is not None:
+            if pending is not None:
                 if check.drop_previous:
-                    held[1][-1] = None
-                yield _block_vectors(vectors, *held, report)
+                    pending[1][-1] = None
+                yield _block_vectors(vectors, *pending, report)
             check.drop_previous = False
-            held = (ends, words, entries + 1)
+            pending = (ends, words, entries + 1)
             entries += len(ends)
             if hasattr(data, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
                 # The pages stay in the page cache: this only keeps the mapped input from
@@ -736,9 +736,9 @@ def _binary_blocks(binary, report, progress, block=_BINARY_BLOCK_ENTRIES):
         if not run and len(ends) < block:
             break
     if _check_binary_end(binary, position, entries, report, check):
-        held[1][-1] = None
-    if held is not None:
-        yield _block_vectors(vectors, *held, report)
+        pending[1][-1] = None
+    if pending is not None:
+        yield _block_vectors(vectors, *pending, report)
 
 
 @functools.lru_cache(maxsize=8)
@@ -1274,7 +1274,7 @@ def check_words(words, format):
     """Raise VectorFileError if a word cannot be written in `format` and read back.
 
     All words are checked against all formats first, so the message names only the
-    formats that can hold every word, or says that none can.
+    formats that can write every word, or states that none can.
     """
     problems = _word_problems(words)
     if not problems:
@@ -1294,8 +1294,8 @@ def check_words(words, format):
     reasons = []
     for character in sorted(problems, key=lambda key: min(problems[key])):
         rejecting = [name for name in WRITE_FORMATS if character == "" or character in _FORBIDDEN_IN_WORDS[name]]
-        what = "an empty word" if character == "" else f"a word that contains {character!r}"
-        reasons.append(f"{_join_and(rejecting)} cannot hold {what}")
+        kind = "an empty word" if character == "" else f"a word that contains {character!r}"
+        reasons.append(f"{_join_and(rejecting)} cannot hold {kind}")
     raise VectorFileError(
         f"no export format can hold every word of the model, because of {_plural(len(every), 'word')}: "
         f"{_describe_words(words, every, problems)}. In short, {'; '.join(reasons)}. Change these words in "
@@ -1340,8 +1340,8 @@ def _describe_words(words, numbers, problems):
     for number in numbers[:_QUOTED_WORDS]:
         word = words[number - 1]
         found = [character for character in " \t\n\r" if character in word]
-        what = f"contains {' and '.join(map(repr, found))}" if found else "is empty"
-        parts.append(f"word {number} {word[:80]!r} {what}")
+        problem = f"contains {' and '.join(map(repr, found))}" if found else "is empty"
+        parts.append(f"word {number} {word[:80]!r} {problem}")
     text = ", ".join(parts)
     if len(numbers) > _QUOTED_WORDS:
         text += f" and {len(numbers) - _QUOTED_WORDS:,} more"

@@ -31,7 +31,7 @@ DEFAULT_MAX_N = 6
 DEFAULT_BUCKETS = 2_000_000
 # fastText's 2 M buckets; see the Subwords section of docs/benchmarks.md for the measurement.
 SUBWORDS = "subwords.npy"
-# The bucket of each row of subwords.npy, when it holds only the used buckets' rows.
+# The bucket of each row of subwords.npy, when it contains only the used buckets' rows.
 SUBWORD_BUCKETS = "subword-buckets.npy"
 
 
@@ -232,7 +232,7 @@ def subword_meta(min_n, max_n, buckets, combination, used_rows=False):
 class SubwordVectors:
     """Vectors for words outside the vocabulary, from a model's n-gram bucket matrix.
 
-    `stored_buckets` (sorted) gives the bucket of each row of `matrix` when it holds only
+    `stored_buckets` (sorted) gives the bucket of each row of `matrix` when it contains only
     the buckets that vocabulary words use; None means one row per bucket. A bucket
     without a row never received a gradient, so it adds nothing to a vector.
     """

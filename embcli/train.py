@@ -944,8 +944,8 @@ class _Tickets:
         result at or before its previous ticket. Chunks trained after the result are
         trained again by a resumed run, as after a stop in the middle of a chunk.
         """
-        taken = sum(int(claims[3 * w + 2]) for w in range(workers))
-        resume = self.start + taken
+        tickets_taken = sum(int(claims[3 * w + 2]) for w in range(workers))
+        resume = self.start + tickets_taken
         for w in range(workers):
             ticket = int(claims[3 * w])
             if claims[3 * w + 1]:
@@ -1195,8 +1195,8 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
             seconds = start.seconds_done + time.time() - started
             done_words = start.words_done + totals[0]
             if all(positions[2 * w] >= config.epochs for w in range(workers)):
-                # After a worker or the parent was killed, a resumed run trains again the
-                # chunks finished after the first unfinished one; count the corpus once per epoch.
+                # After a worker or the parent was killed, a resumed run trains again the chunks
+                # finished after the first unfinished one. The stats count the corpus once per epoch.
                 done_words = min(done_words, words_total)
             done_examples = start.examples_done + totals[1]
             finished = all(positions[2 * w] >= config.epochs for w in range(workers))
@@ -1946,9 +1946,9 @@ def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, s
         from embcli.train_subwords import combine_word_vectors
 
         # embeddings.npy keeps each word's whole vector. subwords.npy keeps the rows of
-        # the buckets that vocabulary words use (the rows of the matrix that training
-        # holds after the words'), and subword-buckets.npy their bucket ids. The other
-        # buckets never received a gradient. Writing all 2,000,000 rows took 1.4 s and
+        # the buckets that vocabulary words use (the training matrix's rows after the
+        # words' rows), and subword-buckets.npy their bucket ids. The other buckets never
+        # received a gradient. Writing all 2,000,000 rows took 1.4 s and
         # 800 MB of disk for 155,268 used ones (text8_en_5M).
         for name, array in ((subwords.SUBWORDS, vectors[table.vocab_size :]),
                             (subwords.SUBWORD_BUCKETS, table.bucket_ids.astype(np.uint32))):

@@ -222,7 +222,8 @@ def test_imported_model_info_and_train_say_imported(tmp_path):
         train = invoke("train", "-m", "imp", str(corpus), "--epochs", "1", *options)
         assert train.exit_code == 1
         assert "no word counts to train with" in train.stderr
-        assert "Warning" not in train.stderr and "Traceback" not in train.stderr
+        assert "Warning" not in train.stderr
+        assert "Traceback" not in train.stderr
     assert embcli_load_dim("imp") == 2
 
 

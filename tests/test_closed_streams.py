@@ -15,7 +15,7 @@ def run_with_closed(fd, args, cwd):
     return subprocess.run(["bash", "-c", command], cwd=cwd, text=True, timeout=120, **kwargs)
 
 
-def test_stdout_closed_commands_that_print_nothing_there_still_run(small_corpus, tmp_path):
+def test_stdout_closed_file_commands_run(small_corpus, tmp_path):
     result = run_with_closed(1, ["build-vocab", "-m", "model", small_corpus, "--min-count", "3"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "model" / "vocab.tsv").exists()

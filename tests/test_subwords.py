@@ -531,7 +531,7 @@ def test_approx_names_subwords_for_unknown_word(subword_model, tmp_path):
     assert "--approx searches vocabulary words only" in result.stderr
 
 
-def test_model_with_a_row_for_every_bucket_still_answers(subword_model, tmp_path):
+def test_row_per_bucket_model_still_reads(subword_model, tmp_path):
     """Models saved before subword-buckets.npy existed hold one row per bucket."""
     from embcli import store
 

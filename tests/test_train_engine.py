@@ -408,14 +408,14 @@ def test_step_by_word_matches_per_pair_step(tmp_path, count_negatives):
     assert loss_by_word == pytest.approx(loss, rel=1e-5)
 
 
-def test_tickets_go_once_each_to_two_processes_in_order():
+def test_tickets_two_readers_each_once():
     """More tickets than the pipe holds: the parent refills it, and two forked readers
     together get every ticket once, each in increasing order."""
     import multiprocessing
 
     from embcli.train import _Tickets
 
-    tickets = _Tickets(start=3, chunks=1000, epochs=12)  # 11,997 tickets, the pipe holds 8,192
+    tickets = _Tickets(start=3, chunks=1000, epochs=12)  # 11,997 tickets; the pipe takes 8,192
     assert tickets.next < tickets.total
     context = multiprocessing.get_context("fork")
     results = context.Queue()
@@ -437,7 +437,8 @@ def test_tickets_go_once_each_to_two_processes_in_order():
         process.join(timeout=60)
     tickets.release()
     assert sorted(first + second) == list(range(3, 12_000))
-    assert first == sorted(first) and second == sorted(second)
+    assert first == sorted(first)
+    assert second == sorted(second)
 
 
 def test_ticket_resume_point_keeps_untrained_tickets():
@@ -446,7 +447,7 @@ def test_ticket_resume_point_keeps_untrained_tickets():
     tickets = _Tickets(start=10, chunks=7, epochs=4)
     # Per worker: last ticket taken, busy, tickets taken.
     assert tickets.resume_point([10, 0, 0, 10, 0, 0], 2) == 10
-    # Worker 0 trained 10 and holds 12; worker 1 trained 11 and 13.
+    # Worker 0 trained 10 and is training 12; worker 1 trained 11 and 13.
     assert tickets.resume_point([12, 1, 2, 13, 0, 2], 2) == 12
     # Both idle after training 10-13.
     assert tickets.resume_point([12, 0, 2, 13, 0, 2], 2) == 14
@@ -478,7 +479,7 @@ def test_ticket_positions_convert_to_and_from_fixed_shares():
 
 
 def test_two_workers_with_tickets_train_every_chunk_once(small_corpus, tmp_path):
-    """Tiny chunks make 8 epochs of tickets outnumber what the pipe holds at once."""
+    """Tiny chunks make 8 epochs of tickets outnumber what the pipe takes at once."""
     from embcli.tokenize import Tokenizer
     from embcli.train import _words_in, train_model
     from embcli.vocab import build_vocab
