@@ -1484,10 +1484,11 @@ def export(
 @app.command("import", epilog=EPILOG_OWN_QUIET)
 @handle_errors
 def import_vectors(
-    path: str = typer.Argument(..., help="Vector file: word2vec text or binary, GloVe, fastText .vec, or .npy.",
+    path: str = typer.Argument(..., help="Vector file: word2vec text or binary, GloVe, fastText .vec or .bin, or .npy.",
                                show_default=False),
     format: str = typer.Option("auto", "--format", "-f",
-                               help="auto, word2vec, word2vec-binary, glove, fasttext or npy."),
+                               help="auto, word2vec, word2vec-binary, glove, fasttext (.vec), fasttext-bin (a "
+                                    "fastText .bin model, with its n-grams) or npy."),
     words: Optional[str] = typer.Option(None, "--words", help="Word list of a .npy matrix: one word per line "
                                         "in row order, or word<TAB>count lines. [default: NAME.words.txt beside "
                                         "NAME.npy, as export writes it]", show_default=False),

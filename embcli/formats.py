@@ -9,6 +9,8 @@ Readers:
 - `glove`: text without a header; D is the number of values on the first line.
 - `npy`: a 2-D float `.npy` matrix plus a word list (one word per line, or
   `word<TAB>count` lines as in a model's vocab.tsv), never unpickled.
+- `fasttext-bin`: a fastText binary model (embcli.fasttext_bin). Imported, it keeps its
+  n-gram rows, so words outside its vocabulary get fastText's vectors.
 
 In text files, fields are separated by ASCII spaces only, as word2vec.c writes them, so
 a word may contain a tab. A word may also contain spaces: the last D fields are the
@@ -48,9 +50,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embcli import fasttext_bin
 from embcli.errors import VectorFileError, decode_utf8
 
-READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy")
+READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "fasttext-bin", "npy")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy", "projector")
 NPY_MAGIC = b"\x93NUMPY"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -106,7 +109,7 @@ class _Warnings:
 
 
 def detect_format(path):
-    """Return the format of the vector file at `path`: word2vec, word2vec-binary, glove or npy."""
+    """Return the format of the vector file at `path`: word2vec, word2vec-binary, glove, fasttext-bin or npy."""
     try:
         with _open_maybe_compressed(path) as (handle, _):
             start = handle.read(1 << 16)
@@ -118,6 +121,8 @@ def detect_format(path):
         raise VectorFileError(f"{path}: the {compression(path)} data is damaged or truncated ({error})") from None
     if start.startswith(NPY_MAGIC):
         return "npy"
+    if fasttext_bin.is_fasttext_bin(start):
+        return "fasttext-bin"
     if not start.strip():
         raise VectorFileError(f"{path}: the file is empty")
     _reject_other_kinds(path, start)
@@ -177,9 +182,8 @@ def _reject_headerless_binary(path, start, whole):
     )
 
 
-# A pickle starts with the PROTO opcode and its version; fastText's .bin with its magic number.
+# A pickle starts with the PROTO opcode and its version.
 _PICKLE_START = re.compile(rb"\A\x80[\x02-\x05]")
-_FASTTEXT_BIN_MAGIC = (793712314).to_bytes(4, "little")
 
 
 def _reject_other_kinds(path, start):
@@ -189,11 +193,6 @@ def _reject_other_kinds(path, start):
             f"{path}: is a Python pickle (a gensim .model or .kv file, for example), which embcli never "
             "loads because unpickling can run code; save the vectors from gensim with "
             "model.wv.save_word2vec_format(PATH, binary=True) and import that file"
-        )
-    if start.startswith(_FASTTEXT_BIN_MAGIC):
-        raise VectorFileError(
-            f"{path}: is a fastText .bin model; import the .vec file that fastText writes beside it, or "
-            "write one with fastText's print-word-vectors or gensim's load_facebook_model"
         )
 
 
@@ -278,6 +277,8 @@ def read_vectors(path, format=None, lenient=False, words_path=None, progress=Non
         vectors = _read_npy(path, words_path, report)
     elif format == "word2vec-binary":
         vectors = _read_binary(path, report, progress)
+    elif format == "fasttext-bin":
+        vectors = _read_fasttext_bin(path, detected, report)
     else:
         if detected == "npy":
             raise VectorFileError(f"{path}: is a .npy file, not {format} text; read it as npy with a word list")
@@ -307,7 +308,7 @@ def _resolve_format(path, format):
         format = "word2vec"
     elif format not in READ_FORMATS:
         raise VectorFileError(f"unknown vector format {format!r}; choose one of {', '.join(READ_FORMATS)}")
-    kind = compression(path) if format in ("word2vec-binary", "npy") else None
+    kind = compression(path) if format in _MAPPED_FORMATS else None
     if kind:
         # Both are read through a memory map, which needs the uncompressed bytes on disk.
         tool = {"gzip": "gunzip", "bzip2": "bunzip2", "xz": "unxz"}[kind]
@@ -316,6 +317,25 @@ def _resolve_format(path, format):
             f"decompress it first ({tool} -k {path}) and import the result"
         )
     return format, detected
+
+
+# Formats read through a memory map, which needs their uncompressed bytes in a file.
+_MAPPED_FORMATS = ("word2vec-binary", "npy", "fasttext-bin")
+
+
+def _read_fasttext_bin(path, detected, report):
+    """Read the vocabulary words' vectors of a fastText .bin (in memory, without n-gram rows)."""
+    if detected != "fasttext-bin":
+        raise VectorFileError(f"{path}: not a fastText .bin model (it does not start with fastText's magic number)")
+    model = fasttext_bin.read_header(path)
+    words = fasttext_bin.decode_words(model, report)
+    keep = np.array([word is not None for word in words], dtype=bool)
+    matrix = fasttext_bin.input_matrix(model)
+    blocks = [fasttext_bin.word_vectors(model, matrix, first, min(first + fasttext_bin.WORD_BLOCK, len(words)))
+              for first in range(0, len(words), fasttext_bin.WORD_BLOCK)]
+    vectors = np.concatenate(blocks) if blocks else np.zeros((0, model.dim), np.float32)
+    return Vectors([word for word in words if word is not None], vectors[keep], "fasttext-bin",
+                   counts=model.counts[keep])
 
 
 # Text formats: word2vec (with header) and GloVe (without).
@@ -1616,7 +1636,7 @@ def _is_compressed_matrix(path, format):
         return False
     if format is None:
         format = detect_format(path)
-    return format in ("word2vec-binary", "npy")
+    return format in _MAPPED_FORMATS
 
 
 def _decompress(path, target):
@@ -1648,7 +1668,9 @@ def _is_stream(path):
 def _import_file(model_dir, path, format, lenient, words_path, progress, replace, source_name):
     from embcli import store
 
-    format, _ = _resolve_format(path, format)
+    format, detected = _resolve_format(path, format)
+    if format == "fasttext-bin" and detected == "fasttext-bin":
+        return _import_fasttext_bin(model_dir, path, lenient, progress, replace, source_name)
     if format != "word2vec-binary":
         # The lock is held while the file is read, so a second writer is turned away at once.
         with store.writer_lock(model_dir):
@@ -1674,6 +1696,31 @@ def _import_file(model_dir, path, format, lenient, words_path, progress, replace
             vectors = Vectors(words, None, "word2vec-binary", warnings=report.messages, warning_count=report.count)
             _commit_import(model_dir, vectors, binary.dim, embeddings_tmp, np.concatenate(norms), path, lenient,
                            source_name)
+    vectors.matrix = store.load_matrix(os.path.join(model_dir, store.EMBEDDINGS), len(words))
+    return vectors
+
+
+def _import_fasttext_bin(model_dir, path, lenient, progress, replace, source_name):
+    """Import a fastText .bin: word vectors into embeddings.npy, n-gram bucket rows into subwords.npy."""
+    from embcli import store
+
+    report = _Warnings(lenient, path)
+    with store.writer_lock(model_dir):
+        _check_no_model(model_dir, replace)
+        model = fasttext_bin.read_header(path)
+        if not model.words:
+            raise VectorFileError(f"{path}: the fastText model has no words")
+        words, counts, temps, norms, settings = fasttext_bin.write_model_files(model_dir, model, report, progress)
+        if not words:
+            raise VectorFileError(f"{path}: contains no vectors")
+        vectors = Vectors(words, None, "fasttext-bin", counts=counts, warnings=report.messages,
+                          warning_count=report.count)
+        embeddings_tmp = temps.pop(store.EMBEDDINGS)
+        extra = {"fasttext": model.describe()}
+        if settings is not None:
+            extra["subwords"] = settings
+        _commit_import(model_dir, vectors, model.dim, embeddings_tmp, norms, path, lenient, source_name,
+                       files=temps, meta_extra=extra)
     vectors.matrix = store.load_matrix(os.path.join(model_dir, store.EMBEDDINGS), len(words))
     return vectors
 
@@ -1710,10 +1757,13 @@ def _check_no_model(model_dir, replace):
                               options=("force",))
 
 
-def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, lenient, source_name=None):
+def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, lenient, source_name=None,
+                   files=None, meta_extra=None):
     """Write vocab.tsv, norms.npy and meta.json beside `embeddings_tmp` and commit them; return meta.
 
     `norms` are the row norms of the matrix, or None to compute them from vectors.matrix.
+    `files` maps more final names to their written temporary files, and `meta_extra`
+    holds more sections of meta.json ("subwords") or of its "imported" record ("fasttext").
     """
     from embcli import store
 
@@ -1724,7 +1774,7 @@ def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, 
         "size": len(vectors.words),
         "min_count": None,
         "order": "as in the imported file",
-        "counts": "from the word list" if vectors.counts is not None else "unknown (0)",
+        "counts": _counts_origin(vectors),
     }
     meta["dim"] = int(dim)
     meta["imported"] = {
@@ -1734,7 +1784,13 @@ def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, 
         "lenient": lenient,
         "warnings": vectors.warning_count,
     }
+    files = dict(files or {})
+    meta_extra = dict(meta_extra or {})
+    if "fasttext" in meta_extra:
+        meta["imported"]["fasttext"] = meta_extra.pop("fasttext")
+    meta.update(meta_extra)
     meta["files"] = {store.VOCAB: store.fingerprint(vocab_tmp), store.EMBEDDINGS: store.fingerprint(embeddings_tmp)}
+    meta["files"].update({name: store.fingerprint(path) for name, path in files.items()})
     norms_tmp = store.save_norms_temp(model_dir, vectors.matrix, meta, norms)
     meta_tmp = store.meta_temp(model_dir, meta)
     from embcli.ann import INDEX_FILES, INDEX_META
@@ -1743,7 +1799,13 @@ def _commit_import(model_dir, vectors, dim, embeddings_tmp, norms, source_path, 
     # belong to its old rows.
     old = (store.TOKENS, *store.CHECKPOINT_FILES, "subwords.npy", "subword-buckets.npy", INDEX_META,
            *INDEX_FILES.values())
-    stale = [name for name in old if os.path.exists(os.path.join(model_dir, name))]
+    stale = [name for name in old if name not in files and os.path.exists(os.path.join(model_dir, name))]
     store.commit(model_dir, {store.VOCAB: vocab_tmp, store.EMBEDDINGS: embeddings_tmp, store.NORMS: norms_tmp,
-                             store.META: meta_tmp}, remove=stale)
+                             store.META: meta_tmp, **files}, remove=stale)
     return meta
+
+
+def _counts_origin(vectors):
+    if vectors.counts is None:
+        return "unknown (0)"
+    return "from the fastText model" if vectors.format == "fasttext-bin" else "from the word list"

@@ -80,11 +80,12 @@ def ngram_hashes(words, min_n, max_n):
     """Return (offsets, hashes) for the n-grams of each word, in `ngrams`' order.
 
     `hashes` (uint32) holds the fastText hashes of all words' n-grams one word after
-    another; word i owns hashes[offsets[i]:offsets[i + 1]]. Vectorized over all words:
+    another; word i owns hashes[offsets[i]:offsets[i + 1]]. A word may also be bytes,
+    hashed as they are (fastText's words are bytes). Vectorized over all words:
     every character start is extended one byte at a time, because FNV-1a of a longer
     n-gram continues from the hash of its prefix.
     """
-    encoded = [(BOW + word + EOW).encode("utf-8") for word in words]
+    encoded = [(BOW + word + EOW).encode("utf-8") if isinstance(word, str) else b"<" + word + b">" for word in words]
     lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     word_of_byte = np.repeat(np.arange(len(encoded), dtype=np.int64), lengths)
@@ -265,12 +266,15 @@ class SubwordVectors:
             ids = position[self.stored_buckets[position] == ids]
         if len(ids) == 0:
             return None, 0
-        rows = np.asarray(self.matrix[np.sort(ids)], dtype=np.float32)
+        rows = np.asarray(self.matrix[ids], dtype=np.float32)
         if not np.isfinite(rows).all():
             raise ModelCorrupt(f"{self.path}: the n-gram rows of {word!r} contain NaN or infinite values; "
                                "retrain the model")
-        total = rows.sum(axis=0)
+        # Summed one row after another in n-gram order, then multiplied by the float32
+        # reciprocal of the count, as fastText computes a vector: a model imported from
+        # fastText gives the same float32 values as fastText itself.
+        total = np.cumsum(rows, axis=0, dtype=np.float32)[-1]
         if self.combination == "mean":
             # fastText's mean over all the word's n-grams, with 0 for those without a row.
-            total /= total_ngrams
+            total *= np.float32(1.0 / total_ngrams)
         return total, len(ids)

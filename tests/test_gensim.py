@@ -140,7 +140,7 @@ def test_npy_export_matches_gensim_vectors(tmp_path):
     assert (tmp_path / "v.words.txt").read_text(encoding="utf-8").splitlines() == keyed.index_to_key
 
 
-def test_gensim_and_fasttext_model_files_get_conversion_advice(tmp_path):
+def test_gensim_pickle_gets_conversion_advice_and_empty_fasttext_bin_is_named(tmp_path):
     # A gensim .kv file is a pickle, which embcli never loads; a fastText .bin starts with its magic.
     words, matrix = random_vectors()
     keyed = KeyedVectors(matrix.shape[1])
@@ -153,4 +153,4 @@ def test_gensim_and_fasttext_model_files_get_conversion_advice(tmp_path):
     (tmp_path / "model.bin").write_bytes((793712314).to_bytes(4, "little") + (12).to_bytes(4, "little") + bytes(64))
     result = invoke("import", str(tmp_path / "model.bin"), "-m", str(tmp_path / "b"))
     assert result.exit_code == 1
-    assert "is a fastText .bin model" in result.stderr
+    assert "the fastText model is truncated: it ends inside its settings" in result.stderr
