@@ -481,10 +481,6 @@ def train(
             if _given(flag):
                 note(f"warning: {flag} applies only to CORPUS files, and this run reads the token cache")
     launch = _distributed_launch()
-    if launch is not None and min_n:
-        # NOTE: the ranks train word rows only; the n-gram buckets are not synchronized yet.
-        raise typer.BadParameter("subword training under torchrun is not supported yet; "
-                                 "train it with worker processes (--threads) instead", param_hint="--subwords")
     if chunk_order is None:
         # Ranks train contiguous shards, which multi-node setups expect for reading.
         chunk_order = "in-turn" if launch is None else "slices"

@@ -18,7 +18,8 @@ How the ranks keep one model:
   r, r + world_size, ... of the whole cache instead, as Hogwild worker processes do by
   default.
 - Every `sync_tokens` tokens of its slice, each rank takes the rows it changed since the
-  last synchronization, which its trainer marked as it went (TrackingTrainer). The ranks
+  last synchronization, which its trainer marked as it went (TrackingTrainer, or
+  TrackingSubwordTrainer, which also marks the n-gram rows of the chunk's words). The ranks
   take the union of those rows, all-reduce the sum of their changes to them, and add
   that sum to the rows as they were at the last synchronization. Every rank then has the
   same matrices again. Between two synchronizations a rank does not see the others'
@@ -54,6 +55,7 @@ import torch
 import torch.distributed as dist
 
 from embcli import store, train
+from embcli.train_subwords import SubwordTrainer, init_subword_vectors
 from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, TrainingError, TrainingInterrupted
 
 # Tokens of its own slice that a rank trains between two synchronizations. bench/distributed.py
@@ -104,14 +106,15 @@ def _pick_device(name, launch):
     return device
 
 
-class TrackingTrainer(train.Trainer):
-    """A Trainer that marks every row it may change, for Replicas to send.
+class _Tracking:
+    """Marks every row that a trainer may change, for Replicas to send.
 
     Training changes the input and output rows of the words in a chunk and the output rows
-    of the drawn negatives, and nothing else. The marks are a superset of the changed
-    rows (a subsampled word is marked too), which costs only an all-reduced zero.
-    NOTE: this relies on train.Trainer updating rows only through those words and
-    negatives; tests/test_distributed.py checks it for skip-gram and CBOW.
+    of the drawn negatives, and nothing else. With subwords, a word's input rows are its
+    own row and its n-gram rows. The marks are a superset of the changed rows (a
+    subsampled word is marked too), which costs only an all-reduced zero.
+    NOTE: this relies on the trainers updating rows only through those words and
+    negatives; tests/test_distributed.py checks it for skip-gram, CBOW and subwords.
     """
 
     def __init__(self, *args, **kwargs):
@@ -124,14 +127,29 @@ class TrackingTrainer(train.Trainer):
         loaded = super()._load_chunk(begin)
         raw, is_end = loaded[0], loaded[3]
         words = raw[~is_end]
-        self.touched[0][words] = True
+        self._mark_inputs(words)
         self.touched[1][words] = True
         return loaded
+
+    def _mark_inputs(self, words):
+        self.touched[0][words] = True
 
     def _draw_negatives(self, shape, generator):
         negatives = super()._draw_negatives(shape, generator)
         self.touched[1][negatives.view(-1)] = True
         return negatives
+
+
+class TrackingTrainer(_Tracking, train.Trainer):
+    """A word-level Trainer that marks the rows it may change."""
+
+
+class TrackingSubwordTrainer(_Tracking, SubwordTrainer):
+    """A SubwordTrainer that marks the rows it may change, n-gram rows included."""
+
+    def _mark_inputs(self, words):
+        rows, _, _ = self._word_rows(torch.unique(words))
+        self.touched[0][rows] = True
 
 
 class Replicas:
@@ -281,9 +299,14 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     done_before = (0.0, 0.0, 0.0)  # words, examples and seconds of the run before a resume
     if resume:
         input_vectors, output_vectors, positions, config, sync_tokens, done_before = load_checkpoint(
-            model_dir, meta, config, len(words), launch.world_size, sync_tokens, len(corpus))
-    else:
+            model_dir, meta, config, len(words), launch.world_size, sync_tokens, len(corpus), words)
+    table = train._subword_table(words, config)
+    if table is not None and launch.rank == 0:
+        train._check_room_for_subwords(model_dir, config, table)
+    if not resume and table is None:
         input_vectors, output_vectors = train.init_vectors(len(words), config.dim, config.seed)
+    elif not resume:
+        input_vectors, output_vectors = init_subword_vectors(table, config.dim, config.seed)
     start = train._Resume(config, launch.world_size, positions, input_vectors, output_vectors,
                           store.TOKENS, corpus_record, *done_before, resumed=resume)
     input_vectors = input_vectors.to(device)
@@ -294,8 +317,12 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     if sync_tokens < config.chunk_tokens:
         # Ranks synchronize between chunks, so a short interval needs short chunks.
         config = dataclasses.replace(config, chunk_tokens=sync_tokens)
-    trainer = TrackingTrainer(config, corpus, input_vectors, output_vectors, device,
-                              worker=launch.rank, workers=launch.world_size)
+    if table is None:
+        trainer = TrackingTrainer(config, corpus, input_vectors, output_vectors, device,
+                                  worker=launch.rank, workers=launch.world_size)
+    else:
+        trainer = TrackingSubwordTrainer(config, corpus, input_vectors, output_vectors, device,
+                                         worker=launch.rank, workers=launch.world_size, table=table)
     if config.chunk_order == "in-turn":
         trainer.take_chunks_in_turn()
     chunks_per_epoch = len(trainer.chunks)
@@ -454,7 +481,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         if progress is not None:
             progress(words_total, words_total, stats.examples, final_loss, 0.0)
         train._save_embeddings(model_dir, meta, config, stats, vectors, launch.world_size, device,
-                               start, None, distributed=record)
+                               start, None, distributed=record, table=table)
     dist.barrier()
     return stats
 
@@ -528,10 +555,11 @@ def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions,
                              train.CHECKPOINT: state_tmp})
 
 
-def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens, corpus_tokens=None):
+def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens, corpus_tokens=None, words=None):
     """Return (input, output, positions, config, sync_tokens, done) from the checkpoint in `model_dir`.
 
-    `done` is (words, examples, seconds) of the run up to the checkpoint.
+    `done` is (words, examples, seconds) of the run up to the checkpoint. `words`, the
+    vocabulary, is needed to resume a subword run, whose input matrix has n-gram rows too.
 
     The checkpoint's settings win over `config` and `sync_tokens`, except the device. A
     checkpoint without a "distributed" entry keeps the given `sync_tokens`. Raises ModelCorrupt when the
@@ -550,7 +578,7 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
             f"{path} was saved while training on other files than the token cache, which "
             "torchrun runs do not support; resume it without torchrun"
         )
-    start = train._load_checkpoint(model_dir, meta, config, vocab_size)
+    start = train._load_checkpoint(model_dir, meta, config, vocab_size, words)
     positions = start.positions
     if start.dispatched and corpus_tokens is not None:
         # Worker processes took chunks in turn from one queue; each rank keeps a fixed share.

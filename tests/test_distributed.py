@@ -14,10 +14,11 @@ import pytest
 
 import embcli
 from embcli import store
-from embcli.distributed import TrackingTrainer, load_checkpoint
+from embcli.distributed import TrackingSubwordTrainer, TrackingTrainer, load_checkpoint
 from embcli.errors import ModelCorrupt
 from embcli.tokenize import Tokenizer
-from embcli.train import TrainConfig, _open_corpus, init_vectors, train_model
+from embcli.train import TrainConfig, _open_corpus, _subword_table, init_vectors, train_model
+from embcli.train_subwords import init_subword_vectors
 from embcli.vocab import build_vocab
 
 from conftest import interrupt_after
@@ -120,10 +121,10 @@ def test_one_rank_equals_one_process(vocab_dir, tmp_path):
             assert first.read() == second.read()
 
 
-def test_interrupted_ranks_resume(vocab_dir, tmp_path):
-    model_dir = copy_model(vocab_dir, tmp_path / "resume")
+def stopped_torchrun(model_dir, *options):
+    """Start 2 ranks, send SIGTERM once they train; return (exit code, the rest of stderr)."""
     process = subprocess.Popen(
-        torchrun_command(model_dir, 2, "--dim", "16", "--epochs", "8", "--sync-tokens", str(SYNC_TOKENS)),
+        torchrun_command(model_dir, 2, "--dim", "16", "--epochs", "8", "--sync-tokens", str(SYNC_TOKENS), *options),
         env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -138,7 +139,13 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode != 0
+    return process.returncode, rest
+
+
+def test_interrupted_ranks_resume(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "resume")
+    returncode, rest = stopped_torchrun(model_dir)
+    assert returncode != 0
     assert rest.count("checkpoint saved") == 1, rest[-3000:]
     assert "rank 1 stopped by SIGTERM" in rest
     with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
@@ -173,6 +180,19 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     assert model.meta["training"]["stats"]["words"] == pytest.approx(whole_run, rel=0.02)
     assert model.meta["training"]["stats"]["words"] > state["words_done"]
     assert f"trained {model.meta['training']['stats']['words']:,} words" in resumed.stderr
+
+
+def test_interrupted_subword_ranks_resume(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "resume")
+    returncode, rest = stopped_torchrun(model_dir, "--subwords", "3-6", "--buckets", "20000")
+    assert returncode != 0
+    assert rest.count("checkpoint saved") == 1, rest[-3000:]
+    resumed = torchrun(model_dir, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint.json" not in os.listdir(model_dir)
+    model = embcli.load(model_dir)
+    assert model.meta["subwords"]["buckets"] == 20000
+    assert np.isfinite(model.vector("tabernacles")).all()
 
 
 def test_worker_checkpoint_resumes_on_ranks(vocab_dir, tmp_path):
@@ -245,17 +265,27 @@ def test_synchronize_adds_every_rank_change(tmp_path):
         np.testing.assert_array_equal(second, expected_second)
 
 
-@pytest.mark.parametrize("method", ["skipgram", "cbow"])
-def test_tracking_trainer_marks_changed_rows(vocab_dir, method):
+@pytest.mark.parametrize("method,subwords", [("skipgram", False), ("cbow", False), ("skipgram", True),
+                                             ("cbow", True)])
+def test_tracking_trainer_marks_changed_rows(vocab_dir, method, subwords):
     meta = store.read_meta(vocab_dir)
     words, counts = store.read_vocab(vocab_dir, meta)
     corpus = _open_corpus(os.path.join(vocab_dir, store.TOKENS), counts)
-    config = TrainConfig(method=method, dim=8, epochs=1, chunk_tokens=4096, seed=2)
-    input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
+    config = TrainConfig(method=method, dim=8, epochs=1, chunk_tokens=4096, seed=2, min_n=3 * subwords,
+                         max_n=6 * subwords, buckets=5000)
+    table = _subword_table(words, config)
+    if subwords:
+        input_vectors, output_vectors = init_subword_vectors(table, config.dim, config.seed)
+    else:
+        input_vectors, output_vectors = init_vectors(len(words), config.dim, config.seed)
     # Give the output rows values too, so that a change to any of them shows.
     output_vectors += 0.01
     before = [input_vectors.clone(), output_vectors.clone()]
-    trainer = TrackingTrainer(config, corpus, input_vectors, output_vectors, "cpu", worker=1, workers=2)
+    if subwords:
+        trainer = TrackingSubwordTrainer(config, corpus, input_vectors, output_vectors, "cpu", worker=1, workers=2,
+                                         table=table)
+    else:
+        trainer = TrackingTrainer(config, corpus, input_vectors, output_vectors, "cpu", worker=1, workers=2)
     chunks = []
     trainer.run(0, 0, lambda *_: chunks.append(1), lambda: len(chunks) >= 3)
     for matrix, previous, marks in zip((input_vectors, output_vectors), before, trainer.touched):
@@ -266,19 +296,31 @@ def test_tracking_trainer_marks_changed_rows(vocab_dir, method):
         assert int(marks.sum()) <= 2 * int(changed.sum())
 
 
-def test_subwords_under_torchrun_is_a_usage_error(vocab_dir, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
+def test_two_ranks_train_subwords(vocab_dir, tmp_path):
+    subwords = ["--subwords", "3-6", "--buckets", "20000"]
+    model_dir = copy_model(vocab_dir, tmp_path / "two")
+    result = torchrun(model_dir, 2, "--dim", "32", "--epochs", "3", "--seed", "3",
+                      "--sync-tokens", str(SYNC_TOKENS), *subwords)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = embcli.load(model_dir)
+    assert model.meta["subwords"]["buckets"] == 20000
+    assert model.meta["training"]["distributed"]["world_size"] == 2
 
-    from embcli.cli import app
+    references = []
+    for seed in (3, 4):
+        reference = copy_model(vocab_dir, tmp_path / f"one-seed{seed}")
+        train_model(reference, TrainConfig(threads=1, chunk_tokens=SYNC_TOKENS, min_n=3, max_n=6, buckets=20000,
+                                           **dict(SETTINGS, seed=seed)))
+        references.append(embcli.load(reference))
+    assert sorted(os.listdir(model_dir)) == sorted(os.listdir(references[0].path))
+    words = references[0].words[20:120]
+    baseline = neighbour_overlap(references[0], references[1], words)
+    assert baseline > 0.3
+    assert neighbour_overlap(references[0], model, words) >= 0.6 * baseline
 
-    model_dir = copy_model(vocab_dir, tmp_path / "sub")
-    for name, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"),
-                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29731")):
-        monkeypatch.setenv(name, value)
-    result = CliRunner().invoke(app, ["train", "-m", model_dir, "--subwords", "3-6", "--epochs", "1"])
-    assert result.exit_code == 2
-    assert "not supported yet" in result.stderr
-    assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
+    # A word outside the vocabulary gets its vector from n-gram rows that both ranks trained.
+    assert "tabernacles" not in model.index
+    assert "tabernacle" in [word for word, _ in model.neighbors("tabernacles", 5)]
 
 
 @pytest.mark.parametrize("chunk_order", ["slices", "in-turn"])
