@@ -3,6 +3,8 @@
     .venv/bin/python bench/distributed.py                      # corpus_en, 1 and 2 ranks
     .venv/bin/python bench/distributed.py --corpus ../shared/data/text8_en_5M.gz \
         --ranks 2 --sync-tokens 4096 65536 1048576 4194304     # how often to synchronize
+    .venv/bin/python bench/distributed.py --corpus ../shared/data/text8_en_5M.gz --ranks 2 \
+        --sync-tokens 65536 --hogwild --train-options "--subwords 3-6 --sample 1e-4"   # subwords
 
 build-vocab runs once; each training run gets its own model directory that shares the
 token cache. Ranks talk through gloo on 127.0.0.1 only. Words/s counts corpus words per
@@ -13,6 +15,7 @@ the whole torchrun command, with start-up. Scores: gensim's evaluate_word_analog
 
 import argparse
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -48,6 +51,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1],
                         help="train every configuration once per seed (analogy accuracy varies by seed)")
     parser.add_argument("--hogwild", action="store_true", help="also train with embcli train --threads N")
+    parser.add_argument("--train-options", default="",
+                        help='more options for every embcli train, for example "--subwords 3-6 --sample 1e-4"')
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="embcli-bench-dist-")
@@ -59,7 +64,8 @@ def main():
         print(f"build-vocab {args.corpus}: {seconds:.1f} s", flush=True)
         rows = []
         for seed in args.seeds:
-            common = ["--epochs", str(args.epochs), "--dim", str(args.dim), "--seed", str(seed), "-q"]
+            common = ["--epochs", str(args.epochs), "--dim", str(args.dim), "--seed", str(seed), "-q",
+                      *shlex.split(args.train_options)]
             for ranks in args.ranks:
                 # One rank never synchronizes, so one run of it is enough.
                 for sync in args.sync_tokens if ranks > 1 else args.sync_tokens[-1:]:

@@ -523,10 +523,17 @@ def train(
         )
         return
     progress, finish = _training_progress()
+    meta_before = _file_identity(os.path.join(model_dir, "meta.json"))
     try:
         stats = train_model(model_dir, config, corpus or None, encoding, decode_errors, resume=resume,
                             progress=progress, discard_checkpoint=force,
                             checkpoint_seconds=checkpoint_every * 60, warn=lambda message: note(f"warning: {message}"))
+    except (KeyboardInterrupt, Terminated):
+        # A signal that arrives once the model is committed, before train_model returns,
+        # interrupts nothing: the run's model is complete, so report it as saved.
+        stats = _stats_if_saved(model_dir, meta_before)
+        if stats is None:
+            raise
     finally:
         finish()
     note(
@@ -534,6 +541,37 @@ def train(
         f"in {stats.seconds:.1f} s "
         f"({stats.words_per_second:,.0f} words/s{_loss_text(stats.final_loss)}); saved {model_dir}"
     )
+
+
+def _file_identity(path):
+    """Return (inode, modification time in ns) of `path`, or None when it does not exist."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns
+
+
+def _stats_if_saved(model_dir, meta_before):
+    """Return the TrainStats in meta.json if this run committed its model, else None.
+
+    The run committed it when meta.json was replaced since `meta_before` (its
+    _file_identity then), records a training run, and no checkpoint is left.
+    """
+    from embcli.store import read_meta
+    from embcli.train import CHECKPOINT, TrainStats
+
+    path = os.path.join(model_dir, "meta.json")
+    if _file_identity(path) == meta_before or os.path.exists(os.path.join(model_dir, CHECKPOINT)):
+        return None
+    try:
+        record = read_meta(model_dir)["training"]["stats"]
+        stats = TrainStats(**record)
+    except (EmbcliError, KeyError, TypeError):
+        return None
+    if stats.final_loss is None:
+        stats.final_loss = float("nan")
+    return stats
 
 
 def _loss_text(loss):

@@ -355,3 +355,34 @@ def test_edited_checkpoint_rejected(vocab_dir, edit, message):
         json.dump(state, handle)
     with pytest.raises(ModelCorrupt, match=message):
         train_model(vocab_dir, TrainConfig(**SETTINGS), resume=True)
+
+
+@pytest.mark.parametrize("late_signal", ["KeyboardInterrupt", "Terminated"])
+def test_signal_after_save_exits_zero(vocab_dir, tmp_path, monkeypatch, late_signal):
+    # Ctrl-C or SIGTERM just after the commit, before train_model returns, as the interpreter delivers it.
+    from typer.testing import CliRunner
+
+    from embcli import cli, train
+
+    model_dir = str(tmp_path / "late")
+    shutil.copytree(vocab_dir, model_dir)
+    real_train_model = train.train_model
+    raised = {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": cli.Terminated}[late_signal]
+
+    def train_then_signal(*args, **kwargs):
+        real_train_model(*args, **kwargs)
+        raise raised()
+
+    monkeypatch.setattr(train, "train_model", train_then_signal)
+    result = CliRunner().invoke(cli.app, ["train", "-m", model_dir, "--epochs", "1", "--dim", "8", "--threads", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert "saved" in result.stderr
+    assert "trained 1 epoch" in result.stderr
+
+    # Before the commit, the same signal still stops the run with its exit code.
+    def signal_at_once(*args, **kwargs):
+        raise raised()
+
+    monkeypatch.setattr(train, "train_model", signal_at_once)
+    result = CliRunner().invoke(cli.app, ["train", "-m", model_dir, "--epochs", "1", "--dim", "8", "--threads", "1"])
+    assert result.exit_code == {"KeyboardInterrupt": 130, "Terminated": 143}[late_signal]
