@@ -308,6 +308,9 @@ def _resolve_format(path, format):
         format = "word2vec"
     elif format not in READ_FORMATS:
         raise VectorFileError(f"unknown vector format {format!r}; choose one of {', '.join(READ_FORMATS)}")
+    if detected == "fasttext-bin" and format != detected:
+        raise VectorFileError(f"{path}: is a fastText .bin model, not {format} data; read it as fasttext-bin, "
+                              "which format detection picks", options=("format",))
     kind = compression(path) if format in _MAPPED_FORMATS else None
     if kind:
         # Both are read through a memory map, which needs the uncompressed bytes on disk.

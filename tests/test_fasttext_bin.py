@@ -177,3 +177,9 @@ def test_read_vectors_gives_the_vocabulary_vectors(tmp_path):
     expected = reference("supervised-2-3")["vectors"]
     row = vectors.words.index("Aaron")
     assert vectors.matrix[row].tobytes() == np.array(expected["Aaron"], dtype=np.float32).tobytes()
+
+
+def test_other_format_named_for_fasttext_bin(tmp_path):
+    result = invoke("import", fixture("cbow-words"), "--format", "word2vec-binary", "-m", str(tmp_path / "m"))
+    assert result.exit_code == 1
+    assert "is a fastText .bin model, not word2vec-binary data" in result.stderr
