@@ -177,7 +177,6 @@ class Replicas:
         if dist.get_world_size() == 1:
             return  # the only copy is already the model
         started = time.perf_counter()
-        vocab_size = self.matrices[0].shape[0]
         changed = torch.cat(self.touched).to(torch.uint8)
         for mask in self.touched:
             mask.zero_()
@@ -185,9 +184,11 @@ class Replicas:
         self.wait_seconds += time.perf_counter() - started
         rows = changed.nonzero().squeeze(1)
         if rows.numel():
-            # Row i of matrix m is entry m * vocab_size + i of `changed`.
-            matrix_of_row, row_in_matrix = rows // vocab_size, rows % vocab_size
-            picked = [row_in_matrix[matrix_of_row == index] for index in range(len(self.matrices))]
+            # Row i of matrix m is entry (rows of the matrices before m) + i of `changed`. With
+            # subwords the input matrix has more rows than the output matrix.
+            ends = np.cumsum([mask.shape[0] for mask in self.touched]).tolist()
+            starts = [0] + ends[:-1]
+            picked = [rows[(rows >= start) & (rows < end)] - start for start, end in zip(starts, ends)]
             # Each matrix's changed rows are gathered straight into their part of one
             # buffer, and the base rows are read once: about 15 % less time per exchange
             # than gathering, subtracting and concatenating separately.
