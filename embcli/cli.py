@@ -764,7 +764,41 @@ def _numbered_queries(words):
         return ((line, number) for number, line in _stdin_lines()), True
     if "-" in words:
         raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
-    return [(word, None) for word in words], len(words) > 1
+    queries = []
+    for word in words:
+        if _invalid_utf8_byte(word) is None:
+            queries.append((word, None))
+        else:
+            error(str(_not_utf8_argument(word)))
+            STATE["stdin_failures"] += 1
+    return queries, len(words) > 1
+
+
+def _invalid_utf8_byte(text):
+    """Return the first byte of a command-line argument that is not UTF-8, or None.
+
+    Python keeps such bytes of the command line as lone surrogates U+DC80 to U+DCFF.
+    """
+    for char in text:
+        if "\udc80" <= char <= "\udcff":
+            return ord(char) - 0xDC00
+    return None
+
+
+def _not_utf8_argument(word):
+    """Return the QueryError for a query word given on the command line with invalid UTF-8."""
+    from embcli.errors import QueryError
+
+    raw = word.encode("utf-8", "surrogateescape")
+    return QueryError(f"query {raw!r}: invalid UTF-8 (byte 0x{_invalid_utf8_byte(word):02x}); query words must be "
+                      "UTF-8, so set the terminal or the calling program to a UTF-8 locale")
+
+
+def _check_utf8_arguments(words):
+    """Raise QueryError for the first of `words` that is not UTF-8."""
+    for word in words:
+        if _invalid_utf8_byte(word) is not None:
+            raise _not_utf8_argument(word)
 
 
 def _tsv_field(text):
@@ -965,7 +999,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
                     if not np.any(vector):
                         raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
                     return vector
-                opened._check_nonzero(word, row)
+                opened.check_nonzero(word, row)
             except EmbcliError as failure:
                 raise _with_line(failure, number) from None
             return row
@@ -1282,6 +1316,8 @@ def analogy(
     no_subwords: bool = NoSubwordsOption,
 ):
     """Answer 'A is to B as C is to ?' with the k best words, e.g. analogy man king woman."""
+    import numpy as np
+
     from embcli.model import ANALOGY_METHODS, Model
 
     if method not in ANALOGY_METHODS:
@@ -1291,6 +1327,7 @@ def analogy(
         STATE["stdin_failures"] = 0
         queries = _stdin_fields(3)
     elif len(words) == 3:
+        _check_utf8_arguments(words)
         batch = False
         queries = [(" ".join(words), words, None)]
     else:
@@ -1301,8 +1338,16 @@ def analogy(
     from_subwords = set()
 
     def resolve(query):
-        return _inputs_of_fields(opened, query, "three words A B C separated by spaces or tabs",
-                                 not no_subwords, from_subwords)
+        inputs = _inputs_of_fields(opened, query, "three words A B C separated by spaces or tabs",
+                                   not no_subwords, from_subwords)
+        # As in neighbors, a word whose vector is all zeros has no direction to add.
+        for word, item in zip(query[1], inputs):
+            if not isinstance(item, np.ndarray):
+                try:
+                    opened.check_nonzero(word, item)
+                except EmbcliError as failure:
+                    raise _with_line(failure, query[2]) from None
+        return inputs
 
     def answer(triples):
         if k == 0:
@@ -1343,6 +1388,7 @@ def similarity(
         STATE["stdin_failures"] = 0
         queries = _stdin_fields(2)
     elif len(words) == 2:
+        _check_utf8_arguments(words)
         batch = False
         queries = [(" ".join(words), words, None)]
     else:

@@ -115,13 +115,31 @@ def known_words(words, restrict=DEFAULT_RESTRICT, case_sensitive=False):
     return known
 
 
-def _read_lines(path):
+def read_test_set(path, encoding="utf-8"):
+    """Read a test set into (display name, list of lines without line ends).
+
+    gzip, bzip2 and xz files are decompressed (recognised by their first bytes) and `-`
+    is standard input, shown as <stdin>, as for corpora. Raises EvaluationError when
+    the file is missing, unreadable, damaged or not valid in `encoding`.
+    """
+    name = "<stdin>" if path == "-" else str(path)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise EvaluationError(f"{path}: cannot read ({error.strerror or error})") from None
-    return decode_utf8(data, path, EvaluationError).splitlines()
+        return name, list(open_text_lines(str(path), encoding))
+    except EncodingError as error:
+        # The corpus message offers decode_errors, which evaluation does not have.
+        where = f"{error.path}: line {error.line}, byte offset {error.offset}"
+        raise EvaluationError(
+            f"{where}: invalid {_encoding_name(encoding)}; read it with the encoding it was written in, "
+            "such as latin-1 or cp1252",
+            options=("encoding",),
+        ) from None
+    except CorpusError as error:
+        raise EvaluationError(str(error), options=error.options) from None
+
+
+def _encoding_name(encoding):
+    name = codecs.lookup(encoding).name
+    return name.upper() if name.startswith("utf") else name
 
 
 def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False, method="3cosadd"):

@@ -406,7 +406,8 @@ class Model:
             self._raise_not_finite(row, 1)
         return vector
 
-    def _check_nonzero(self, word, row):
+    def check_nonzero(self, word, row):
+        """Raise QueryError if the vector of `word`, at `row`, is all zeros."""
         if not np.any(self.matrix[row]):
             raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
 
@@ -433,7 +434,7 @@ class Model:
         if not (subwords and self.has_subwords):
             rows = self.rows(words)
             for word, row in zip(words, rows):
-                self._check_nonzero(word, row)
+                self.check_nonzero(word, row)
             return self.neighbors_of_rows(rows, k, restrict)
         resolved = [self.resolve(word, subwords) for word in words]
         queries = np.stack([vector for _, vector, _ in resolved]) if resolved else np.zeros((0, self.dim))
