@@ -368,12 +368,14 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     stopped = False
     last_save = time.monotonic()
 
+    # The words and examples of the whole run that the last synchronization contains,
+    # summed over the ranks.
+    synced = {"words": start.words_done, "examples": start.examples_done}
+
     def save_synchronized(index, matrices):
         """Save `matrices`, the replicas as of synchronization `index`, as a checkpoint (rank 0)."""
         at_sync = positions_at_sync(len(corpus), config, launch.world_size, syncs, index, positions)
-        fraction = sum(at_sync[::2]) / max(config.epochs * launch.world_size, 1)
-        totals = (fraction * words_total, start.examples_done + local["examples"] * launch.world_size,
-                  start.seconds_done + time.time() - began, words_total)
+        totals = (synced["words"], synced["examples"], start.seconds_done + time.time() - began, words_total)
         save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, at_sync, *matrices,
                         corpus_record, totals)
 
@@ -384,7 +386,11 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
             if local["done"] < target:
                 epoch, chunk = divmod(local["done"], chunks_per_epoch)
                 trainer.run(epoch, chunk, report, lambda: local["done"] >= target or stop.is_set())
+            # Every rank has trained up to this synchronization, so its counts are those
+            # of the matrices it is about to exchange.
+            words_now, examples_now = _sum_across([local["words"], local["examples"]], device)
             replicas.synchronize()
+            synced.update(words=start.words_done + words_now, examples=start.examples_done + examples_now)
             synchronized = index
             due = checkpoint_seconds and time.monotonic() - last_save >= checkpoint_seconds
             if launch.rank == 0 and due and index < syncs - 1:

@@ -17,7 +17,8 @@ from embcli import store
 from embcli.distributed import TrackingSubwordTrainer, TrackingTrainer, load_checkpoint
 from embcli.errors import ModelCorrupt
 from embcli.tokenize import Tokenizer
-from embcli.train import TrainConfig, _open_corpus, _subword_table, init_vectors, train_model
+from embcli.train import (TrainConfig, _open_corpus, _subword_table, chunk_starts, init_vectors, slice_bounds,
+                          train_model)
 from embcli.train_subwords import init_subword_vectors
 from embcli.vocab import build_vocab
 
@@ -193,6 +194,66 @@ def test_interrupted_subword_ranks_resume(vocab_dir, tmp_path):
     model = embcli.load(model_dir)
     assert model.meta["subwords"]["buckets"] == 20000
     assert np.isfinite(model.vector("tabernacles")).all()
+
+
+def rank_process(model_dir, rank):
+    """Return the pid of torchrun's rank `rank` that trains `model_dir`, or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environment = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if model_dir.encode() in command and b"embcli" in command and f"RANK={rank}".encode() in environment:
+            return int(entry)
+    return None
+
+
+def test_killed_rank_checkpoint_counts_words(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "killed")
+    # Short chunks, so that the ranks are most likely inside an epoch when one is killed.
+    sync_tokens = 2048
+    process = subprocess.Popen(
+        torchrun_command(model_dir, 2, "--dim", "8", "--epochs", "40", "--sync-tokens", str(sync_tokens)),
+        env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        for line in process.stderr:
+            if "training on 2 ranks" in line:
+                break
+        time.sleep(2.0)
+        os.kill(rank_process(model_dir, 1), signal.SIGKILL)
+        rest = process.stderr.read()
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "the ranks lost contact during training" in rest, rest[-3000:]
+    with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    with open(os.path.join(model_dir, "meta.json"), encoding="utf-8") as handle:
+        per_epoch = json.load(handle)["vocab"]["tokens_covered"]
+    # The checkpoint counts the words of the chunks its matrices contain: those before
+    # each rank's position, within an epoch too.
+    tokens = np.load(os.path.join(model_dir, "tokens.npy"))
+    expected = 0
+    for rank in range(2):
+        begin, stop = slice_bounds(len(tokens), 2, rank)
+        epoch, chunk = state["positions"][2 * rank : 2 * rank + 2]
+        expected += epoch * int((tokens[begin:stop] != store.LINE_END).sum())
+        for first in chunk_starts(begin, stop, sync_tokens)[:chunk]:
+            expected += int((tokens[first : min(first + sync_tokens, stop)] != store.LINE_END).sum())
+    assert 0 < state["words_done"] < 40 * per_epoch
+    assert state["words_done"] == expected
+
+    resumed = torchrun(model_dir, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    words = embcli.load(model_dir).meta["training"]["stats"]["words"]
+    assert words == pytest.approx(40 * per_epoch, rel=0.02)
 
 
 def test_worker_checkpoint_resumes_on_ranks(vocab_dir, tmp_path):
