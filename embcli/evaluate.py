@@ -15,17 +15,22 @@ The rules follow gensim 4.4's `KeyedVectors.evaluate_word_analogies` and
   input vector counts as answered wrongly (gensim's score for it is NaN).
 - Word pairs are scored by cosine similarity and compared with the human scores by
   Spearman's rank correlation (ties get their average rank) and Pearson's correlation.
+  Two differences in reading: embcli also splits a pair line without a tab at spaces,
+  and it ignores empty fields at the end of a line, where gensim skips both kinds of line.
 
 Sections whose name starts with "gram" are syntactic, the others semantic, as in the
 questions-words set (Mikolov et al., 2013).
 """
 
+import codecs
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from embcli.errors import EmbcliError, decode_utf8
+from embcli.corpus import open_text_lines
+from embcli.errors import CorpusError, EmbcliError, EncodingError
 
 DEFAULT_RESTRICT = 300_000
 _ANALOGY_BLOCK = 1024
@@ -123,10 +128,12 @@ def read_test_set(path, encoding="utf-8"):
     the file is missing, unreadable, damaged or not valid in `encoding`.
     """
     name = "<stdin>" if path == "-" else str(path)
+    # NOTE: the corpus reader recognises UTF-16 and little-endian UTF-32 byte-order marks, so
+    # a big-endian UTF-32 file is reported as invalid UTF-8 at byte offset 2.
     try:
         return name, list(open_text_lines(str(path), encoding))
     except EncodingError as error:
-        # The corpus message offers decode_errors, which evaluation does not have.
+        # The corpus reader's message suggests decode_errors, a setting that evaluation does not have.
         where = f"{error.path}: line {error.line}, byte offset {error.offset}"
         raise EvaluationError(
             f"{where}: invalid {_encoding_name(encoding)}; read it with the encoding it was written in, "
@@ -142,14 +149,21 @@ def _encoding_name(encoding):
     return name.upper() if name.startswith("utf") else name
 
 
-def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False, method="3cosadd"):
+def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False, method="3cosadd",
+                       encoding="utf-8"):
     """Return an AnalogyResult for the questions-words file at `path`."""
+    path, lines = read_test_set(path, encoding)
+    return score_analogies(model, path, lines, restrict, case_sensitive, method)
+
+
+def score_analogies(model, path, lines, restrict=DEFAULT_RESTRICT, case_sensitive=False, method="3cosadd"):
+    """Return an AnalogyResult for `lines` of a questions-words file; `path` names it in messages."""
     restrict = min(restrict, len(model))
     known = known_words(model.words, restrict, case_sensitive)
     sections = []
     questions = []  # (section number, row a, row b, row c, expected, inputs)
     skipped = []
-    for number, line in enumerate(_read_lines(path), 1):
+    for number, line in enumerate(lines, 1):
         if line.startswith(":"):
             sections.append(Section(line[1:].strip()))
             continue
@@ -204,30 +218,41 @@ def evaluate_analogies(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=Fa
             total.correct += section.correct
             total.incorrect += section.incorrect
             total.oov += section.oov
-    return AnalogyResult(str(path), sections, semantic, syntactic, overall, skipped)
+    return AnalogyResult(path, sections, semantic, syntactic, overall, skipped)
 
 
-def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False):
+def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False, encoding="utf-8",
+                   score_column=None):
     """Return a PairResult for the word-pair file at `path` (word, word, score per line)."""
+    path, lines = read_test_set(path, encoding)
+    return score_pairs(model, path, lines, restrict, case_sensitive, score_column)
+
+
+def score_pairs(model, path, lines, restrict=DEFAULT_RESTRICT, case_sensitive=False, score_column=None):
+    """Return a PairResult for `lines` of a word-pair file; `path` names it in messages.
+
+    The words are fields 1 and 2. Without `score_column` a line must have exactly three
+    fields, as gensim requires. With it, the score is field `score_column` (1-based) and
+    the other fields are ignored, so SimLex-999.txt is read with score_column=4.
+    """
+    if score_column is not None and score_column < 3:
+        raise ValueError(f"score_column must be 3 or more (fields 1 and 2 are the words), not {score_column}")
     restrict = min(restrict, len(model))
     known = known_words(model.words, restrict, case_sensitive)
     rows1, rows2, gold = [], [], []
     oov = 0
     skipped = []
-    for number, line in enumerate(_read_lines(path), 1):
+    skipped_fields = []  # the fields of each skipped line, to describe the layout in an error
+    for number, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#"):
             continue
-        fields = line.split("\t") if "\t" in line else line.split()
-        fields = [f.strip() for f in fields]
-        try:
-            first, second, score = fields
-            score = float(score)
-        except ValueError:
+        fields = _pair_fields(line)
+        score = _pair_score(fields, score_column)
+        if score is None:
             skipped.append(number)
+            skipped_fields.append(fields)
             continue
-        if not math.isfinite(score):
-            skipped.append(number)  # a NaN or infinite score makes both correlations meaningless
-            continue
+        first, second = fields[0], fields[1]
         if not case_sensitive:
             first, second = first.upper(), second.upper()
         if first not in known or second not in known:
@@ -237,10 +262,7 @@ def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False)
         rows2.append(known[second])
         gold.append(score)
     if not gold and not oov:
-        raise EvaluationError(
-            f"{path}: no line has the layout WORD1 WORD2 SCORE (separated by a tab or spaces, with "
-            f"# comments allowed), so there is nothing to evaluate; {len(skipped):,} lines were skipped"
-        )
+        raise _layout_error(path, skipped_fields, score_column, tabs=any("\t" in line for line in lines))
     if not gold:
         raise EvaluationError(
             f"{path}: no pair has both words among the first {restrict:,} words of the model"
@@ -248,7 +270,75 @@ def evaluate_pairs(model, path, restrict=DEFAULT_RESTRICT, case_sensitive=False)
         )
     predicted = model.similarity_of_rows(rows1, rows2)
     gold = np.asarray(gold, dtype=np.float64)
-    return PairResult(str(path), spearman(gold, predicted), pearson(gold, predicted), len(gold), oov, skipped)
+    return PairResult(path, spearman(gold, predicted), pearson(gold, predicted), len(gold), oov, skipped)
+
+
+def _pair_fields(line):
+    """Split a word-pair line at tabs, or at whitespace if it has no tab; drop empty trailing fields."""
+    fields = [field.strip() for field in (line.split("\t") if "\t" in line else line.split())]
+    while fields and not fields[-1]:
+        fields.pop()
+    return fields
+
+
+def _pair_score(fields, score_column):
+    """Return the finite score of a line's `fields`, or None if the line is not a word pair."""
+    if score_column is None:
+        if len(fields) != 3:
+            return None
+        text = fields[2]
+    else:
+        if len(fields) < score_column:
+            return None
+        text = fields[score_column - 1]
+    try:
+        score = float(text)
+    except ValueError:
+        return None
+    # A NaN or infinite score makes both correlations meaningless.
+    return score if math.isfinite(score) else None
+
+
+def _layout_error(path, skipped_fields, score_column, tabs):
+    """Return the EvaluationError for a word-pair file in which no line could be read."""
+    if score_column is None:
+        layout = "WORD1 WORD2 SCORE (separated by a tab or spaces, with # comments allowed)"
+    else:
+        layout = f"two words and a number in field {score_column}"
+    message = f"{path}: no line has the layout {layout}, so there is nothing to evaluate"
+    if not skipped_fields:
+        return EvaluationError(message + "; the file has only blank and # comment lines")
+    counts = Counter(len(fields) for fields in skipped_fields)
+    width, width_lines = counts.most_common(1)[0]
+    message += f"; {len(skipped_fields):,} lines were skipped, {width_lines:,} of them with {_count(width, 'field')}"
+    column = _numeric_column(skipped_fields)
+    if column is None or column == score_column:
+        return EvaluationError(message)
+    message += f". Field {column} is a number in most of them. If it is the score, read the score from field {column}"
+    if tabs and width > 3:
+        message += f" or keep only fields 1, 2 and {column} (cut -f1,2,{column} {path})"
+    return EvaluationError(message, options=("score_column",))
+
+
+def _numeric_column(skipped_fields):
+    """Return the first 1-based field after the two words that is a number in most lines, or None."""
+    width = max(len(fields) for fields in skipped_fields)
+    for index in range(2, width):
+        numbers = sum(_is_number(fields[index]) for fields in skipped_fields if index < len(fields))
+        if numbers * 2 > len(skipped_fields):
+            return index + 1
+    return None
+
+
+def _is_number(text):
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _count(number, noun):
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
 
 
 def _number_or_none(value):

@@ -1,6 +1,9 @@
 """evaluate: analogy accuracy, pair correlations, cutoff and case rules, table and JSON."""
 
+import bz2
+import gzip
 import json
+import lzma
 import warnings
 
 import numpy as np
@@ -146,7 +149,7 @@ def test_unanswered_section_shows_no_accuracy(model, tmp_path):
     assert result.exit_code == 0, result.stderr
     overall = [line for line in result.stdout.splitlines() if line.startswith("overall")]
     assert overall[0].split()[1] == "n/a"
-    assert "skipped 1 line without four words, the first is line 3" in result.stderr
+    assert "skipped 1 line without four words, line 3" in result.stderr
 
 
 def test_pairs_skip_bad_scores_with_warning(model, tmp_path):
@@ -197,3 +200,170 @@ def test_json_accuracy_of_unanswered_section_is_null(trained_model, tmp_path):
     assert result.exit_code == 0, result.stderr
     sections = {s["section"]: s for s in json.loads(result.stdout)["analogies"][0]["sections"]}
     assert sections["capital-world"]["accuracy"] is None
+
+
+OOV_PAIRS = "zzz\tyyy\t3.0\nxxx\twww\t4.0\n"
+
+
+def test_unscorable_file_keeps_other_results(model, tmp_path):
+    (tmp_path / "unknown_pairs.txt").write_text(OOV_PAIRS, encoding="utf-8")
+    extra = ["--similarity", str(tmp_path / "unknown_pairs.txt")]
+    args = ["evaluate", "-m", model, "--analogies", str(tmp_path / "questions.txt"),
+            "--similarity", str(tmp_path / "pairs.txt"), *extra]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 1
+    assert "unknown_pairs.txt: no pair has both words among the first 11 words" in table.stderr
+    assert "overall" in table.stdout
+    assert str(tmp_path / "pairs.txt") in table.stdout
+    assert "unknown_pairs.txt" not in table.stdout
+    as_json = runner.invoke(app, args + ["--json"])
+    assert as_json.exit_code == 1
+    report = json.loads(as_json.stdout)
+    assert report["analogies"][0]["overall"]["correct"] == 4
+    assert report["analogies"][0]["error"] is None
+    good, bad = report["similarity"]
+    assert good["pairs"] == 5
+    assert good["error"] is None
+    assert bad["file"] == str(tmp_path / "unknown_pairs.txt")
+    assert "no pair has both words" in bad["error"]
+    assert "unknown_pairs.txt: no pair has both words" in as_json.stderr
+
+
+def test_missing_file_fails_before_model_opens(tmp_path):
+    (tmp_path / "questions.txt").write_text(QUESTIONS, encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", str(tmp_path / "no_model"), "--analogies",
+                                 str(tmp_path / "questions.txt"), "--similarity", str(tmp_path / "typo.tsv")])
+    assert result.exit_code == 1
+    assert "typo.tsv: no such file" in result.stderr
+    assert "no_model" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("opener", [gzip.open, bz2.open, lzma.open], ids=["gzip", "bzip2", "xz"])
+def test_compressed_test_sets_are_read(model, tmp_path, opener):
+    # The names end in .txt: the first bytes decide, as for corpora.
+    with opener(tmp_path / "questions_packed.txt", "wb") as handle:
+        handle.write(QUESTIONS.encode("utf-8"))
+    with opener(tmp_path / "pairs_packed.txt", "wb") as handle:
+        handle.write(PAIRS.encode("utf-8"))
+    plain = json.loads(evaluate(model, tmp_path, "--json"))
+    result = runner.invoke(app, ["evaluate", "-m", model, "--json",
+                                 "--analogies", str(tmp_path / "questions_packed.txt"),
+                                 "--similarity", str(tmp_path / "pairs_packed.txt")])
+    assert result.exit_code == 0, result.stderr
+    packed = json.loads(result.stdout)
+    assert packed["analogies"][0]["overall"] == plain["analogies"][0]["overall"]
+    assert packed["similarity"][0]["spearman"] == plain["similarity"][0]["spearman"]
+    assert packed["similarity"][0]["pairs"] == plain["similarity"][0]["pairs"]
+
+
+def test_utf16_file_names_its_encoding(model, tmp_path):
+    pairs = tmp_path / "pairs16.txt"
+    pairs.write_bytes(PAIRS.encode("utf-16"))  # Python writes a byte-order mark first
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs)])
+    assert result.exit_code == 1
+    assert "UTF-16 byte-order mark" in result.stderr
+    assert "[--encoding]" in result.stderr
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs), "--encoding", "utf-16",
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["similarity"][0]["pairs"] == 5
+
+
+def test_cp1252_file_needs_encoding_option(model, tmp_path):
+    pairs = tmp_path / "pairs1252.txt"
+    pairs.write_bytes((PAIRS + "café\tking\t2.0\n").encode("cp1252"))
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs)])
+    assert result.exit_code == 1
+    assert "pairs1252.txt: line 8, byte offset" in result.stderr
+    assert "invalid UTF-8" in result.stderr
+    assert "[--encoding]" in result.stderr
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs), "--encoding", "cp1252",
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)["similarity"][0]
+    assert report["pairs"] == 5
+    assert report["oov"] == 2
+
+
+def test_pairs_read_from_stdin(model, tmp_path):
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", "-", "--json"], input=PAIRS)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)["similarity"][0]
+    assert report["file"] == "<stdin>"
+    assert report["pairs"] == 5
+    twice = runner.invoke(app, ["evaluate", "-m", model, "--similarity", "-", "--analogies", "-"], input=PAIRS)
+    assert twice.exit_code == 2
+    assert "stdin (-) can be read only once" in twice.stderr
+
+
+SIMLEX_HEADER = "word1\tword2\tPOS\tSimLex999\tconc(w1)\tconc(w2)\tconcQ\tAssoc(USF)\tSimAssoc333\tSD(SimLex)\n"
+
+
+def simlex_layout(pairs):
+    """Return `pairs` (word TAB word TAB score lines) in SimLex-999.txt's ten-field layout."""
+    lines = [SIMLEX_HEADER]
+    for line in pairs.splitlines():
+        if line.startswith("#"):
+            continue
+        first, second, score = line.split("\t") if "\t" in line else line.split()
+        lines.append(f"{first}\t{second}\tN\t{score}\t4.5\t4.6\t2\t0.5\t1\t0.4\n")
+    return "".join(lines)
+
+
+def test_simlex_layout_needs_score_column(model, tmp_path):
+    simlex = tmp_path / "SimLex-999.txt"
+    simlex.write_text(simlex_layout(PAIRS), encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(simlex)])
+    assert result.exit_code == 1
+    assert "7 lines were skipped, 7 of them with 10 fields" in result.stderr
+    assert f"cut -f1,2,4 {simlex}" in result.stderr
+    assert "[--score-column]" in result.stderr
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(simlex), "--score-column", "4",
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    columns = json.loads(result.stdout)["similarity"][0]
+    plain = json.loads(evaluate(model, tmp_path, "--json"))["similarity"][0]
+    assert columns["spearman"] == plain["spearman"]
+    assert columns["pearson"] == plain["pearson"]
+    assert columns["pairs"] == plain["pairs"]
+    assert columns["oov"] == plain["oov"]
+    assert columns["skipped_lines"] == [1]  # the header, whose field 4 is not a number
+
+
+def test_score_column_beyond_line_skips_it(model, tmp_path):
+    pairs = tmp_path / "short.txt"
+    pairs.write_text("king\tqueen\t8.5\nman\twoman\t8.3\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs), "--score-column", "4",
+                                 "--json"])
+    assert result.exit_code == 1
+    assert "no line has the layout two words and a number in field 4" in result.stderr
+    assert "2 lines were skipped, 2 of them with 3 fields" in result.stderr
+    assert "Field 3 is a number in most of them. If it is the score, read the score from field 3" in result.stderr
+    assert "cut -f" not in result.stderr
+    assert json.loads(result.stdout)["similarity"][0]["error"].startswith(str(pairs))
+    too_low = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs), "--score-column", "2"])
+    assert too_low.exit_code == 2
+
+
+def test_trailing_empty_field_is_ignored(model, tmp_path):
+    pairs = tmp_path / "trailing.txt"
+    pairs.write_text("king\tqueen\t8.5\t\nman\twoman\t8.3\t\t\napple\tpear\t7.9\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "-m", model, "--similarity", str(pairs), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)["similarity"][0]
+    assert report["pairs"] == 3
+    assert report["skipped_lines"] == []
+
+
+def test_json_warns_about_skipped_analogy_lines(model, tmp_path):
+    result = runner.invoke(app, ["evaluate", "-m", model, "--analogies", str(tmp_path / "questions.txt"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert "questions.txt: skipped 1 line without four words, line 5" in result.stderr
+    assert json.loads(result.stdout)["analogies"][0]["skipped_lines"] == [5]
+
+
+def test_json_help_promises_one_object():
+    result = runner.invoke(app, ["evaluate", "--help"], terminal_width=200)
+    assert "one JSON object" in result.stdout
+    assert "JSON lines" not in result.stdout
