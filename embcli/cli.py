@@ -517,7 +517,7 @@ def train(
                                    checkpoint_every * 60)
         note(
             f"trained {_count(stats.words, 'word')} ({_count(stats.epochs_done, 'epoch')}) on "
-            f"{launch.world_size} ranks in "
+            f"{_count(launch.world_size, 'rank')} in "
             f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s{_loss_text(stats.final_loss)}); "
             f"saved {model_dir}"
         )
@@ -631,11 +631,17 @@ def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens, c
     def started(backend, syncs):
         note(f"training on {_count(launch.world_size, 'rank')} ({backend}), {_count(syncs, 'synchronization')}")
 
+    def waiting(seconds):
+        # Every rank says so: the rank that is missing may be rank 0.
+        _stderr(f"note: rank {launch.rank}: still waiting after {seconds:.0f} s for the other ranks to join at "
+                f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}; if a rank failed to "
+                "start, the others wait for up to 30 minutes, so stop them with Ctrl-C")
+
     progress, finish = _training_progress()
     try:
         return train_distributed(model_dir, config, launch, resume=resume, progress=progress,
                                  started=started, sync_tokens=sync_tokens,
-                                 checkpoint_seconds=checkpoint_seconds)
+                                 checkpoint_seconds=checkpoint_seconds, waiting=waiting)
     finally:
         finish()
 
@@ -1063,7 +1069,8 @@ def info(
                f"{_loss_text(stats['final_loss'])[2:] or 'no final loss'}, device {training['device']}")
         # The settings keep threads=0 when the default chose the count; this is what ran.
         if isinstance(training.get("workers"), int):
-            run += f", {_count(training['workers'], 'worker')}"
+            unit = "rank" if training.get("distributed") else "worker"
+            run += f", {_count(training['workers'], unit)}"
         lines.append(("run", run))
     else:
         lines.append(("training", "none: imported vectors" if "imported" in meta else "not trained yet"))
@@ -1433,10 +1440,21 @@ def evaluate(
     case_sensitive: bool = typer.Option(False, "--case-sensitive",
                                         help="Compare words as they are instead of in upper case."),
     method: str = typer.Option("3cosadd", "--method", help="Analogy method: 3cosadd or 3cosmul."),
+    score_column: Optional[int] = typer.Option(
+        None, "--score-column", min=3, show_default=False,
+        help="Field (1-based) of the score in --similarity files, whose other fields are then ignored; "
+             "4 reads SimLex-999.txt. Without it a line must have exactly three fields, as gensim requires."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the test sets, such as latin-1 "
+                                 "or cp1252."),
     model: Optional[str] = ModelOption,
-    as_json: bool = JsonOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with all results instead of "
+                                 "tables."),
 ):
-    """Score the model on analogy and word-similarity test sets, as gensim does."""
+    """Score the model on analogy and word-similarity test sets, as gensim does.
+
+    Files may be gzip, bzip2 or xz compressed; - reads one of them from stdin. A file with
+    nothing to score is reported on stderr while the others are scored, and the exit status is 1.
+    """
     from embcli import evaluate as evaluation
     from embcli.model import ANALOGY_METHODS, Model
 
@@ -1444,16 +1462,19 @@ def evaluate(
         raise typer.BadParameter("give at least one --analogies or --similarity file", param_hint="--analogies")
     if method not in ANALOGY_METHODS:
         raise typer.BadParameter(f"use one of {', '.join(ANALOGY_METHODS)}", param_hint="--method")
+    if [*analogies, *similarity_files].count("-") > 1:
+        raise typer.BadParameter("stdin (-) can be read only once; give the other files by name",
+                                 param_hint="--analogies/--similarity")
+    # Every file is read before the model is opened, so that a wrong name fails at once.
+    analogy_sets = [evaluation.read_test_set(path, encoding) for path in analogies]
+    pair_sets = [evaluation.read_test_set(path, encoding) for path in similarity_files]
     opened = Model.open(model)
     cutoff = min(restrict, len(opened))
-    case_rule = "case-sensitive" if case_sensitive else "case-insensitive (words compared in upper case)"
-    analogy_results = [evaluation.evaluate_analogies(opened, path, restrict, case_sensitive, method)
-                       for path in analogies]
-    pair_results = [evaluation.evaluate_pairs(opened, path, restrict, case_sensitive) for path in similarity_files]
-    for result in pair_results:
-        if result.skipped_lines:
-            note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} without two words "
-                 f"and a finite score, {_first_lines(result.skipped_lines)}")
+    analogy_results = [_score_test_set(evaluation.score_analogies, opened, path, lines, restrict, case_sensitive,
+                                       method) for path, lines in analogy_sets]
+    pair_results = [_score_test_set(evaluation.score_pairs, opened, path, lines, restrict, case_sensitive,
+                                    score_column) for path, lines in pair_sets]
+    failed = any(isinstance(result, _FailedTestSet) for result in analogy_results + pair_results)
     if as_json:
         sys.stdout.write(json.dumps({
             "model": os.path.abspath(opened.path),
@@ -1461,10 +1482,60 @@ def evaluate(
             "vocabulary_cutoff": cutoff,
             "case_sensitive": case_sensitive,
             "method": method,
-            "analogies": [result.to_json() for result in analogy_results],
-            "similarity": [result.to_json() for result in pair_results],
+            "analogies": [_test_set_json(result) for result in analogy_results],
+            "similarity": [_test_set_json(result) for result in pair_results],
         }, ensure_ascii=False) + "\n")
+    else:
+        _print_evaluation(opened, restrict, cutoff, case_sensitive, method, analogy_results, pair_results)
+    if failed:
+        raise typer.Exit(1)
+
+
+class _FailedTestSet:
+    """A test set that was read but had nothing to score; its error was printed on stderr."""
+
+    def __init__(self, path, message):
+        self.path = path
+        self.message = message
+
+
+def _score_test_set(score_function, opened, path, lines, *settings):
+    """Return `score_function`'s result for one test set, or a _FailedTestSet after printing its error.
+
+    Warnings about skipped lines go to stderr here, so they appear with --json too.
+    """
+    from embcli.evaluate import AnalogyResult, EvaluationError
+
+    try:
+        result = score_function(opened, path, lines, *settings)
+    except EvaluationError as failure:
+        message = error_message(failure)
+        error(message)
+        return _FailedTestSet(path, message)
+    if result.skipped_lines:
+        if isinstance(result, AnalogyResult):
+            what = "without four words"
+        else:
+            what = "without two words and a finite score"
+        note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} {what}, "
+             f"{_first_lines(result.skipped_lines)}")
+    return result
+
+
+def _test_set_json(result):
+    """Return one file's JSON entry: its scores and "error": null, or only the file and its error."""
+    if isinstance(result, _FailedTestSet):
+        return {"file": result.path, "error": result.message}
+    return {**result.to_json(), "error": None}
+
+
+def _print_evaluation(opened, restrict, cutoff, case_sensitive, method, analogy_results, pair_results):
+    """Print the tables of the test sets that were scored; nothing if none was."""
+    analogy_results = [result for result in analogy_results if not isinstance(result, _FailedTestSet)]
+    pair_results = [result for result in pair_results if not isinstance(result, _FailedTestSet)]
+    if not analogy_results and not pair_results:
         return
+    case_rule = "case-sensitive" if case_sensitive else "case-insensitive (words compared in upper case)"
     out = [f"model: {os.path.abspath(opened.path)}",
            f"vocabulary cutoff: the {cutoff:,} most frequent words (--restrict {restrict:,}, "
            f"vocabulary {len(opened):,})",
@@ -1476,9 +1547,6 @@ def evaluate(
         rows.append(None)
         rows.extend(_analogy_row(total) for total in (result.semantic, result.syntactic, result.overall))
         out.extend(_table(("section", "accuracy", "correct", "answered", "questions", "coverage"), rows))
-        if result.skipped_lines:
-            note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} without four words, "
-                 f"the first is line {result.skipped_lines[0]}")
     if pair_results:
         out.append("")
         out.append("similarity:")

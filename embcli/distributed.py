@@ -48,6 +48,7 @@ import math
 import os
 import re
 import signal
+import threading
 import time
 
 import numpy as np
@@ -58,6 +59,9 @@ from embcli import store, train
 from embcli.train_subwords import SubwordTrainer, init_subword_vectors
 from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, TrainingError, TrainingInterrupted
 
+# After this many seconds in init_process_group, train_distributed's `waiting` callback runs.
+# A rank that failed to start leaves the others there for torch's timeout, 30 minutes.
+JOIN_NOTICE_SECONDS = 30.0
 # Tokens of its own slice that a rank trains between two synchronizations. bench/distributed.py
 # measured quality against this interval; see docs/benchmarks.md, section Scale.
 DEFAULT_SYNC_TOKENS = 1 << 16
@@ -225,6 +229,30 @@ def _broadcast_matrices(matrices):
         dist.broadcast(matrix, src=0)
 
 
+def _check_same_settings(config, resume, sync_tokens, device):
+    """Raise EmbcliError on every rank unless all ranks were started with the same settings.
+
+    Each setting's value is hashed to 48 bits (exact in a float64), and the ranks compare
+    the smallest and largest hash of each. The device and thread count may differ.
+    """
+    settings = {name: value for name, value in train._config_json(config).items()
+                if name not in ("device", "threads")}
+    settings["resume"] = bool(resume)
+    settings["sync_tokens"] = sync_tokens
+    names = sorted(settings)
+    values = [float(int(hashlib.blake2b(json.dumps(settings[name]).encode(), digest_size=6).hexdigest(), 16))
+              for name in names]
+    low = _sum_across(values, device, dist.ReduceOp.MIN)
+    high = _sum_across(values, device, dist.ReduceOp.MAX)
+    differ = [name for name, a, b in zip(names, low, high) if a != b]
+    if differ:
+        raise EmbcliError(
+            f"the ranks were started with different training settings: {', '.join(differ)} (this rank has "
+            + ", ".join(f"{name}={settings[name]}" for name in differ)
+            + "); start every rank with the same embcli train options"
+        )
+
+
 def _check_same_data(meta, device):
     """Raise ModelCorrupt unless every rank reads the same vocabulary and token cache."""
     files = meta.get("files", {})
@@ -249,12 +277,14 @@ def sync_points(total_chunks, syncs):
 
 
 def train_distributed(model_dir, config, launch, resume=False, progress=None, started=None,
-                      sync_tokens=DEFAULT_SYNC_TOKENS, checkpoint_seconds=train.DEFAULT_CHECKPOINT_SECONDS):
+                      sync_tokens=DEFAULT_SYNC_TOKENS, checkpoint_seconds=train.DEFAULT_CHECKPOINT_SECONDS,
+                      waiting=None):
     """Train the model in `model_dir` as rank `launch.rank` of `launch.world_size`.
 
     Every rank returns the same TrainStats (summed over the ranks); only rank 0 writes
     files. `progress` has train_model's signature and is called on rank 0 only.
-    `started(backend, syncs)` is called on rank 0 once training begins. Rank 0 saves a
+    `started(backend, syncs)` is called on rank 0 once training begins. `waiting(seconds)`
+    is called once if the ranks have not all joined after JOIN_NOTICE_SECONDS. Rank 0 saves a
     checkpoint after the first synchronization at least `checkpoint_seconds` (0: never)
     after the previous one, and after a collective fails (for example because another
     rank was killed), so that `--resume` continues from the last synchronization.
@@ -265,7 +295,16 @@ def train_distributed(model_dir, config, launch, resume=False, progress=None, st
     device = _pick_device(config.device, launch)
     # NOTE: only the gloo path has run (CPU ranks); the NCCL path has not been tried on GPUs.
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
+    notice = None
+    if waiting is not None:
+        notice = threading.Timer(JOIN_NOTICE_SECONDS, waiting, (JOIN_NOTICE_SECONDS,))
+        notice.daemon = True
+        notice.start()
+    try:
+        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
+    finally:
+        if notice is not None:
+            notice.cancel()
     try:
         return _train(model_dir, config, launch, device, backend, resume, progress, started, sync_tokens,
                       checkpoint_seconds)
@@ -286,6 +325,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     if launch.rank == 0:
         store.check_fingerprint(model_dir, meta, store.TOKENS)
     _check_same_data(meta, device)
+    _check_same_settings(config, resume, sync_tokens, device)
     if device.type == "cpu":
         torch.set_num_threads(1)
 

@@ -256,6 +256,24 @@ def test_killed_rank_checkpoint_counts_words(vocab_dir, tmp_path):
     assert words == pytest.approx(40 * per_epoch, rel=0.02)
 
 
+def test_ranks_with_different_settings_stop(vocab_dir, tmp_path):
+    model_dir = copy_model(vocab_dir, tmp_path / "mixed")
+    port = str(free_port())
+    nodes = []
+    for node, options in ((0, ["--lr", "0.025", "--dim", "16"]), (1, ["--lr", "0.05", "--dim", "20"])):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                   "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port,
+                   "-m", "embcli", "train", "-m", model_dir, "--epochs", "1", *options]
+        nodes.append(subprocess.Popen(command, env=loopback_env(), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [node.communicate(timeout=180)[1] for node in nodes]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode != 0
+        assert "different training settings: dim, lr" in output, output[-3000:]
+    assert "(this rank has dim=16, lr=0.025)" in outputs[0]
+    assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
+
+
 def test_worker_checkpoint_resumes_on_ranks(vocab_dir, tmp_path):
     """Worker processes take chunks from one queue; ranks resume from its first untrained chunk."""
     from embcli.errors import TrainingInterrupted
