@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import sys
 from typing import List, Optional
 
@@ -510,6 +511,11 @@ def train(
             note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(ignored)}")
     if not corpus and (launch is None or launch.rank == 0):
         _warn_corpus_changed(model_dir)
+    if launch is not None and launch.rank == 0 and _given("--threads"):
+        note("warning: --threads has no effect under torchrun, where each rank is one process with one thread; "
+             "torchrun's --nproc-per-node sets the number of processes")
+    if launch is None and _given("--sync-tokens"):
+        note("warning: --sync-tokens applies only under torchrun; worker processes share the vectors instead")
     if launch is None and threads != 1 and not STATE["quiet"] and _given("--seed"):
         note("warning: with more than one thread, results vary between runs even with --seed; use --threads 1 to reproduce them")
     if launch is not None:
@@ -623,7 +629,8 @@ def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens, c
     if corpus:
         raise EmbcliError(
             "under torchrun, train reads the token cache of the model directory; run "
-            "'embcli build-vocab " + " ".join(corpus) + "' first, then train without files"
+            f"'embcli build-vocab -m {shlex.quote(model_dir)} " + " ".join(map(shlex.quote, corpus))
+            + "' first, then train without files"
         )
     if launch.rank != 0:
         STATE["quiet"] = True
@@ -808,7 +815,10 @@ def _check_utf8_arguments(words):
 
 
 def _tsv_field(text):
-    """Return a query as one tab-separated field: its tabs become spaces."""
+    """Return a query or a word as one tab-separated field: its tabs become spaces.
+
+    A word read from a vector file may contain a tab; --json output keeps it.
+    """
     return text.replace("\t", " ")
 
 
@@ -854,7 +864,7 @@ def lookup(
             out.write(json.dumps(fields, ensure_ascii=False) + "\n")
         else:
             # str() of a float32 is its shortest exact form, as in --json.
-            out.write(word + "\t" + "\t".join([str(value) for value in vector]) + "\n")
+            out.write(_tsv_field(word) + "\t" + "\t".join([str(value) for value in vector]) + "\n")
     out.flush()
     if failed or STATE.get("stdin_failures"):
         raise typer.Exit(1)
@@ -935,9 +945,9 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
             if as_json:
                 _json_line({"query": word, "word": neighbor, "score": round(score, 6)})
             elif batch:
-                sys.stdout.write(f"{_tsv_field(word)}\t{neighbor}\t{score:.4f}\n")
+                sys.stdout.write(f"{_tsv_field(word)}\t{_tsv_field(neighbor)}\t{score:.4f}\n")
             else:
-                sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
+                sys.stdout.write(f"{_tsv_field(neighbor)}\t{score:.4f}\n")
 
     # Queries are searched together, QUERY_BLOCK at a time, as the exact search does.
     failed = _answer_in_blocks(opened, queries, resolve,
@@ -1017,9 +1027,9 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
                     _json_line({"query": word, "word": neighbor, "score": round(score, 6),
                                 **_subword_field((word,), from_subwords)})
                 elif batch:
-                    sys.stdout.write(f"{_tsv_field(word)}\t{neighbor}\t{score:.4f}\n")
+                    sys.stdout.write(f"{_tsv_field(word)}\t{_tsv_field(neighbor)}\t{score:.4f}\n")
                 else:
-                    sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
+                    sys.stdout.write(f"{_tsv_field(neighbor)}\t{score:.4f}\n")
 
         failed = _answer_in_blocks(opened, queries, resolve, answer, emit)
     if failed or STATE.get("stdin_failures"):
@@ -1253,9 +1263,9 @@ def _vector_neighbors(opened, vector, k, restrict, as_json):
             if as_json:
                 _json_line({"query": number, "word": neighbor, "score": round(score, 6)})
             elif batch:
-                sys.stdout.write(f"{number}\t{neighbor}\t{score:.4f}\n")
+                sys.stdout.write(f"{number}\t{_tsv_field(neighbor)}\t{score:.4f}\n")
             else:
-                sys.stdout.write(f"{neighbor}\t{score:.4f}\n")
+                sys.stdout.write(f"{_tsv_field(neighbor)}\t{score:.4f}\n")
 
     return _answer_in_blocks(opened, queries, resolve, answer, emit)
 
@@ -1370,9 +1380,9 @@ def analogy(
                 _json_line({"query": fields, "word": word, "score": round(score, 6),
                             **_subword_field(fields, from_subwords)})
             elif batch:
-                sys.stdout.write("\t".join(fields) + f"\t{word}\t{score:.4f}\n")
+                sys.stdout.write("\t".join(map(_tsv_field, fields)) + f"\t{_tsv_field(word)}\t{score:.4f}\n")
             else:
-                sys.stdout.write(f"{word}\t{score:.4f}\n")
+                sys.stdout.write(f"{_tsv_field(word)}\t{score:.4f}\n")
 
     if _answer_in_blocks(opened, queries, resolve, answer, emit) or STATE.get("stdin_failures"):
         raise typer.Exit(1)
@@ -1420,7 +1430,7 @@ def similarity(
             _json_line({"word1": first, "word2": second, "score": round(score, 6),
                         **_subword_field((first, second), from_subwords)})
         elif batch:
-            sys.stdout.write(f"{first}\t{second}\t{score:.4f}\n")
+            sys.stdout.write(f"{_tsv_field(first)}\t{_tsv_field(second)}\t{score:.4f}\n")
         else:
             sys.stdout.write(f"{score:.4f}\n")
 

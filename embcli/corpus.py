@@ -316,7 +316,21 @@ class TextStream:
             detail = f"byte 0x{data[error.start]:02x}"
             cut_short = at_end and error.reason == "unexpected end of data" and error.end == len(data)
             raise EncodingError(name, line, offset + error.start, _display_name(encoding), detail,
-                                cut_short=cut_short) from None
+                                cut_short=cut_short, east_asian=_reads_as_chinese(data, error.start)) from None
+
+
+def _reads_as_chinese(data, position):
+    """Return True if the line of `data` around byte `position` decodes as GB18030 text with
+    Chinese characters and no control characters."""
+    start = data.rfind(b"\n", 0, position) + 1
+    end = data.find(b"\n", position)
+    line = data[start : end if end >= 0 else len(data)]
+    try:
+        text = line.decode("gb18030")
+    except UnicodeDecodeError:
+        return False
+    has_han = any("\u4e00" <= char <= "\u9fff" for char in text)
+    return has_han and not any(ord(char) < 32 and char not in "\t\r" for char in text)
 
 
 def _check_not_utf16(block, name, encoding):

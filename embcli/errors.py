@@ -38,7 +38,7 @@ class CorpusError(EmbcliError):
 class EncodingError(CorpusError):
     """A text file holds bytes that are not valid in the chosen encoding."""
 
-    def __init__(self, path, line, offset, encoding="utf-8", detail="", cut_short=False):
+    def __init__(self, path, line, offset, encoding="utf-8", detail="", cut_short=False, east_asian=False):
         self.path = str(path)
         self.line = line
         self.offset = offset
@@ -51,10 +51,11 @@ class EncodingError(CorpusError):
         message = f"{self.path}: line {line}, byte offset {offset}: invalid {encoding}"
         if detail:
             message += f" ({detail})"
-        message += (
-            "; read it with another encoding such as latin-1 or cp1252, or replace "
-            "invalid bytes with U+FFFD"
-        )
+        # `east_asian`: the line reads as Chinese in GB18030, so a double-byte encoding is
+        # likelier than latin-1, which would turn each character into two letters.
+        examples = ("gb18030 (Chinese), shift_jis (Japanese) or euc-kr (Korean)" if east_asian
+                    else "latin-1 or cp1252")
+        message += f"; read it with the encoding it was written in, such as {examples}, or replace invalid bytes with U+FFFD"
         super().__init__(message, options=("encoding", "decode_errors"))
 
 

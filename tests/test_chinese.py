@@ -193,3 +193,16 @@ def test_sample_poems_build_without_warnings():
     words = vocabulary("embcli-model")
     assert {"月", "山", "春", "风"} <= set(words)
     assert "warning:" not in result.stderr
+
+
+def test_gb18030_line_suggests_east_asian_encodings(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_bytes("hello world\n".encode() + "北京是中国的首都 我们爱学习\n".encode("gb18030"))
+    result = CliRunner().invoke(app, ["build-vocab", str(path), "-m", str(tmp_path / "m")])
+    assert result.exit_code == 1
+    assert "line 2" in result.stderr
+    assert "gb18030 (Chinese)" in result.stderr
+    # A Latin-1 line keeps the Western suggestion.
+    path.write_bytes(b"caf\xe9 ok\n")
+    result = CliRunner().invoke(app, ["build-vocab", str(path), "-m", str(tmp_path / "n")])
+    assert "such as latin-1 or cp1252" in result.stderr

@@ -61,3 +61,16 @@ def test_analogy_of_zero_vector_is_error(trained_model, tmp_path):
     assert "<stdin>: line 1: god: its vector is all zeros" in result.stderr
     assert result.stdout.startswith("man\tlord\twoman\t")
     assert np.isfinite(float(result.stdout.split("\t")[-1]))
+
+
+def test_word_with_tab_keeps_fields(tmp_path):
+    (tmp_path / "tab.vec").write_text("3 2\nfoo\tbar 0.1 0.2\nbaz 0.3 0.1\nqux 0.2 0.2\n", encoding="utf-8")
+    model = str(tmp_path / "m")
+    assert runner.invoke(app, ["import", str(tmp_path / "tab.vec"), "-m", model]).exit_code == 0
+    result = runner.invoke(app, ["neighbors", "-m", model, "baz", "-k", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1] == "foo bar\t0.7071"
+    result = runner.invoke(app, ["lookup", "-m", model, "foo\tbar"])
+    assert result.stdout == "foo bar\t0.1\t0.2\n"
+    result = runner.invoke(app, ["neighbors", "-m", model, "qux", "-k", "1", "--json"])
+    assert '"word": "foo\\tbar"' in result.stdout
