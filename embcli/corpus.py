@@ -341,8 +341,8 @@ def _check_not_utf16(block, name, encoding):
     """
     if codecs.lookup(encoding).name != "utf-8":
         return
-    if block.startswith((b"\xff\xfe", b"\xfe\xff")):
-        variant = "utf-32" if block.startswith(b"\xff\xfe\x00\x00") else "utf-16"
+    if block.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        variant = "utf-32" if block.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")) else "utf-16"
         raise CorpusError(
             f"{name}: starts with a {variant.upper()} byte-order mark, so it is not UTF-8; "
             f"read it with encoding {variant}",

@@ -128,8 +128,6 @@ def read_test_set(path, encoding="utf-8"):
     the file is missing, unreadable, damaged or not valid in `encoding`.
     """
     name = "<stdin>" if path == "-" else str(path)
-    # NOTE: the corpus reader recognises UTF-16 and little-endian UTF-32 byte-order marks, so
-    # a big-endian UTF-32 file is reported as invalid UTF-8 at byte offset 2.
     try:
         return name, list(open_text_lines(str(path), encoding))
     except EncodingError as error:

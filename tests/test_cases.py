@@ -427,3 +427,13 @@ def test_utf16_with_bom_is_named(tmp_path):
     result = invoke("build-vocab", corpus, "--min-count", "1", "--encoding", "utf-16")
     assert result.exit_code == 0, result.stderr
     assert vocab_of() == {"the": 1, "cat": 1, "sat": 1}
+
+
+@pytest.mark.parametrize("codec", ["utf-32-le", "utf-32-be"])
+def test_utf32_with_bom_is_named(tmp_path, codec):
+    bom = {"utf-32-le": b"\xff\xfe\x00\x00", "utf-32-be": b"\x00\x00\xfe\xff"}[codec]
+    path = tmp_path / "u32.txt"
+    path.write_bytes(bom + "the cat sat\n".encode(codec))
+    result = invoke("build-vocab", str(path), "-m", str(tmp_path / "m"))
+    assert result.exit_code == 1
+    assert "starts with a UTF-32 byte-order mark" in result.stderr
