@@ -1061,6 +1061,19 @@ def info(
     lines.append(("tokenizer", json.dumps(meta.get("tokenizer", {}))))
     if "dim" in meta:
         lines.append(("dim", str(meta["dim"])))
+    fasttext = meta.get("imported", {}).get("fasttext")
+    if fasttext:
+        described = (f"{fasttext.get('model')} model, {fasttext.get('epoch')} epochs, window {fasttext.get('ws')}, "
+                     f"min count {fasttext.get('min_count')}")
+        if fasttext.get("labels"):
+            described += f", {_count(fasttext['labels'], 'label')} left out"
+        lines.append(("fastText", described))
+    subword_settings = meta.get("subwords")
+    if subword_settings:
+        stored = "the rows of the used buckets" if subword_settings.get("rows") == "used" else "every bucket's row"
+        lines.append(("subwords", f"n-grams {subword_settings['min_n']}-{subword_settings['max_n']}, "
+                                  f"{subword_settings['buckets']:,} buckets ({stored}), "
+                                  f"{subword_settings.get('combination', 'mean')} of a word's rows"))
     for source in meta.get("corpus", {}).get("sources", []):
         lines.append(("corpus", f"{source['path']} ({source['size']} bytes)" if source["size"] is not None else source["path"]))
     if "vocab" in meta and "imported" not in meta:
