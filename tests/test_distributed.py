@@ -122,19 +122,21 @@ def test_one_rank_equals_one_process(vocab_dir, tmp_path):
             assert first.read() == second.read()
 
 
-def stopped_torchrun(model_dir, *options):
-    """Start 2 ranks, send SIGTERM once they train; return (exit code, the rest of stderr)."""
-    process = subprocess.Popen(
-        torchrun_command(model_dir, 2, "--dim", "16", "--epochs", "8", "--sync-tokens", str(SYNC_TOKENS), *options),
-        env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+def stopped_torchrun(model_dir, options, stop=None):
+    """Start 2 ranks with `options` and call `stop(process)` once they train (by default,
+    SIGTERM to every process); return (torchrun's exit code, the rest of its stderr)."""
+    process = subprocess.Popen(torchrun_command(model_dir, 2, *options), env=loopback_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         # Rank 0 prints this line once the ranks have met and installed their signal handlers.
         started = time.time()
         for line in process.stderr:
             if "training on 2 ranks" in line or time.time() - started > 120:
                 break
-        os.killpg(process.pid, signal.SIGTERM)
+        if stop is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            stop(process)
         rest = process.stderr.read()
         process.wait(timeout=120)
     finally:
@@ -143,9 +145,12 @@ def stopped_torchrun(model_dir, *options):
     return process.returncode, rest
 
 
+STOPPED_RUN = ["--dim", "16", "--epochs", "8", "--sync-tokens", str(SYNC_TOKENS)]
+
+
 def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     model_dir = copy_model(vocab_dir, tmp_path / "resume")
-    returncode, rest = stopped_torchrun(model_dir)
+    returncode, rest = stopped_torchrun(model_dir, STOPPED_RUN)
     assert returncode != 0
     assert rest.count("checkpoint saved") == 1, rest[-3000:]
     assert "rank 1 stopped by SIGTERM" in rest
@@ -185,7 +190,7 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
 
 def test_interrupted_subword_ranks_resume(vocab_dir, tmp_path):
     model_dir = copy_model(vocab_dir, tmp_path / "resume")
-    returncode, rest = stopped_torchrun(model_dir, "--subwords", "3-6", "--buckets", "20000")
+    returncode, rest = stopped_torchrun(model_dir, [*STOPPED_RUN, "--subwords", "3-6", "--buckets", "20000"])
     assert returncode != 0
     assert rest.count("checkpoint saved") == 1, rest[-3000:]
     resumed = torchrun(model_dir, 2, "--resume")
@@ -217,21 +222,13 @@ def test_killed_rank_checkpoint_counts_words(vocab_dir, tmp_path):
     model_dir = copy_model(vocab_dir, tmp_path / "killed")
     # Short chunks, so that the ranks are most likely inside an epoch when one is killed.
     sync_tokens = 2048
-    process = subprocess.Popen(
-        torchrun_command(model_dir, 2, "--dim", "8", "--epochs", "40", "--sync-tokens", str(sync_tokens)),
-        env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    try:
-        for line in process.stderr:
-            if "training on 2 ranks" in line:
-                break
+
+    def kill_rank_1(process):
         time.sleep(2.0)
         os.kill(rank_process(model_dir, 1), signal.SIGKILL)
-        rest = process.stderr.read()
-        process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+
+    _, rest = stopped_torchrun(model_dir, ["--dim", "8", "--epochs", "40", "--sync-tokens", str(sync_tokens)],
+                               kill_rank_1)
     assert "the ranks lost contact during training" in rest, rest[-3000:]
     with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
         state = json.load(handle)
