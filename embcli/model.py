@@ -154,6 +154,9 @@ class Model:
         self._norms_from_file = False
         self._subwords = None
         self._index_view = None
+        # fastText looks words up and hashes their n-grams exactly as given, so a model
+        # imported from a fastText .bin does too, to give fastText's vectors.
+        self.exact_queries = meta.get("imported", {}).get("format") == "fasttext-bin"
 
     @classmethod
     def open(cls, path=None):
@@ -285,9 +288,13 @@ class Model:
         if not isinstance(word, str):
             raise TypeError(f"a query word must be a str, not {type(word).__name__}; "
                             "pass a list of words to the *_batch methods")
+        if not word.isascii():
+            _check_no_surrogate(word)
         row = self.vocabulary.find(word)
         if row is not None:
             return row
+        if self.exact_queries:
+            raise UnknownWord(word, self.path, len(self), token=word)
         token = self.tokenizer.query_token(word, self.vocabulary)
         row = self.vocabulary.find(token)
         if row is None and not (token.isascii() and word.isascii()):
@@ -369,7 +376,7 @@ class Model:
         except UnknownWord:
             if not (subwords and self.has_subwords):
                 raise
-            token = self.tokenizer.query_token(word, self.vocabulary)
+            token = word if self.exact_queries else self.tokenizer.query_token(word, self.vocabulary)
             vector, count = self.subwords.vector(token)
             if vector is None:
                 raise
@@ -717,3 +724,15 @@ def check_export_target(model_dir, output, format):
         if os.path.dirname(resolved) == model_dir and os.path.basename(resolved) in reserved:
             raise EmbcliError(f"{target} is the model's own {os.path.basename(resolved)}, which the export "
                               "would replace; write the export outside the model directory or under another name")
+
+
+def _check_no_surrogate(word):
+    """Raise QueryError if `word` contains a lone surrogate, which is not text.
+
+    Python decodes bytes that are not UTF-8 (in file names or os.fsdecode) to the
+    surrogates U+DC80 to U+DCFF; such a word cannot be hashed or written as UTF-8.
+    """
+    for char in word:
+        if "\ud800" <= char <= "\udfff":
+            raise QueryError(f"{word!r} contains U+{ord(char):04X}, a lone surrogate, which is not text "
+                             "(Python keeps bytes that are not UTF-8 that way); query words must be valid Unicode")

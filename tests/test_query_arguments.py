@@ -74,3 +74,17 @@ def test_word_with_tab_keeps_fields(tmp_path):
     assert result.stdout == "foo bar\t0.1\t0.2\n"
     result = runner.invoke(app, ["neighbors", "-m", model, "qux", "-k", "1", "--json"])
     assert '"word": "foo\\tbar"' in result.stdout
+
+
+def test_python_query_with_lone_surrogate(trained_model):
+    import embcli
+
+    model = embcli.load(trained_model)
+    try:
+        model.vector("lord\udce9")
+    except embcli.QueryError as error:
+        assert "lone surrogate" in str(error)
+    else:
+        raise AssertionError("a lone surrogate was answered")
+    assert "lord\udce9" not in model
+    assert "lord" in model

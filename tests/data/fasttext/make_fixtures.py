@@ -15,10 +15,11 @@ import fasttext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = os.path.join(HERE, "..", "kjv_small.txt")
-# Words inside and outside the vocabulary: inflections, misspellings, other scripts, and
-# words with no n-gram of the range.
+# Words inside and outside the vocabulary: inflections, misspellings, other scripts,
+# words with no n-gram of the range, and other Unicode forms of vocabulary words (a
+# full-width "The", a ligature, a zero-width space), which fastText hashes as given.
 QUERIES_OUT = ["begat", "begatt", "Jerusalemm", "kingdoms", "unrighteousnesses", "über", "日本語", "x", "ab",
-               "</s>x", "lovingkindness"]
+               "</s>x", "lovingkindness", "Ｔｈｅ", "ﬁsh", "ki\u200bng"]
 
 
 def reference(model, words):
