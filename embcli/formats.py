@@ -528,6 +528,10 @@ def _read_text(path, format, report, progress):
                 report.problem(f"line {number}: {word!r} has {count} values, expected {dim}"
                                + _TAB_HINT * ("\t" in line))
             continue
+        if "\r" in word:
+            # A carriage return inside a line; vocab.tsv, one word per line, cannot hold it.
+            report.problem(f"line {number}: the word {word[:60]!r} contains a carriage return")
+            continue
         pending_words.append(word)
         pending_lines.append(number)
         pending_values.append(values)
@@ -1605,10 +1609,12 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
         return _import_file(model_dir, path, format, lenient, words_path, progress, replace, path)
     from embcli import store
 
+    created = not os.path.exists(model_dir)
     store.ensure_directory(model_dir)
     # Not a store temporary name: the import's own write removes those when it starts.
     # NOTE: a process killed during the import leaves this copy behind.
     copy = os.path.join(model_dir, f".import-input-{uuid.uuid4().hex[:8]}")
+    imported = False
     try:
         if packed:
             # Binary and .npy files are read through a memory map, which needs their
@@ -1623,14 +1629,22 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
                 if source is not sys.stdin.buffer:
                     source.close()
         try:
+            if _is_compressed_matrix(copy, format):
+                # A compressed binary file from a pipe: its copy is decompressed in turn.
+                _decompress(copy, copy + "-data")
+                os.replace(copy + "-data", copy)
             vectors = _import_file(model_dir, copy, format, lenient, words_path, progress, replace, path)
         except VectorFileError as error:
             raise VectorFileError(str(error).replace(copy, path)) from None
         vectors.warnings = [message.replace(copy, path) for message in vectors.warnings]
+        imported = True
         return vectors
     finally:
-        with contextlib.suppress(OSError):
-            os.remove(copy)
+        for name in (copy, copy + "-data"):
+            with contextlib.suppress(OSError):
+                os.remove(name)
+        if created and not imported:
+            store.remove_if_unused(model_dir)
 
 
 def _is_compressed_matrix(path, format):

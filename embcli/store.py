@@ -446,6 +446,15 @@ def save_vocab_temp(directory, words, counts):
     return path
 
 
+def remove_if_unused(directory):
+    """Remove `directory` if it contains nothing but a lock file, as a failed first write leaves it."""
+    with contextlib.suppress(OSError):
+        if set(os.listdir(directory)) <= {LOCK}:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, LOCK))
+            os.rmdir(directory)
+
+
 def ensure_directory(directory):
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise EmbcliError(f"{directory} exists and is not a directory; choose another model directory")
@@ -498,6 +507,10 @@ def writer_lock(directory):
     try:
         clean_temporaries(directory)
         yield
+    except BaseException:
+        # A write that failed leaves none of its temporary files.
+        clean_temporaries(directory)
+        raise
     finally:
         if created and os.listdir(directory) == [LOCK]:
             with contextlib.suppress(OSError):

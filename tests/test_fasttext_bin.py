@@ -194,3 +194,11 @@ def test_python_query_with_lone_surrogate(tmp_path):
     with pytest.raises(embcli.QueryError, match="lone surrogate"):
         model.vector("lord\udce9")
     assert "lord\udce9" not in model
+
+
+def test_gzip_on_stdin(tmp_path):
+    data = gzip.compress(open(fixture("cbow-words"), "rb").read())
+    result = invoke("import", "-", "-m", str(tmp_path / "m"), input=data)
+    assert result.exit_code == 0, result.stderr
+    assert "1,524 words x 10 dimensions (fasttext-bin) from <stdin>" in result.stderr
+    assert sorted(os.listdir(tmp_path / "m")) == [".lock", "embeddings.npy", "meta.json", "norms.npy", "vocab.tsv"]

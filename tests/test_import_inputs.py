@@ -11,8 +11,8 @@ runner = CliRunner()
 ROWS = b"the 0.1 0.2\ncat 0.3 0.4\n"
 
 
-def invoke(*args):
-    return runner.invoke(app, list(args))
+def invoke(*args, **kwargs):
+    return runner.invoke(app, list(args), **kwargs)
 
 
 def test_import_word2vec_text_with_bom(tmp_path):
@@ -299,3 +299,19 @@ def test_truncated_bin_gz_is_named(tmp_path):
     assert result.exit_code == 1
     assert "cut.bin.gz: the gzip data is damaged or truncated" in result.stderr
     assert not (tmp_path / "model" / "embeddings.npy").exists()
+
+
+def test_failed_import_leaves_no_directory(tmp_path):
+    path = tmp_path / "cr.vec"
+    path.write_bytes(b"2 2\na\rb 0.1 0.2\nc 0.3 0.4\n")
+    result = invoke("import", str(path), "-m", str(tmp_path / "strict"))
+    assert result.exit_code == 1
+    assert f"{path}: line 2: the word 'a\\rb' contains a carriage return" in result.stderr
+    assert not (tmp_path / "strict").exists()
+    result = invoke("import", "-", "-m", str(tmp_path / "piped"), input=b"2 2\na\rb 0.1 0.2\n")
+    assert result.exit_code == 1
+    assert not (tmp_path / "piped").exists()
+    # Leniently, the row is skipped.
+    result = invoke("import", str(path), "-m", str(tmp_path / "lenient"), "--lenient")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "lenient" / "vocab.tsv").read_text(encoding="utf-8") == "c\t0\n"
