@@ -101,6 +101,8 @@ OPTION_FLAGS = {
     "resume": "--resume",
     "format_word2vec": "--format word2vec",
     "format_glove": "--format glove",
+    "min_n": "--subwords",
+    "max_n": "--subwords",
 }
 
 
@@ -108,6 +110,7 @@ def error_message(failure):
     """Return the message of an EmbcliError with the flags that fix it appended."""
     message = str(failure)
     flags = [OPTION_FLAGS.get(name, "--" + name.replace("_", "-")) for name in failure.options]
+    flags = list(dict.fromkeys(flags))  # min_n and max_n are both --subwords
     if flags:
         message += f" [{', '.join(flags)}]"
     return message

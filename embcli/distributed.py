@@ -249,7 +249,8 @@ def _check_same_settings(config, resume, sync_tokens, device):
         raise EmbcliError(
             f"the ranks were started with different training settings: {', '.join(differ)} (this rank has "
             + ", ".join(f"{name}={settings[name]}" for name in differ)
-            + "); start every rank with the same embcli train options"
+            + "); start every rank with the same embcli train options",
+            options=tuple(differ),
         )
 
 
@@ -411,13 +412,24 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     # The words and examples of the whole run that the last synchronization contains,
     # summed over the ranks.
     synced = {"words": start.words_done, "examples": start.examples_done}
+    # The synchronizations of the run before a resume, so that meta.json counts them all.
+    earlier = (train.read_checkpoint_state(model_dir).get("distributed") or {}) if resume else {}
+
+    def sync_record():
+        """Return the synchronization counts of the whole run, resumed parts included."""
+        return {
+            "synchronizations": earlier.get("synchronizations", 0) + replicas.count,
+            "rows_all_reduced": earlier.get("rows_all_reduced", 0) + replicas.rows_sent,
+            "sync_seconds_rank0": round(earlier.get("sync_seconds_rank0", 0.0) + replicas.seconds, 3),
+            "sync_wait_seconds_rank0": round(earlier.get("sync_wait_seconds_rank0", 0.0) + replicas.wait_seconds, 3),
+        }
 
     def save_synchronized(index, matrices):
         """Save `matrices`, the replicas as of synchronization `index`, as a checkpoint (rank 0)."""
         at_sync = positions_at_sync(len(corpus), config, launch.world_size, syncs, index, positions)
         totals = (synced["words"], synced["examples"], start.seconds_done + time.time() - began, words_total)
         save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, at_sync, *matrices,
-                        corpus_record, totals)
+                        corpus_record, totals, sync_record())
 
     synchronized = None  # the index of the last synchronization that every rank completed
     try:
@@ -481,7 +493,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         if launch.rank == 0:
             save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, gathered,
                             input_vectors, output_vectors, corpus_record,
-                            (words_sum, examples_sum, seconds, words_total))
+                            (words_sum, examples_sum, seconds, words_total), sync_record())
         dist.barrier()
         # A rank on another node may have stopped only because a signal reached other ranks.
         number = stop.signal or signal.SIGTERM
@@ -520,10 +532,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
             "world_size": launch.world_size,
             "method": "sum of each rank's changes to the rows changed since the last synchronization",
             "sync_tokens": sync_tokens,
-            "synchronizations": replicas.count,
-            "rows_all_reduced": replicas.rows_sent,
-            "sync_seconds_rank0": round(replicas.seconds, 3),
-            "sync_wait_seconds_rank0": round(replicas.wait_seconds, 3),
+            **sync_record(),
         }
         if progress is not None:
             progress(words_total, words_total, stats.examples, final_loss, 0.0)
@@ -568,10 +577,11 @@ def _gather_positions(position, launch, device):
 
 
 def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions, input_vectors,
-                    output_vectors, corpus_record, totals):
+                    output_vectors, corpus_record, totals, sync=None):
     """Write the replicated matrices and every rank's (epoch, chunk) as one commit.
 
-    `totals` is (words, examples, seconds, words_total) of the run so far.
+    `totals` is (words, examples, seconds, words_total) of the run so far, and `sync` the
+    synchronization counts so far (see _train's sync_record).
     """
     words_done, examples_done, seconds, words_total = totals
     input_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_INPUT, input_vectors.detach().cpu().numpy())
@@ -589,7 +599,7 @@ def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions,
         "examples_done": examples_done,
         "words_total": words_total,
         "seconds": seconds,
-        "distributed": {"world_size": world_size, "sync_tokens": sync_tokens},
+        "distributed": {"world_size": world_size, "sync_tokens": sync_tokens, **(sync or {})},
         "files": {
             train.CHECKPOINT_INPUT: store.fingerprint(input_tmp),
             train.CHECKPOINT_OUTPUT: store.fingerprint(output_tmp),

@@ -60,6 +60,7 @@ class FastTextBin:
     labels: int
     matrix_offset: int  # byte offset of the input matrix's first float32
     rows: int
+    word_offsets: np.ndarray  # int64, the byte offset of each word in the file
 
     @property
     def dim(self):
@@ -85,11 +86,13 @@ def is_fasttext_bin(start):
     return start[:4] == MAGIC.to_bytes(4, "little")
 
 
-def read_header(path):
+def read_header(path, report=None):
     """Parse the settings and dictionary of the .bin at `path`; return a FastTextBin.
 
     Raises VectorFileError naming what does not fit: a version embcli does not read, a
     quantized (.ftz) model, a truncated file, or a dictionary that contradicts itself.
+    A damaged output matrix, which the import does not need, goes to `report`
+    (formats._Warnings), which raises unless lenient; without `report` it raises.
     """
     with open(path, "rb") as handle:
         data = handle.read(8 + _SETTINGS.size + _DICTIONARY.size)
@@ -114,7 +117,7 @@ def read_header(path):
             raise VectorFileError(f"{path}: the fastText dictionary is damaged: {size:,} entries but {words:,} words "
                                   f"and {labels:,} labels")
         handle.seek(len(data))
-        names, counts = _read_entries(handle, path, size, words)
+        names, counts, word_offsets = _read_entries(handle, path, size, words)
         quantized = handle.read(1)
         matrix = handle.read(_MATRIX.size)
         offset = handle.tell()
@@ -138,23 +141,58 @@ def read_header(path):
     if actual < needed:
         raise VectorFileError(f"{path}: the fastText model is truncated: its input matrix needs {needed:,} bytes "
                               f"but the file has {actual:,}")
-    return FastTextBin(path, version, settings, names, counts, labels, offset, rows)
+    _check_output_matrix(path, needed, actual, settings["dim"], report)
+    return FastTextBin(path, version, settings, names, counts, labels, offset, rows, word_offsets)
+
+
+def _check_output_matrix(path, start, size, dim, report):
+    """Check that the output matrix after the input matrix is whole.
+
+    The import does not read it, but a file cut there is an incomplete download, which
+    fastText itself would load without a word. `report` (formats._Warnings) raises or,
+    when lenient, warns; None raises.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        header = handle.read(1 + _MATRIX.size)
+    problem = None
+    if len(header) < 1 + _MATRIX.size:
+        problem = "the file ends before its output matrix"
+    elif header[:1] == b"\0":
+        rows, columns = _MATRIX.unpack_from(header, 1)
+        needed = start + len(header) + rows * columns * 4
+        if columns != dim or rows < 0:
+            problem = f"its output matrix is {rows:,} x {columns:,}, not by dim {dim}"
+        elif size != needed:
+            problem = f"its output matrix needs {needed - start - len(header):,} bytes, but {size - start - len(header):,} follow"
+    if problem is None:
+        return
+    message = (f"the fastText model is truncated or damaged after its input matrix: {problem}; the word vectors "
+               "before it are whole")
+    if report is None:
+        raise VectorFileError(f"{path}: {message}")
+    report.problem(message)
 
 
 def _check_settings(path, settings):
     dim, bucket, minn, maxn = (settings[name] for name in ("dim", "bucket", "minn", "maxn"))
-    if dim < 1 or bucket < 0 or minn < 0 or maxn < 0 or (maxn > 0 and minn > maxn):
+    if dim < 1 or bucket < 0 or minn < 0 or maxn < 0:
         raise VectorFileError(f"{path}: the fastText settings are damaged (dim {dim}, bucket {bucket}, "
                               f"n-grams {minn}-{maxn})")
     if maxn > 0 and minn == 0:
         settings["minn"] = 1  # fastText's n-gram loop starts at length 1 either way
+    if maxn > 0 and minn > maxn:
+        settings["maxn"] = 0  # no length fits, so fastText gives words no n-grams
 
 
 def _read_entries(handle, path, size, words):
-    """Read `size` dictionary entries; return (the words' bytes, their counts) for the first `words`."""
+    """Read `size` dictionary entries; return (the words' bytes, their counts, their byte
+    offsets in the file) for the first `words`."""
     names = []
     counts = np.zeros(words, dtype=np.int64)
+    offsets = np.zeros(words, dtype=np.int64)
     buffer = b""
+    base = handle.tell()  # the file offset of buffer[0]
     position = 0
     for entry in range(size):
         end = buffer.find(b"\0", position)
@@ -163,6 +201,7 @@ def _read_entries(handle, path, size, words):
             if not more:
                 raise VectorFileError(f"{path}: the fastText model is truncated: it ends in dictionary entry "
                                       f"{entry + 1:,} of {size:,}")
+            base += position
             buffer = buffer[position:] + more
             position = 0
             end = buffer.find(b"\0", position)
@@ -173,10 +212,11 @@ def _read_entries(handle, path, size, words):
         if entry < words:
             names.append(buffer[position:end])
             counts[entry] = count
+            offsets[entry] = base + position
         position = end + 1 + _ENTRY_TAIL.size
     # The reads went past the dictionary, so the file position goes back to its end.
     handle.seek(position - len(buffer), os.SEEK_CUR)
-    return names, counts
+    return names, counts, offsets
 
 
 def input_matrix(model):
@@ -239,14 +279,24 @@ def decode_words(model, report):
         text = None
     if text is not None and len(text) == len(model.words) and len(set(text)) == len(text) and all(text):
         return text
+    valid = set()
+    for raw in model.words:
+        with contextlib.suppress(UnicodeDecodeError):
+            valid.add(raw.decode("utf-8"))
     result, seen = [], {}
     for entry, raw in enumerate(model.words, 1):
         try:
             word = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            report.problem(f"dictionary entry {entry:,}: the word {raw[:60]!r} is not valid UTF-8 at byte "
-                           f"{error.start}")
+            report.problem(f"dictionary entry {entry:,}, byte offset {int(model.word_offsets[entry - 1]) + error.start:,}: "
+                           f"the word {raw[:60]!r} is not valid UTF-8")
             word = raw.decode("utf-8", errors="replace")
+            if word in valid:
+                # The word the file spells that way keeps the name.
+                report.problem(f"dictionary entry {entry:,}: {raw[:60]!r} with U+FFFD is {word!r}, another word "
+                               "of the dictionary; it is left out")
+                result.append(None)
+                continue
         if not word:
             report.problem(f"dictionary entry {entry:,}: empty word")
             result.append(None)
@@ -264,22 +314,32 @@ def write_model_files(model_dir, model, report, progress=None):
     """Write embeddings.npy and, for a model with n-grams, subwords.npy under temporary names.
 
     Returns (words, counts, {final name: temporary path}, norms of the written rows,
-    meta["subwords"] or None). Words skipped in lenient mode are left out.
+    meta["subwords"] or None). Words skipped in lenient mode are left out: those that are
+    not UTF-8 or repeat, and those whose vector is not finite.
     """
+    from embcli.search import row_norms
+
     words = decode_words(model, report)
-    keep = np.array([word is not None for word in words], dtype=bool)
     matrix = input_matrix(model)
-    total = len(words) + (model.settings["bucket"] if model.has_subwords else 0)
     done = 0
-    temps, norms = {}, []
+    temps, norms, kept_words, kept_counts = {}, [], [], []
     try:
-        with store.NpyRowWriter(model_dir, store.EMBEDDINGS, model.dim, int(keep.sum())) as writer:
+        named = sum(word is not None for word in words)
+        with store.NpyRowWriter(model_dir, store.EMBEDDINGS, model.dim, named) as writer:
             for first in range(0, len(words), WORD_BLOCK):
                 stop = min(first + WORD_BLOCK, len(words))
-                block = word_vectors(model, matrix, first, stop)[keep[first:stop]]
-                _check_finite(block, [word for word in words[first:stop] if word is not None], model.path, report)
-                writer.append(block)
-                norms.append(np.linalg.norm(block, axis=1).astype(np.float32))
+                block = word_vectors(model, matrix, first, stop)
+                block_words = words[first:stop]
+                keep = np.array([word is not None for word in block_words], dtype=bool)
+                finite = np.isfinite(block).all(axis=1)
+                for index in np.flatnonzero(keep & ~finite):
+                    report.problem(f"dictionary entry {first + index + 1:,}: the vector of {block_words[index]!r} "
+                                   "contains NaN or infinite values")
+                keep &= finite
+                writer.append(block[keep])
+                kept_words.extend(word for word, kept in zip(block_words, keep) if kept)
+                kept_counts.append(model.counts[first:stop][keep])
+                norms.append(row_norms(block[keep]))
                 done += stop - first
                 if progress is not None:
                     progress(model.matrix_offset + done * model.dim * 4)
@@ -291,11 +351,11 @@ def write_model_files(model_dir, model, report, progress=None):
                 for first in range(0, bucket, BUCKET_BLOCK):
                     stop = min(first + BUCKET_BLOCK, bucket)
                     block = np.array(matrix[nwords + first : nwords + stop], dtype=np.float32)
-                    bad = ~np.isfinite(block).all(axis=1)
-                    if bad.any():
-                        report.problem(f"bucket row {first + int(np.flatnonzero(bad)[0]):,} holds NaN or infinite "
-                                       "values")
-                        block[bad] = 0.0
+                    bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+                    for row in bad:
+                        # A bucket cannot be left out, so when lenient its row becomes zeros.
+                        report.problem(f"n-gram bucket {first + row:,} contains NaN or infinite values")
+                    block[bad] = 0.0
                     writer.append(block)
                     done += stop - first
                     if progress is not None:
@@ -307,14 +367,6 @@ def write_model_files(model_dir, model, report, progress=None):
             with contextlib.suppress(OSError):
                 os.remove(path)
         raise
-    kept_words = [word for word in words if word is not None]
     del matrix
-    return kept_words, model.counts[keep], temps, np.concatenate(norms) if norms else np.zeros(0, np.float32), settings
-
-
-def _check_finite(block, words, path, report):
-    bad = ~np.isfinite(block).all(axis=1)
-    if bad.any():
-        word = words[int(np.flatnonzero(bad)[0])]
-        report.problem(f"the vector of {word!r} holds NaN or infinite values")
-        block[bad] = 0.0
+    counts = np.concatenate(kept_counts) if kept_counts else np.zeros(0, np.int64)
+    return kept_words, counts, temps, np.concatenate(norms) if norms else np.zeros(0, np.float64), settings

@@ -330,7 +330,7 @@ def _read_fasttext_bin(path, detected, report):
     """Read the vocabulary words' vectors of a fastText .bin (in memory, without n-gram rows)."""
     if detected != "fasttext-bin":
         raise VectorFileError(f"{path}: not a fastText .bin model (it does not start with fastText's magic number)")
-    model = fasttext_bin.read_header(path)
+    model = fasttext_bin.read_header(path, report)
     words = fasttext_bin.decode_words(model, report)
     keep = np.array([word is not None for word in words], dtype=bool)
     matrix = fasttext_bin.input_matrix(model)
@@ -1724,7 +1724,7 @@ def _import_fasttext_bin(model_dir, path, lenient, progress, replace, source_nam
     report = _Warnings(lenient, path)
     with store.writer_lock(model_dir):
         _check_no_model(model_dir, replace)
-        model = fasttext_bin.read_header(path)
+        model = fasttext_bin.read_header(path, report)
         if not model.words:
             raise VectorFileError(f"{path}: the fastText model has no words")
         words, counts, temps, norms, settings = fasttext_bin.write_model_files(model_dir, model, report, progress)

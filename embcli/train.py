@@ -1341,9 +1341,14 @@ def _no_token_cache_message(model_dir, meta):
 
 
 def _imported_message(model_dir, meta):
-    return (f"{model_dir} contains vectors imported from {meta['imported'].get('path', 'a file')}, "
-            "whose vocabulary has no word counts to train with; to train, run 'embcli build-vocab "
-            "CORPUS' with another model directory")
+    imported = meta["imported"]
+    if imported.get("format") == "fasttext-bin":
+        # Its counts were imported, but not the text they came from.
+        reason = "a fastText model, with no token ids of a corpus to train on"
+    else:
+        reason = "whose vocabulary has no word counts to train with"
+    return (f"{model_dir} contains vectors imported from {imported.get('path', 'a file')}, {reason}; to train, "
+            "run 'embcli build-vocab CORPUS' with another model directory")
 
 
 def check_trainable(model_dir, meta, counts):

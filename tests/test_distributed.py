@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -186,6 +187,9 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     assert model.meta["training"]["stats"]["words"] == pytest.approx(whole_run, rel=0.02)
     assert model.meta["training"]["stats"]["words"] > state["words_done"]
     assert f"trained {model.meta['training']['stats']['words']:,} words" in resumed.stderr
+    # The synchronizations of both parts are counted, as in one uninterrupted run.
+    planned = int(re.search(r"training on 2 ranks \(gloo\), (\d+) synchronizations", resumed.stderr).group(1))
+    assert model.meta["training"]["distributed"]["synchronizations"] == planned
 
 
 def test_interrupted_subword_ranks_resume(vocab_dir, tmp_path):
@@ -267,7 +271,8 @@ def test_ranks_with_different_settings_stop(vocab_dir, tmp_path):
     for node, output in zip(nodes, outputs):
         assert node.returncode != 0
         assert "different training settings: dim, lr" in output, output[-3000:]
-    assert "(this rank has dim=16, lr=0.025)" in outputs[0]
+    assert "(this rank has dim=16, lr=0.025); start every rank with the same embcli train options [--dim, --lr]" \
+        in outputs[0]
     assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
 
 

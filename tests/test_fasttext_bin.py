@@ -166,7 +166,7 @@ def test_word_that_is_not_utf8(tmp_path):
     result = invoke("import", str(path), "-m", str(tmp_path / "strict"))
     assert result.exit_code == 1
     assert "is not valid UTF-8" in result.stderr
-    assert "dictionary entry" in result.stderr
+    assert f"dictionary entry 8, byte offset {at}:" in result.stderr
     result = invoke("import", str(path), "-m", str(tmp_path / "lenient"), "--lenient")
     assert result.exit_code == 0, result.stderr
     model = embcli.load(str(tmp_path / "lenient"))
@@ -202,3 +202,65 @@ def test_gzip_on_stdin(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "1,524 words x 10 dimensions (fasttext-bin) from <stdin>" in result.stderr
     assert sorted(os.listdir(tmp_path / "m")) == [".lock", "embeddings.npy", "meta.json", "norms.npy", "vocab.tsv"]
+
+
+def test_cut_output_matrix_needs_lenient(tmp_path):
+    data = open(fixture("skipgram-3-6"), "rb").read()
+    path = tmp_path / "cut.bin"
+    path.write_bytes(data[:-40])
+    result = invoke("import", str(path), "-m", str(tmp_path / "strict"))
+    assert result.exit_code == 1
+    assert "truncated or damaged after its input matrix" in result.stderr
+    assert not (tmp_path / "strict").exists()
+    result = invoke("import", str(path), "-m", str(tmp_path / "lenient"), "--lenient")
+    assert result.exit_code == 0, result.stderr
+    assert "warning:" in result.stderr
+    word = "Jerusalemm"
+    expected = np.array(reference("skipgram-3-6")["vectors"][word], dtype=np.float32)
+    assert embcli.load(str(tmp_path / "lenient")).vector(word).tobytes() == expected.tobytes()
+
+
+def test_lenient_drops_nan_word(tmp_path):
+    header = fasttext_bin.read_header(fixture("cbow-words"))
+    data = bytearray(open(fixture("cbow-words"), "rb").read())
+    row = header.words.index(b"unto")
+    at = header.matrix_offset + row * header.dim * 4
+    data[at : at + 4] = struct.pack("<f", float("nan"))
+    path = tmp_path / "nan.bin"
+    path.write_bytes(bytes(data))
+    result = invoke("import", str(path), "-m", str(tmp_path / "strict"))
+    assert result.exit_code == 1
+    assert "the vector of 'unto' contains NaN" in result.stderr
+    result = invoke("import", str(path), "-m", str(tmp_path / "lenient"), "--lenient")
+    assert result.exit_code == 0, result.stderr
+    model = embcli.load(str(tmp_path / "lenient"))
+    assert "unto" not in model.index
+    assert len(model) == len(header.words) - 1
+    assert np.isfinite(np.asarray(model.matrix)).all()
+
+
+def test_min_above_max_has_no_ngrams(tmp_path):
+    data = bytearray(open(fixture("skipgram-3-6"), "rb").read())
+    data[8 + 9 * 4 : 8 + 10 * 4] = struct.pack("<i", 7)  # minn 7 with maxn 6, which fastText trains
+    path = tmp_path / "m7.bin"
+    path.write_bytes(bytes(data))
+    model = embcli.import_vectors(str(path), model=str(tmp_path / "m"))
+    assert not model.has_subwords
+    header = fasttext_bin.read_header(str(path))
+    own_row = np.array(fasttext_bin.input_matrix(header)[0])
+    assert model.vector(model.words[0]).tobytes() == own_row.tobytes()
+
+
+def test_valid_word_wins_over_replaced_one(tmp_path):
+    data = open(fixture("cbow-words"), "rb").read()
+    header = fasttext_bin.read_header(fixture("cbow-words"))
+    heaven = header.words.index(b"heaven")
+    # "unto" becomes invalid UTF-8 and "heaven" the valid word it reads as with U+FFFD.
+    data = data.replace(b"\0unto\0", b"\0unt\xff\0", 1).replace(b"\0heaven\0", b"\0unt\xef\xbf\xbd\0", 1)
+    path = tmp_path / "clash.bin"
+    path.write_bytes(data)
+    model = embcli.import_vectors(str(path), model=str(tmp_path / "m"), lenient=True)
+    assert len(model) == len(header.words) - 1
+    row = model.index["unt\ufffd"]
+    expected = np.array(fasttext_bin.input_matrix(header)[heaven])
+    assert np.asarray(model.matrix[row]).tobytes() == expected.tobytes()
