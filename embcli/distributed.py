@@ -111,7 +111,7 @@ def _pick_device(name, launch):
 
 
 class _Tracking:
-    """Marks every row that a trainer may change, for Replicas to send.
+    """A trainer mixin that marks every row the trainer may change, for Replicas to send.
 
     Training changes the input and output rows of the words in a chunk and the output rows
     of the drawn negatives, and nothing else. With subwords, a word's input rows are its
