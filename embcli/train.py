@@ -1067,6 +1067,9 @@ class _Resume:
     table: object = None  # the SubwordTable of a subword run, else None
     # True when `positions` come from _Tickets.positions, False for fixed shares.
     dispatched: bool = False
+    # The (loss, examples) pairs of the most recent chunks before the checkpoint, so that
+    # a resumed run's final loss is the mean over the same chunks as without the stop.
+    loss_window: list = None
 
 
 def train_model(model_dir, config, corpus_paths=None, encoding="utf-8", errors="strict",
@@ -1178,15 +1181,17 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
         # committed, so a second Ctrl-C cannot cut a save short.
         with _signals_to(stop):
             try:
+                window = _LossWindow(PROCESS_LOSS_WINDOW if workers == 1 else WORKER_LOSS_WINDOW, start.loss_window)
+                checkpoints.window = window
                 if workers == 1:
                     positions, totals = _run_in_process(config, corpus, input_vectors,
                                                         output_vectors, device, positions, stop,
-                                                        progress, words_total, save_if_due, table)
+                                                        progress, words_total, save_if_due, table, window)
                 else:
                     positions, totals, failure = _run_workers(
                         workers, config, tokens_path, counts, input_vectors, output_vectors,
                         positions, stop, progress, words_total, save_if_due, table,
-                        save_orphaned, dispatched=start.dispatched)
+                        save_orphaned, dispatched=start.dispatched, window=window)
             except TrainingError as error:
                 # Trainer.run reports a non-finite loss as TrainingError "training diverged".
                 if "diverged" in str(error) and not isinstance(error, TrainingDiverged):
@@ -1284,6 +1289,7 @@ class _Checkpointer:
         self.started = started
         self.interval = interval
         self.last_save = time.monotonic()
+        self.window = None  # the run's _LossWindow, saved with each checkpoint
 
     def due(self):
         return bool(self.interval) and time.monotonic() - self.last_save >= self.interval
@@ -1297,7 +1303,8 @@ class _Checkpointer:
             self.model_dir, self.meta, self.config, self.workers, positions, input_vectors,
             output_vectors, self.start, self.new_cache, self.start.words_done + words,
             self.start.examples_done + examples,
-            self.start.seconds_done + time.time() - self.started, self.words_total)
+            self.start.seconds_done + time.time() - self.started, self.words_total,
+            None if self.window is None else self.window.items)
         if self.new_cache is not None:
             # The encoded corpus is checkpoint-tokens.npy from now on.
             self.start.tokens_name = CHECKPOINT_TOKENS
@@ -1486,11 +1493,16 @@ def _words_in(corpus):
     return len(tokens) - ends
 
 
+# The loss windows' sizes: chunks of one process, polls of the parent of worker processes.
+PROCESS_LOSS_WINDOW = 50
+WORKER_LOSS_WINDOW = 20
+
+
 class _LossWindow:
     """Mean loss per example over the most recent chunks (float64, never saturates)."""
 
-    def __init__(self, size=50):
-        self.items = []
+    def __init__(self, size=PROCESS_LOSS_WINDOW, items=None):
+        self.items = list(items or [])[-size:]
         self.size = size
 
     def add(self, loss, examples):
@@ -1516,7 +1528,7 @@ def _new_trainer(config, corpus, input_vectors, output_vectors, device, worker, 
 
 
 def _run_in_process(config, corpus, input_vectors, output_vectors, device, positions, stop,
-                    progress, words_total, after_chunk=None, table=None):
+                    progress, words_total, after_chunk=None, table=None, window=None):
     """Train in this process from `positions` ([epoch, chunk]) until done or stopped.
 
     `after_chunk(positions, words, examples)` is called after every chunk, with the
@@ -1527,7 +1539,7 @@ def _run_in_process(config, corpus, input_vectors, output_vectors, device, posit
         torch.set_num_threads(1)
     trainer = _new_trainer(config, corpus, input_vectors, output_vectors, device, 0, 1, table)
     totals = [0.0, 0.0, float("nan")]
-    window = _LossWindow()
+    window = _LossWindow() if window is None else window
     words_before = _words_before(trainer, positions[0], positions[1])
     position = [int(positions[0]), int(positions[1])]
 
@@ -1587,7 +1599,7 @@ class _WorkerFailure:
 
 def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vectors, positions,
                  stop, progress, words_total, every_poll=None, table=None, save_orphaned=None,
-                 dispatched=False):
+                 dispatched=False, window=None):
     """Train with `workers` Hogwild processes on shared vectors until done or stopped.
 
     With the in-turn chunk order, the workers take the chunks from one _Tickets;
@@ -1646,7 +1658,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
         for process in processes:
             process.start()
     gc.unfreeze()
-    window = _LossWindow(size=20)
+    window = _LossWindow(size=WORKER_LOSS_WINDOW) if window is None else window
     previous = (0.0, 0.0)
     stop_deadline = None
     failure = None
@@ -1808,7 +1820,7 @@ def _uses_tickets(config, workers):
 
 
 def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors, output_vectors,
-                     start, new_cache, words_done, examples_done, seconds, words_total):
+                     start, new_cache, words_done, examples_done, seconds, words_total, loss_window=None):
     """Commit the training state in `model_dir`; return the path of checkpoint.json.
 
     A corpus encoded for this run only (`new_cache`) becomes checkpoint-tokens.npy, so a
@@ -1846,6 +1858,7 @@ def _save_checkpoint(model_dir, meta, config, workers, positions, input_vectors,
         "examples_done": examples_done,
         "words_total": words_total,
         "seconds": seconds,
+        **({"loss_window": [[loss, examples] for loss, examples in loss_window]} if loss_window else {}),
         "files": {
             CHECKPOINT_INPUT: store.fingerprint(input_tmp),
             CHECKPOINT_OUTPUT: store.fingerprint(output_tmp),
@@ -1933,7 +1946,18 @@ def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
         resumed=True,
         table=table,
         dispatched=state.get("chunk_dispatch") == "tickets",
+        loss_window=_loss_window_of(state),
     )
+
+
+def _loss_window_of(state):
+    """Return the checkpoint's list of (loss, examples) pairs, or None if it has none or a damaged one."""
+    pairs = state.get("loss_window")
+    try:
+        pairs = [(float(loss), float(examples)) for loss, examples in pairs]
+    except (TypeError, ValueError):
+        return None
+    return pairs if all(math.isfinite(loss) and examples >= 0 for loss, examples in pairs) else None
 
 
 def _save_embeddings(model_dir, meta, config, stats, vectors, workers, device, start, new_cache,

@@ -58,7 +58,7 @@ def test_one_thread_runs_are_byte_identical(vocab_dir, tmp_path):
                          ids=["SIGINT-early", "SIGTERM-later"])
 def test_resume_matches_uninterrupted_run(vocab_dir, tmp_path, reports, signum):
     reference = copy_model(vocab_dir, str(tmp_path / "reference"))
-    train_model(reference, TrainConfig(**SETTINGS))
+    reference_stats = train_model(reference, TrainConfig(**SETTINGS))
 
     with pytest.raises(TrainingInterrupted) as stopped:
         train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(reports, signum))
@@ -70,6 +70,8 @@ def test_resume_matches_uninterrupted_run(vocab_dir, tmp_path, reports, signum):
     stats = train_model(vocab_dir, TrainConfig(dim=99, epochs=9, threads=1, seed=77), resume=True)
     assert stats.epochs_done == 2
     assert embeddings_bytes(vocab_dir) == embeddings_bytes(reference)
+    # The loss of the last chunks includes those trained before the stop.
+    assert stats.final_loss == reference_stats.final_loss
     remaining = set(os.listdir(vocab_dir))
     assert not remaining & set(store.CHECKPOINT_FILES)
     assert store.read_meta(vocab_dir)["training"]["resumed"] is True
