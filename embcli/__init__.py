@@ -11,7 +11,7 @@ with the same options under the same names (`--min-count` is `min_count`):
     model.neighbors("king", k=5)
 
 Failures caused by the input or the environment raise subclasses of `EmbcliError`,
-exported here from `embcli.errors` (and `EvaluationError` from `embcli.evaluate`).
+exported here from `embcli.errors`.
 """
 
 __version__ = "0.1.0"
@@ -23,6 +23,7 @@ from embcli.errors import (  # noqa: E402
     EmbcliError,
     EmptyCorpus,
     EncodingError,
+    EvaluationError,
     ModelBusy,
     ModelCorrupt,
     ModelNotFound,
@@ -40,16 +41,6 @@ __all__ = ["__version__", "load", "build_vocab", "train_vectors", "import_vector
            "evaluate_vectors", "EmbcliError", "CorpusError", "EncodingError", "EmptyCorpus", "ModelNotFound",
            "ModelCorrupt", "DiskFull", "ModelBusy", "UnknownWord", "QueryError", "VectorFileError",
            "TrainingError", "TrainingDiverged", "TrainingInterrupted", "EvaluationError"]
-
-
-def __getattr__(name):
-    # EvaluationError is defined in embcli.evaluate, which imports numpy, so it is
-    # imported on first use.
-    if name == "EvaluationError":
-        from embcli.evaluate import EvaluationError
-
-        return EvaluationError
-    raise AttributeError(f"module 'embcli' has no attribute {name!r}")
 
 
 def load(path=None):

@@ -130,6 +130,10 @@ class TrainingDiverged(TrainingError):
         super().__init__(message, options=("lr",))
 
 
+class EvaluationError(EmbcliError):
+    """A test set cannot be read or has nothing to evaluate."""
+
+
 class TrainingInterrupted(EmbcliError):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
 

@@ -30,15 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embcli.corpus import open_text_lines
-from embcli.errors import CorpusError, EmbcliError, EncodingError
+from embcli.errors import CorpusError, EncodingError, EvaluationError
 
 DEFAULT_RESTRICT = 300_000
 _ANALOGY_BLOCK = 1024
 _ANALOGY_TOP = 5  # gensim looks at the top 5 answers for one that is not an input
-
-
-class EvaluationError(EmbcliError):
-    """A test set cannot be read or has nothing to evaluate."""
 
 
 @dataclass
