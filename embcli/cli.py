@@ -552,6 +552,11 @@ def train(
     )
 
 
+def _number(value):
+    """Return an int with thousands separators, or "?" for a value that is not one."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
 def _file_identity(path):
     """Return (inode, modification time in ns) of `path`, or None when it does not exist."""
     try:
@@ -1057,10 +1062,10 @@ def info(
     vocab = meta.get("vocab", {})
     if "imported" in meta:
         imported = meta["imported"]
-        lines.append(("vocabulary", f"{vocab.get('size', '?')} words, imported"))
+        lines.append(("vocabulary", f"{_number(vocab.get('size'))} words, imported"))
         lines.append(("imported", f"{imported['path']} ({imported['format']}, {imported['bytes']:,} bytes)"))
     else:
-        lines.append(("vocabulary", f"{vocab.get('size', '?')} words (min count {vocab.get('min_count', '?')})"))
+        lines.append(("vocabulary", f"{_number(vocab.get('size'))} words (min count {vocab.get('min_count', '?')})"))
     lines.append(("tokenizer", json.dumps(meta.get("tokenizer", {}))))
     if "dim" in meta:
         lines.append(("dim", str(meta["dim"])))
@@ -1078,7 +1083,8 @@ def info(
                                   f"{subword_settings['buckets']:,} buckets ({stored}), "
                                   f"{subword_settings.get('combination', 'mean')} of a word's rows"))
     for source in meta.get("corpus", {}).get("sources", []):
-        lines.append(("corpus", f"{source['path']} ({source['size']} bytes)" if source["size"] is not None else source["path"]))
+        lines.append(("corpus", f"{source['path']} ({_number(source['size'])} bytes)" if source["size"] is not None
+                      else source["path"]))
     if "vocab" in meta and "imported" not in meta:
         lines.append(("tokens", f"{vocab.get('tokens_read', 0):,} read, {vocab.get('tokens_covered', 0):,} in vocabulary"))
     trained_on = (meta.get("training") or {}).get("corpus") or []
@@ -1102,7 +1108,15 @@ def info(
         lines.append(("training", "none: imported vectors" if "imported" in meta else "not trained yet"))
     if os.path.exists(os.path.join(model_dir, store.CHECKPOINT)):
         checkpoint = os.path.join(model_dir, store.CHECKPOINT)
-        lines.append(("checkpoint", f"{checkpoint} (continue with: embcli train --resume -m {model_dir})"))
+        resume = f"embcli train --resume -m {model_dir}"
+        try:
+            with open(checkpoint, encoding="utf-8") as handle:
+                ranks = (json.load(handle).get("distributed") or {}).get("world_size")
+        except (OSError, ValueError, AttributeError):
+            ranks = None
+        if isinstance(ranks, int):
+            resume = f"torchrun with {_count(ranks, 'rank')} in all and {resume}"
+        lines.append(("checkpoint", f"{checkpoint} (continue with: {resume})"))
     lines.append(("embcli", meta.get("embcli_version", "?")))
     for key, value in lines:
         sys.stdout.write(f"{key}\t{value}\n")

@@ -321,7 +321,8 @@ def _build_vocab_locked(model_dir, paths, tokenizer, min_count, max_size, encodi
         if len(kept) < 2:
             message = (
                 f"{len(kept)} of {len(scan.words):,} distinct words occur at least "
-                f"{min_count} times in {names}, and word vectors need at least 2 words; "
+                f"{'once' if min_count == 1 else f'{min_count:,} times'} in {names}, and word vectors need "
+                "at least 2 words; "
                 + ("lower the minimum count" if len(scan.words) > 1 else "use a larger corpus")
                 + "; nothing was written"
             )

@@ -159,6 +159,9 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
         state = json.load(handle)
     assert state["workers"] == 2
     assert state["distributed"]["sync_tokens"] == SYNC_TOKENS
+    shown = subprocess.run([sys.executable, "-m", "embcli", "info", "-m", model_dir], capture_output=True, text=True,
+                           timeout=60).stdout
+    assert f"(continue with: torchrun with 2 ranks in all and embcli train --resume -m {model_dir})" in shown
     assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
 
     with open(os.path.join(model_dir, "meta.json"), encoding="utf-8") as handle:
