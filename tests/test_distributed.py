@@ -190,9 +190,10 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
     assert model.meta["training"]["stats"]["words"] == pytest.approx(whole_run, rel=0.02)
     assert model.meta["training"]["stats"]["words"] > state["words_done"]
     assert f"trained {model.meta['training']['stats']['words']:,} words" in resumed.stderr
-    # The synchronizations of both parts are counted, as in one uninterrupted run.
+    # The synchronizations of both parts are counted. A rank that the signal stopped short
+    # of a synchronization point reaches it after the resume, so that one may run twice.
     planned = int(re.search(r"training on 2 ranks \(gloo\), (\d+) synchronizations", resumed.stderr).group(1))
-    assert model.meta["training"]["distributed"]["synchronizations"] == planned
+    assert planned <= model.meta["training"]["distributed"]["synchronizations"] <= planned + 1
 
 
 def test_interrupted_subword_ranks_resume(vocab_dir, tmp_path):
