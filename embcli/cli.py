@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from embcli import __version__
-from embcli.errors import DiskFull, EmbcliError, UnknownWord, is_disk_full, shorten
+from embcli.errors import DiskFull, EmbcliError, TrainingInterrupted, UnknownWord, is_disk_full, shorten
 
 app = typer.Typer(
     add_completion=False,
@@ -245,7 +245,10 @@ def handle_errors(function):
             _settle_stdout()
             raise typer.Exit(1) from None
         except EmbcliError as failure:
-            if not _reported_by_another_rank(failure):
+            if isinstance(failure, TrainingInterrupted) and failure.checkpoint is not None:
+                # A stop that saved a checkpoint is not an error: the run goes on with --resume.
+                _stderr(f"embcli: stopped: {error_message(failure)}")
+            elif not _reported_by_another_rank(failure):
                 error(error_message(failure))
             raise typer.Exit(failure.exit_code) from None
         except BrokenPipeError:

@@ -507,6 +507,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
             f"on {launch.world_size} ranks; checkpoint saved in {model_dir}/{train.CHECKPOINT}; continue "
             f"with the same torchrun command and: embcli train --resume -m {model_dir}",
             exit_code=128 + number,
+            checkpoint=os.path.join(model_dir, train.CHECKPOINT),
         )
 
     # The last window of each rank, weighted by examples, as the one-process loss is.
