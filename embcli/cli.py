@@ -1867,6 +1867,11 @@ def main():
             _settle_stdout()
             sys.stderr.flush()
             os._exit(done.code or 0)
+        if not done.code:
+            # The command's work is committed; a signal now would only turn its exit
+            # status into 143 or a traceback from the interpreter's teardown.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise
 
 

@@ -34,6 +34,7 @@ import bz2
 import contextlib
 import functools
 import gzip
+import json
 import lzma
 import math
 import mmap
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embcli import fasttext_bin
-from embcli.errors import VectorFileError, decode_utf8
+from embcli.errors import DiskFull, VectorFileError, decode_utf8, is_disk_full
 
 READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "fasttext-bin", "npy")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy", "projector")
@@ -1169,6 +1170,7 @@ def _skip_previous(previous, result, seen, check):
 
 
 def _read_npy(path, words_path, report):
+    finish_interrupted_export(path)
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
@@ -1411,9 +1413,9 @@ def write_vectors(path, words, matrix, format, progress=None):
         vectors_path = os.path.join(path, "vectors.tsv")
         metadata_path = os.path.join(path, "metadata.tsv")
         try:
-            _write_output(vectors_path, _text_rows(None, matrix, "\t", progress))
-            _write_output(metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
-                                          for i in range(0, len(words), 65536)))
+            _write_pair([(vectors_path, _text_rows(None, matrix, "\t", progress)),
+                         (metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
+                                          for i in range(0, len(words), 65536)))])
         except BaseException:
             if created and not os.listdir(path):
                 os.rmdir(path)  # leave no empty directory behind a failed export
@@ -1427,9 +1429,9 @@ def write_vectors(path, words, matrix, format, progress=None):
         for target in (path, words_path):
             if os.path.isdir(target):  # checked first, so a failure replaces neither file
                 raise VectorFileError(f"{target}: is a directory; give a file name")
-        _write_output(path, _npy_rows(matrix, progress))
-        _write_output(words_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
-                                   for i in range(0, len(words), 65536)))
+        _write_pair([(path, _npy_rows(matrix, progress)),
+                     (words_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
+                                   for i in range(0, len(words), 65536)))])
         return [path, words_path]
     header = f"{len(words)} {matrix.shape[1]}\n".encode("ascii")
     if format == "word2vec-binary":
@@ -1478,6 +1480,89 @@ def _write_output(path, chunks):
         _write_in_place(path, chunks)
     else:
         _write_atomic(target, chunks)
+
+
+def _write_pair(outputs):
+    """Write two files that belong together, such as a .npy matrix and its word list.
+
+    Each is written under a temporary name first. A journal beside the first then lists
+    the renames, which finish_interrupted_export completes if the process is killed
+    between them, so a reader never pairs a new matrix with an old word list. A target
+    that is not a regular file (a FIFO) is written in place, without a journal.
+    """
+    if not all(_is_regular_target(path) for path, _ in outputs):
+        for path, chunks in outputs:
+            _write_output(path, chunks)
+        return
+    first = os.path.realpath(outputs[0][0])
+    finish_interrupted_export(first)
+    renames = []
+    try:
+        for path, chunks in outputs:
+            target = os.path.realpath(path)
+            renames.append((_write_temporary(target, chunks), target))
+        journal = _export_journal(first)
+        with open(journal, "w", encoding="utf-8") as handle:
+            json.dump({"renames": renames}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for temporary, target in renames:
+            os.replace(temporary, target)
+        os.remove(journal)
+    except OSError as error:
+        raise VectorFileError(f"{error.filename or outputs[0][0]}: cannot write ({error.strerror or error})") from None
+    finally:
+        for temporary, _ in renames:
+            if os.path.exists(temporary) and not os.path.exists(_export_journal(first)):
+                os.remove(temporary)
+
+
+def _export_journal(path):
+    return os.path.join(os.path.dirname(path), f".export-journal-{os.path.basename(path)}.json")
+
+
+def finish_interrupted_export(path):
+    """Complete the renames of a two-file export to `path` that was killed between them."""
+    journal = _export_journal(os.path.realpath(path))
+    try:
+        with open(journal, encoding="utf-8") as handle:
+            renames = json.load(handle)["renames"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for temporary, target in renames:
+        if os.path.exists(temporary):
+            os.replace(temporary, target)
+    with contextlib.suppress(OSError):
+        os.remove(journal)
+
+
+def _is_regular_target(path):
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return stat.S_ISREG(status.st_mode) and not os.path.realpath(path).startswith("/proc/")
+
+
+def _write_temporary(path, chunks):
+    """Write `chunks` under a temporary name beside `path`, synced; return that name."""
+    directory = os.path.dirname(path)
+    name = os.path.basename(path)
+    _remove_orphaned_temporaries(directory, name)
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
+    try:
+        with open(temporary, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    return temporary
 
 
 def _write_in_place(path, chunks):
@@ -1625,6 +1710,10 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
             try:
                 with open(copy, "wb") as handle:
                     shutil.copyfileobj(source, handle, 1 << 20)
+            except OSError as error:
+                if is_disk_full(error):
+                    raise DiskFull(f"{model_dir}, copying {'standard input' if path == '-' else path} there") from None
+                raise
             finally:
                 if source is not sys.stdin.buffer:
                     source.close()

@@ -156,3 +156,36 @@ def test_export_removes_orphaned_temporary(trained_model, tmp_path):
     assert not orphan.exists()
     assert running.exists()
     assert (tmp_path / "vectors.txt").exists()
+
+
+def test_npy_pair_killed_between_renames(tmp_path, monkeypatch):
+    # A process killed after renaming the matrix but before the word list leaves a journal;
+    # the next reader completes it, so a new matrix is never paired with old words.
+    import numpy as np
+
+    from embcli import formats
+
+    out = str(tmp_path / "out.npy")
+    old_words = [f"w{i}" for i in range(5)]
+    formats.write_vectors(out, old_words, np.eye(5, dtype=np.float32), "npy")
+    new_words = list(reversed(old_words))
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_die(source, target):
+        if len(calls) == 1:
+            raise SystemExit("killed")
+        calls.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(formats.os, "replace", replace_then_die)
+    with pytest.raises(SystemExit):
+        formats.write_vectors(out, new_words, 2 * np.eye(5, dtype=np.float32), "npy")
+    monkeypatch.setattr(formats.os, "replace", real_replace)
+    assert calls == [out]
+    assert os.path.exists(str(tmp_path / ".export-journal-out.npy.json"))
+
+    vectors = formats.read_vectors(out)
+    assert vectors.words == new_words
+    assert np.array_equal(vectors.matrix, 2 * np.eye(5, dtype=np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["out.npy", "out.words.txt"]
