@@ -650,7 +650,7 @@ def _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens, c
         note(f"training on {_count(launch.world_size, 'rank')} ({backend}), {_count(syncs, 'synchronization')}")
 
     def waiting(seconds):
-        # Every rank says so: the rank that is missing may be rank 0.
+        # Every rank prints this, because the missing rank may be rank 0.
         _stderr(f"note: rank {launch.rank}: still waiting after {seconds:.0f} s for the other ranks to join at "
                 f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}; if a rank failed to "
                 "start, the others wait for up to 30 minutes, so stop them with Ctrl-C")

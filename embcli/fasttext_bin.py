@@ -10,14 +10,15 @@ bucket) and the output matrix. The import writes:
   its n-gram rows, as fastText gives it. Unlike a model trained by embcli, all buckets
   are stored: fastText adds a bucket's row even when no training word used it.
 
-The file layout, little-endian throughout: int32 magic 793712314 and int32 version;
-twelve int32 settings (dim, ws, epoch, minCount, neg, wordNgrams, loss, model, bucket,
-minn, maxn, lrUpdateRate) and float64 t; the dictionary: int32 entries, words and
-labels, int64 tokens and int64 pruned-index size, then each entry as its bytes ended by
-NUL, an int64 count and an int8 type (0 word, 1 label), then the pruned index as pairs
-of int32; a one-byte flag for a quantized input matrix; then the input matrix as int64
-rows, int64 columns and float32 values in row order, and the output matrix after it.
-The output matrix is not read.
+The file layout is little-endian throughout. It starts with the int32 magic number
+793712314 and an int32 version. Twelve int32 settings follow (dim, ws, epoch, minCount,
+neg, wordNgrams, loss, model, bucket, minn, maxn, lrUpdateRate), then a float64 t.
+The dictionary comes next: int32 counts of entries, words and labels, an int64 token
+count and an int64 pruned-index size. Each entry is its bytes ended by NUL, an int64
+count and an int8 type (0 word, 1 label); the pruned index follows as pairs of int32.
+Then come a one-byte flag for a quantized input matrix and the input matrix: int64 rows,
+int64 columns and float32 values in row order. The output matrix follows in the same
+form; the import only checks that it is whole.
 """
 
 import contextlib
