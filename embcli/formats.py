@@ -1575,21 +1575,14 @@ def _write_in_place(path, chunks):
 
 
 def _write_atomic(path, chunks):
-    directory = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
-    _remove_orphaned_temporaries(directory, name)
-    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
+    temporary = None
     try:
-        with open(temporary, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
+        temporary = _write_temporary(os.path.abspath(path), chunks)
         os.replace(temporary, path)
     except OSError as error:
         raise VectorFileError(f"{path}: cannot write ({error.strerror or error})") from None
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
 
 

@@ -140,7 +140,7 @@ def test_npy_export_matches_gensim_vectors(tmp_path):
     assert (tmp_path / "v.words.txt").read_text(encoding="utf-8").splitlines() == keyed.index_to_key
 
 
-def test_gensim_pickle_gets_conversion_advice_and_empty_fasttext_bin_is_named(tmp_path):
+def test_pickle_and_empty_bin_messages(tmp_path):
     # A gensim .kv file is a pickle, which embcli never loads; a fastText .bin starts with its magic.
     words, matrix = random_vectors()
     keyed = KeyedVectors(matrix.shape[1])

@@ -19,7 +19,7 @@ def embcli_bytes(*args):
 
 def test_invalid_utf8_word_is_rejected(trained_model):
     # A Latin-1 "é" after "lord": Python decodes it to a lone surrogate, which the
-    # tokenizer would split off, answering for "lord".
+    # tokenizer would split off, so the query would return the neighbours of "lord".
     result = embcli_bytes("neighbors", "-m", trained_model, b"lord\xe9")
     assert result.returncode == 1
     assert b"invalid UTF-8 (byte 0xe9)" in result.stderr
