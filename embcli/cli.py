@@ -1557,10 +1557,10 @@ def _score_test_set(score_function, opened, path, lines, *settings):
         return _FailedTestSet(path, message)
     if result.skipped_lines:
         if isinstance(result, AnalogyResult):
-            what = "without four words"
+            lacking = "without four words"
         else:
-            what = "without two words and a finite score"
-        note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} {what}, "
+            lacking = "without two words and a finite score"
+        note(f"warning: {result.path}: skipped {_count(len(result.skipped_lines), 'line')} {lacking}, "
              f"{_first_lines(result.skipped_lines)}")
     return result
 

@@ -15,7 +15,7 @@ The file layout is little-endian throughout. It starts with the int32 magic numb
 neg, wordNgrams, loss, model, bucket, minn, maxn, lrUpdateRate), then a float64 t.
 The dictionary comes next: int32 counts of entries, words and labels, an int64 token
 count and an int64 pruned-index size. Each entry is its bytes ended by NUL, an int64
-count and an int8 type (0 word, 1 label); the pruned index follows as pairs of int32.
+count and an int8 type (0 word, 1 label). The pruned index follows as pairs of int32.
 Then come a one-byte flag for a quantized input matrix and the input matrix: int64 rows,
 int64 columns and float32 values in row order. The output matrix follows in the same
 form; the import only checks that it is whole.
@@ -195,6 +195,7 @@ def _read_entries(handle, path, size, words):
     buffer = b""
     base = handle.tell()  # the file offset of buffer[0]
     position = 0
+
     for entry in range(size):
         end = buffer.find(b"\0", position)
         while end < 0 or end + 1 + _ENTRY_TAIL.size > len(buffer):
@@ -206,6 +207,7 @@ def _read_entries(handle, path, size, words):
             buffer = buffer[position:] + more
             position = 0
             end = buffer.find(b"\0", position)
+
         count, kind = _ENTRY_TAIL.unpack_from(buffer, end + 1)
         if (kind == 0) != (entry < words) or kind not in (0, 1) or count < 0:
             raise VectorFileError(f"{path}: the fastText dictionary is damaged at entry {entry + 1:,} (type {kind}, "

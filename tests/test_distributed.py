@@ -124,8 +124,11 @@ def test_one_rank_equals_one_process(vocab_dir, tmp_path):
 
 
 def stopped_torchrun(model_dir, options, stop=None):
-    """Start 2 ranks with `options` and call `stop(process)` once they train (by default,
-    SIGTERM to every process); return (torchrun's exit code, the rest of its stderr)."""
+    """Start 2 ranks with `options` and call `stop(process)` once they train.
+
+    The default stop sends SIGTERM to every process. Returns (torchrun's exit code, the
+    rest of its stderr).
+    """
     process = subprocess.Popen(torchrun_command(model_dir, 2, *options), env=loopback_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -159,9 +162,9 @@ def test_interrupted_ranks_resume(vocab_dir, tmp_path):
         state = json.load(handle)
     assert state["workers"] == 2
     assert state["distributed"]["sync_tokens"] == SYNC_TOKENS
-    shown = subprocess.run([sys.executable, "-m", "embcli", "info", "-m", model_dir], capture_output=True, text=True,
-                           timeout=60).stdout
-    assert f"(continue with: torchrun with 2 ranks in all and embcli train --resume -m {model_dir})" in shown
+    info = subprocess.run([sys.executable, "-m", "embcli", "info", "-m", model_dir], capture_output=True, text=True,
+                          timeout=60).stdout
+    assert f"(continue with: torchrun with 2 ranks in all and embcli train --resume -m {model_dir})" in info
     assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
 
     with open(os.path.join(model_dir, "meta.json"), encoding="utf-8") as handle:

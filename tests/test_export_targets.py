@@ -159,8 +159,8 @@ def test_export_removes_orphaned_temporary(trained_model, tmp_path):
 
 
 def test_npy_pair_killed_between_renames(tmp_path, monkeypatch):
-    # A process killed after renaming the matrix but before the word list leaves a journal;
-    # the next reader completes it, so a new matrix is never paired with old words.
+    # A process killed after renaming the matrix but before the word list leaves a journal.
+    # The next reader completes it, so a new matrix is never paired with old words.
     import numpy as np
 
     from embcli import formats

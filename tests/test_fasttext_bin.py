@@ -73,9 +73,9 @@ def test_meta_records_subwords_and_fasttext_settings(tmp_path):
     assert meta["vocab"]["counts"] == "from the fastText model"
     counts = [int(line.split("\t")[1]) for line in (tmp_path / "m" / "vocab.tsv").read_text("utf-8").splitlines()]
     assert counts[0] > counts[-1] >= 5  # fastText's min count
-    shown = invoke("info", "-m", str(tmp_path / "m")).stdout
-    assert "subwords\tn-grams 3-6, 3,000 buckets (every bucket's row), mean of a word's rows\n" in shown
-    assert "fastText\tskipgram model, 2 epochs, window 5, min count 5\n" in shown
+    info = invoke("info", "-m", str(tmp_path / "m")).stdout
+    assert "subwords\tn-grams 3-6, 3,000 buckets (every bucket's row), mean of a word's rows\n" in info
+    assert "fastText\tskipgram model, 2 epochs, window 5, min count 5\n" in info
 
 
 def test_lookup_unseen_word(tmp_path):
