@@ -83,7 +83,7 @@ class FastTextBin:
 
 
 def is_fasttext_bin(start):
-    """True when the bytes `start` begin with fastText's magic number."""
+    """Return True when the bytes `start` begin with fastText's magic number."""
     return start[:4] == MAGIC.to_bytes(4, "little")
 
 
@@ -122,6 +122,12 @@ def read_header(path, report=None):
         quantized = handle.read(1)
         matrix = handle.read(_MATRIX.size)
         offset = handle.tell()
+        actual = os.fstat(handle.fileno()).st_size
+        if len(matrix) == _MATRIX.size:
+            # The output matrix's flag and shape, read now that the file is open.
+            rows, columns = _MATRIX.unpack(matrix)
+            handle.seek(offset + max(rows * columns, 0) * 4)
+            output_header = handle.read(1 + _MATRIX.size)
     if len(quantized) < 1 or len(matrix) < _MATRIX.size:
         raise VectorFileError(f"{path}: the fastText model is truncated: it ends after its dictionary")
     if quantized != b"\0":
@@ -138,24 +144,20 @@ def read_header(path, report=None):
                               f"{words:,} words + {settings['bucket']:,} buckets by dim {settings['dim']}; the file "
                               "is damaged")
     needed = offset + rows * columns * 4
-    actual = os.path.getsize(path)
     if actual < needed:
         raise VectorFileError(f"{path}: the fastText model is truncated: its input matrix needs {needed:,} bytes "
                               f"but the file has {actual:,}")
-    _check_output_matrix(path, needed, actual, settings["dim"], report)
+    _check_output_matrix(path, output_header, needed, actual, settings["dim"], report)
     return FastTextBin(path, version, settings, names, counts, labels, offset, rows, word_offsets)
 
 
-def _check_output_matrix(path, start, size, dim, report):
-    """Check that the output matrix after the input matrix is whole.
+def _check_output_matrix(path, header, start, size, dim, report):
+    """Check that the output matrix, whose flag and shape `header` contains, is whole.
 
-    The import does not read it, but a file cut there is an incomplete download, which
-    fastText itself would load without a word. `report` (formats._Warnings) raises or,
-    when lenient, warns; None raises.
+    It starts at byte `start` of the file of `size` bytes. The import does not read it,
+    but a file cut there is an incomplete download, which fastText itself would load
+    without a word. `report` (formats._Warnings) raises or, when lenient, warns; None raises.
     """
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        header = handle.read(1 + _MATRIX.size)
     problem = None
     if len(header) < 1 + _MATRIX.size:
         problem = "the file ends before its output matrix"

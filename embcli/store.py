@@ -512,10 +512,8 @@ def writer_lock(directory):
         clean_temporaries(directory)
         raise
     finally:
-        if created and os.listdir(directory) == [LOCK]:
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(directory, LOCK))
-                os.rmdir(directory)
+        if created:
+            remove_if_unused(directory)
         _unlock(fd)
 
 
