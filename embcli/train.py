@@ -15,14 +15,17 @@ How it differs from word2vec.c, and why:
 - No autograd and no optimizer. Pairs are generated for a chunk of the corpus at a time
   with tensor operations, and gradients are applied with `index_add_` in steps of
   `batch` pairs. Updates within one step are summed, not applied one after another.
-  Skip-gram pairs come in offset-major order and CBOW windows in strides of
-  2 * window + 1, so that one step rarely updates the same row from neighbouring words.
+  Skip-gram pairs come grouped by their input word and CBOW windows by center word, both
+  in strides of 2 * window + 1, so that one step never holds two neighbouring words'
+  windows. (With per-pair negatives, skip-gram pairs come in offset-major order.)
 - The learning rate is constant within a chunk of `chunk_tokens` tokens, not lowered
   after every word.
 - By default, negatives are shared: each block of `block` pairs draws `shared_negatives`
   negatives, weighted `negative / shared_negatives`, so the negative scores of a block
-  are one matrix product. This changes the objective slightly; `negatives="per-pair"`
-  gives each pair its own `negative` draws, as word2vec does.
+  are one matrix product. Skip-gram draws them once per step instead, in the same
+  proportion (64 for a step of 1,024 pairs), and scores each input word once against
+  them. This changes the objective slightly; `negatives="per-pair"` gives each pair its
+  own `negative` draws, as word2vec does.
 - With several threads, each worker process trains on its own contiguous slice of the
   corpus on shared memory, without locks (Hogwild), as word2vec.c's threads do. Results
   then depend on the scheduling of the processes, so they vary from run to run.
@@ -363,6 +366,39 @@ class Trainer:
         # As word2vec.c does, the context word's input vector predicts the center word.
         return torch.cat(inputs), torch.cat(outputs)
 
+    def skipgram_pairs_by_input(self, ids, sentence, core, generator):
+        """Return (positions, offsets, targets): the skip-gram pairs of a chunk, grouped by
+        their input word.
+
+        The index positions[u] into `ids` is the input (context) word of the pairs
+        offsets[u]:offsets[u + 1], whose center words are those entries of `targets`. The
+        pairs and the random draws are those of skipgram_pairs, in another order. The
+        positions come in strides of 2 * window + 1, as in cbow_windows, so that no two
+        positions of one update step lie within a window of each other.
+        """
+        n = ids.shape[0]
+        window = self.config.window
+        reduced = torch.randint(1, window + 1, (n,), generator=generator, device=self.device)
+        shifts = [offset for offset in range(-window, window + 1) if offset != 0]
+        valid = torch.zeros((n, len(shifts)), dtype=torch.bool, device=self.device)
+        for column, offset in enumerate(shifts):
+            if abs(offset) >= n:
+                continue
+            # The input word at j, the center word at i = j + offset.
+            j = slice(max(0, -offset), n - max(0, offset))
+            i = slice(max(0, offset), n + min(0, offset))
+            valid[j, column] = (sentence[j] == sentence[i]) & (reduced[i] >= abs(offset)) & core[i]
+        stride = 2 * window + 1
+        order = torch.argsort(torch.arange(n, device=self.device) % stride, stable=True)
+        valid = valid.index_select(0, order)
+        counts = valid.sum(1)
+        used = counts.nonzero().squeeze(1)
+        offsets = torch.zeros(used.shape[0] + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(counts.index_select(0, used), 0, out=offsets[1:])
+        row, column = valid.nonzero().unbind(1)
+        centers = order.index_select(0, row) + torch.tensor(shifts, device=self.device).index_select(0, column)
+        return order.index_select(0, used), offsets, ids.index_select(0, centers)
+
     def cbow_windows(self, ids, sentence, core, generator):
         """Return (context ids (n, 2*window), mask, centers) for the CBOW examples."""
         n = ids.shape[0]
@@ -571,6 +607,8 @@ class Trainer:
         return torch.stack(losses).to(torch.float64).sum() * (examples / sampled)
 
     def train_skipgram_chunk(self, ids, sentence, core, lr, generator):
+        if self.config.negatives == "shared":
+            return self._train_skipgram_by_input(ids, sentence, core, lr, generator)
         inputs, outputs = self.skipgram_pairs(ids, sentence, core, generator)
         batch = self.config.batch
         examples = inputs.shape[0]
@@ -587,6 +625,71 @@ class Trainer:
             if with_loss:
                 losses.append(loss)
                 sampled += word.shape[0]
+        return self._chunk_loss(losses, sampled, examples), examples
+
+    def _train_skipgram_by_input(self, ids, sentence, core, lr, generator):
+        """Train skip-gram with shared negatives on one chunk, in steps of whole input words.
+
+        Each step takes the pairs of about batch / (pairs per input word) input positions,
+        about `batch` pairs. A pair's negative changes depend only on its input vector and
+        the negatives, so with one set of negatives for the whole step, a position's
+        negative scores are computed once and weighted by its number of pairs: three
+        (positions x dim) x (dim x negatives) products instead of three per-pair block
+        products. The step draws shared_negatives * batch / block negatives, so that each
+        negative stands for as many pairs as in a block of _negative_step.
+        """
+        config = self.config
+        out = self.output_vectors
+        positions, offsets, targets = self.skipgram_pairs_by_input(ids, sentence, core, generator)
+        rows, examples = positions.shape[0], targets.shape[0]
+        if examples == 0:
+            return self._chunk_loss([], 0, 0), 0
+        words = ids.index_select(0, positions)
+        pair_row = torch.repeat_interleave(torch.arange(rows, device=self.device), offsets[1:] - offsets[:-1])
+        step_rows = max(1, round(config.batch * rows / examples))
+        starts = list(range(0, rows, step_rows))
+        # One host read per chunk, not per step.
+        bounds = offsets[starts + [rows]].tolist()
+        weight = self.burst_weights(words.index_select(0, pair_row), targets,
+                                    torch.div(pair_row, step_rows, rounding_mode="floor"))
+        if weight is None:
+            pairs_of_row = (offsets[1:] - offsets[:-1]).to(out.dtype)
+        else:
+            pairs_of_row = torch.zeros(rows, dtype=out.dtype, device=self.device).index_add_(0, pair_row, weight)
+        shared = max(1, config.shared_negatives * config.batch // config.block)
+        negative_weight = config.negative / shared
+        losses, sampled = [], 0
+        for step, begin in enumerate(starts):
+            stop = min(begin + step_rows, rows)
+            low, high = bounds[step], bounds[step + 1]
+            word = words[begin:stop]
+            local = pair_row[low:high] - begin
+            target = targets[low:high]
+            with_loss = step % LOSS_EVERY == 0
+            vectors = self.input_vectors.index_select(0, word)  # (rows, D)
+            hidden = vectors.index_select(0, local)  # (pairs, D)
+            target_vectors = out.index_select(0, target)
+            positive = (hidden * target_vectors).sum(1)
+            g_positive = (1.0 - torch.sigmoid(positive)) * lr
+            if weight is not None:
+                g_positive *= weight[low:high]
+            negatives = self._draw_negatives((shared,), generator)
+            draw_weight = self._negative_draw_weight(negatives)
+            negative_vectors = out.index_select(0, negatives)  # (S, D)
+            scores = torch.mm(vectors, negative_vectors.t())  # (rows, S)
+            multiplicity = pairs_of_row[begin:stop, None]
+            g_negative = torch.sigmoid(scores) * multiplicity * (-lr * negative_weight)
+            if draw_weight is not None:
+                g_negative *= draw_weight[None, :]
+            if with_loss:
+                losses.append(torch.nn.functional.softplus(-positive).sum()
+                              + negative_weight * (torch.nn.functional.softplus(scores) * multiplicity).sum())
+                sampled += high - low
+            grad = torch.mm(g_negative, negative_vectors)
+            grad.index_add_(0, local, g_positive[:, None] * target_vectors)
+            out.index_add_(0, negatives, torch.mm(g_negative.t(), vectors))
+            out.index_add_(0, target, g_positive[:, None] * hidden)
+            self.input_vectors.index_add_(0, word, grad)
         return self._chunk_loss(losses, sampled, examples), examples
 
     def train_cbow_chunk(self, ids, sentence, core, lr, generator):

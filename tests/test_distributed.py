@@ -289,7 +289,7 @@ def test_worker_checkpoint_resumes_on_ranks(vocab_dir, tmp_path):
 
     model_dir = copy_model(vocab_dir, tmp_path / "workers")
     with pytest.raises(TrainingInterrupted):
-        train_model(model_dir, TrainConfig(dim=16, epochs=12, threads=2, chunk_tokens=4096), progress=interrupt_after(2))
+        train_model(model_dir, TrainConfig(dim=16, epochs=40, threads=2, chunk_tokens=4096), progress=interrupt_after(2))
     with open(os.path.join(model_dir, "checkpoint.json"), encoding="utf-8") as handle:
         state = json.load(handle)
     assert state["chunk_dispatch"] == "tickets"
@@ -298,7 +298,7 @@ def test_worker_checkpoint_resumes_on_ranks(vocab_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "checkpointed by 'embcli train' with 2 worker processes" in resumed.stderr
     model = embcli.load(model_dir)
-    whole_run = 12 * model.meta["vocab"]["tokens_covered"]
+    whole_run = 40 * model.meta["vocab"]["tokens_covered"]
     # Chunks trained after the first untrained one are trained again: at most one per worker.
     assert whole_run <= model.meta["training"]["stats"]["words"] <= whole_run * 1.05
 

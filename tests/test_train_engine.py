@@ -71,6 +71,61 @@ def test_skipgram_pairs_match_naive_reference(tmp_path, chunk_tokens):
     assert len(found) < 2 * 3 * len(line_of)  # the reduced windows dropped some pairs
 
 
+@pytest.mark.parametrize("chunk_tokens", [7, 64])
+def test_skipgram_pairs_by_input_are_the_same_pairs_grouped(tmp_path, chunk_tokens):
+    corpus, line_of = tiny_corpus(tmp_path, [1, 12, 3, 0, 9, 2, 15])
+    config = TrainConfig(window=3, sample=0, chunk_tokens=chunk_tokens)
+    trainer = Trainer(config, corpus, *init_vectors(len(corpus.counts), 4, 1), CPU)
+    for chunk_index in range(len(trainer.chunks)):
+        ids, sentence, core, _ = chunk_examples(trainer, chunk_index, seed=chunk_index)
+        inputs, outputs = trainer.skipgram_pairs(ids, sentence, core, torch.Generator().manual_seed(chunk_index))
+        positions, offsets, targets = trainer.skipgram_pairs_by_input(ids, sentence, core,
+                                                                      torch.Generator().manual_seed(chunk_index))
+        sizes = (offsets[1:] - offsets[:-1]).tolist()
+        assert min(sizes, default=1) >= 1
+        grouped = [(ids[position].item(), center) for position, size, begin in
+                   zip(positions.tolist(), sizes, offsets.tolist()) for center in targets[begin:begin + size].tolist()]
+        assert sorted(grouped) == sorted(zip(inputs.tolist(), outputs.tolist()))
+        # Each position comes once, in strides of 2 * window + 1: ordered by the
+        # remainder of the division by 7, then by place.
+        order = [(position % 7, position) for position in positions.tolist()]
+        assert order == sorted(set(order))
+
+
+def test_skipgram_by_input_step_matches_pair_by_pair_sum(tmp_path):
+    """With one set of negatives per step, the grouped step makes the same change as
+    summing every pair's own gradient, computed from the vectors before the step."""
+    corpus, _ = tiny_corpus(tmp_path, [40, 25])
+    config = TrainConfig(window=2, sample=0, dim=8, shared_negatives=4, block=1024, batch=1024)
+    start = init_vectors(len(corpus.counts), 8, 3)
+    start[1].normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
+    trainer = Trainer(config, corpus, start[0].clone(), start[1].clone(), CPU)
+    ids, sentence, core, _ = chunk_examples(trainer, 0, seed=0)
+    lr = 0.05
+    trainer._train_skipgram_by_input(ids, sentence, core, lr, torch.Generator().manual_seed(9))
+    # Replay the draws: the reduced windows, then one step's negatives.
+    replay = torch.Generator().manual_seed(9)
+    positions, offsets, targets = trainer.skipgram_pairs_by_input(ids, sentence, core, replay)
+    shared = config.shared_negatives * config.batch // config.block
+    negatives = trainer._draw_negatives((shared,), replay)
+    expected_in, expected_out = start[0].clone(), start[1].clone()
+    sizes = (offsets[1:] - offsets[:-1]).tolist()
+    for position, size, begin in zip(positions.tolist(), sizes, offsets.tolist()):
+        word = ids[position].item()
+        h = start[0][word]
+        for center in targets[begin:begin + size].tolist():
+            g = (1 - torch.sigmoid(h @ start[1][center])) * lr
+            expected_in[word] += g * start[1][center]
+            expected_out[center] += g * h
+            for negative in negatives.tolist():
+                g = -torch.sigmoid(h @ start[1][negative]) * lr * config.negative / shared
+                expected_in[word] += g * start[1][negative]
+                expected_out[negative] += g * h
+    assert targets.shape[0] < config.batch  # one step
+    assert torch.allclose(trainer.input_vectors, expected_in, atol=1e-6)
+    assert torch.allclose(trainer.output_vectors, expected_out, atol=1e-6)
+
+
 def test_cbow_windows_match_naive_reference(tmp_path):
     corpus, line_of = tiny_corpus(tmp_path, [1, 12, 3, 0, 9, 2, 15])
     config = TrainConfig(method="cbow", window=3, sample=0, chunk_tokens=10)
