@@ -550,55 +550,55 @@ class Trainer:
         return grad_hidden, loss
 
     def _shared_negative_step_by_word(self, combined, pair_word, targets, lr, generator, with_loss=True,
-                                      pair_weight=None):
-        """Run the shared-negative step of _negative_step for pairs whose inputs repeat.
+                                      pair_weight=None, pairs_of_word=None):
+        """Run a shared-negative step for pairs whose input vectors repeat.
 
-        Pair p's input vector is row pair_word[p] of `combined` (U, D). Returns (the
-        gradient of each row of `combined`, summed over its pairs (U, D), the summed loss
-        or None unless `with_loss`).
+        Pair p's input vector is row pair_word[p] of `combined` (U, D), and it predicts
+        targets[p]. Returns (the gradient of each row of `combined`, summed over its pairs
+        (U, D), the summed loss or None unless `with_loss`). `pairs_of_word` (U), if
+        given, must hold each row's number of pairs.
 
-        The same update as _negative_step on `combined[pair_word]`, with the same
-        negatives, but with each input row's scores against its blocks' negatives computed
-        once: a word in n pairs of a block shares them. Three (U, D) x (D, blocks *
-        shared_negatives) products replace the three per-pair block products, which took
-        a fifth of a subword step.
+        The step draws one set of shared_negatives * batch / block negatives, so that each
+        stands for as many pairs as in a block of _negative_step. A pair's negative
+        changes depend only on its input vector, so each row is scored once against
+        them, and its changes are weighted by its number of pairs: the same update as
+        _negative_step on `combined[pair_word]` with a single block, in three (U, D) x
+        (D, negatives) products instead of three per-pair ones.
         """
         config = self.config
         out = self.output_vectors
-        count = pair_word.shape[0]
-        words = combined.shape[0]
-        block = min(config.block, count)
-        blocks = -(-count // block)
-        shared = config.shared_negatives
+        shared = max(1, config.shared_negatives * config.batch // config.block)
+        if pairs_of_word is None:
+            pairs_of_word = torch.zeros(combined.shape[0], dtype=combined.dtype, device=self.device).index_add_(
+                0, pair_word, torch.ones(pair_word.shape[0], dtype=combined.dtype, device=self.device))
+        multiplicity = pairs_of_word[:, None]
+        if pair_weight is not None:
+            weighted = torch.zeros_like(pairs_of_word).index_add_(0, pair_word, pair_weight)[:, None]
+        else:
+            weighted = multiplicity
         hidden = combined.index_select(0, pair_word)
         target_vectors = out.index_select(0, targets)
         positive = (hidden * target_vectors).sum(1)
         g_positive = (1.0 - torch.sigmoid(positive)) * lr
         if pair_weight is not None:
             g_positive *= pair_weight
-        loss = torch.nn.functional.softplus(-positive).sum() if with_loss else None
-
-        negatives = self._draw_negatives((blocks, shared), generator)
+        negatives = self._draw_negatives((shared,), generator)
         draw_weight = self._negative_draw_weight(negatives)
-        negative_vectors = out.index_select(0, negatives.view(-1))  # (blocks * S, D)
-        # Row u * blocks + b holds word u's scores against block b's negatives.
-        slot = pair_word * blocks + torch.div(torch.arange(count, device=self.device), block, rounding_mode="floor")
-        scores = torch.mm(combined, negative_vectors.t()).view(words * blocks, shared).index_select(0, slot)
+        negative_vectors = out.index_select(0, negatives)  # (S, D)
+        scores = torch.mm(combined, negative_vectors.t())  # (U, S)
         weight = config.negative / shared
-        g_negative = torch.sigmoid(scores) * (-lr * weight)  # (P, S)
-        if pair_weight is not None:
-            g_negative *= pair_weight[:, None]
+        g_negative = torch.sigmoid(scores) * weighted * (-lr * weight)
         if draw_weight is not None:
-            g_negative *= draw_weight.index_select(0, slot % blocks)
+            g_negative *= draw_weight[None, :]
+        loss = None
         if with_loss:
-            loss = loss + weight * torch.nn.functional.softplus(scores).sum()
-        by_word = torch.zeros(words * blocks, shared, device=self.device).index_add_(0, slot, g_negative)
-        by_word = by_word.view(words, blocks * shared)
-        grad_words = torch.mm(by_word, negative_vectors)
-        grad_words.index_add_(0, pair_word, g_positive[:, None] * target_vectors)
-        out.index_add_(0, negatives.view(-1), torch.mm(by_word.t(), combined))
+            loss = (torch.nn.functional.softplus(-positive).sum()
+                    + weight * (torch.nn.functional.softplus(scores) * multiplicity).sum())
+        grad = torch.mm(g_negative, negative_vectors)
+        grad.index_add_(0, pair_word, g_positive[:, None] * target_vectors)
+        out.index_add_(0, negatives, torch.mm(g_negative.t(), combined))
         out.index_add_(0, targets, g_positive[:, None] * hidden)
-        return grad_words, loss
+        return grad, loss
 
     def _chunk_loss(self, losses, sampled, examples):
         """Scale the loss of the sampled steps to all `examples` of the chunk (float64)."""
@@ -631,65 +631,35 @@ class Trainer:
         """Train skip-gram with shared negatives on one chunk, in steps of whole input words.
 
         Each step takes the pairs of about batch / (pairs per input word) input positions,
-        about `batch` pairs. A pair's negative changes depend only on its input vector and
-        the negatives, so with one set of negatives for the whole step, a position's
-        negative scores are computed once and weighted by its number of pairs: three
-        (positions x dim) x (dim x negatives) products instead of three per-pair block
-        products. The step draws shared_negatives * batch / block negatives, so that each
-        negative stands for as many pairs as in a block of _negative_step.
+        about `batch` pairs, and scores each position once against the step's negatives
+        (_shared_negative_step_by_word).
         """
-        config = self.config
-        out = self.output_vectors
         positions, offsets, targets = self.skipgram_pairs_by_input(ids, sentence, core, generator)
         rows, examples = positions.shape[0], targets.shape[0]
         if examples == 0:
             return self._chunk_loss([], 0, 0), 0
         words = ids.index_select(0, positions)
         pair_row = torch.repeat_interleave(torch.arange(rows, device=self.device), offsets[1:] - offsets[:-1])
-        step_rows = max(1, round(config.batch * rows / examples))
+        step_rows = max(1, round(self.config.batch * rows / examples))
         starts = list(range(0, rows, step_rows))
         # One host read per chunk, not per step.
         bounds = offsets[starts + [rows]].tolist()
         weight = self.burst_weights(words.index_select(0, pair_row), targets,
                                     torch.div(pair_row, step_rows, rounding_mode="floor"))
-        if weight is None:
-            pairs_of_row = (offsets[1:] - offsets[:-1]).to(out.dtype)
-        else:
-            pairs_of_row = torch.zeros(rows, dtype=out.dtype, device=self.device).index_add_(0, pair_row, weight)
-        shared = max(1, config.shared_negatives * config.batch // config.block)
-        negative_weight = config.negative / shared
+        pairs_of_row = (offsets[1:] - offsets[:-1]).to(self.input_vectors.dtype)
         losses, sampled = [], 0
         for step, begin in enumerate(starts):
             stop = min(begin + step_rows, rows)
             low, high = bounds[step], bounds[step + 1]
             word = words[begin:stop]
-            local = pair_row[low:high] - begin
-            target = targets[low:high]
             with_loss = step % LOSS_EVERY == 0
-            vectors = self.input_vectors.index_select(0, word)  # (rows, D)
-            hidden = vectors.index_select(0, local)  # (pairs, D)
-            target_vectors = out.index_select(0, target)
-            positive = (hidden * target_vectors).sum(1)
-            g_positive = (1.0 - torch.sigmoid(positive)) * lr
-            if weight is not None:
-                g_positive *= weight[low:high]
-            negatives = self._draw_negatives((shared,), generator)
-            draw_weight = self._negative_draw_weight(negatives)
-            negative_vectors = out.index_select(0, negatives)  # (S, D)
-            scores = torch.mm(vectors, negative_vectors.t())  # (rows, S)
-            multiplicity = pairs_of_row[begin:stop, None]
-            g_negative = torch.sigmoid(scores) * multiplicity * (-lr * negative_weight)
-            if draw_weight is not None:
-                g_negative *= draw_weight[None, :]
-            if with_loss:
-                losses.append(torch.nn.functional.softplus(-positive).sum()
-                              + negative_weight * (torch.nn.functional.softplus(scores) * multiplicity).sum())
-                sampled += high - low
-            grad = torch.mm(g_negative, negative_vectors)
-            grad.index_add_(0, local, g_positive[:, None] * target_vectors)
-            out.index_add_(0, negatives, torch.mm(g_negative.t(), vectors))
-            out.index_add_(0, target, g_positive[:, None] * hidden)
+            grad, loss = self._shared_negative_step_by_word(
+                self.input_vectors.index_select(0, word), pair_row[low:high] - begin, targets[low:high], lr,
+                generator, with_loss, None if weight is None else weight[low:high], pairs_of_row[begin:stop])
             self.input_vectors.index_add_(0, word, grad)
+            if with_loss:
+                losses.append(loss)
+                sampled += high - low
         return self._chunk_loss(losses, sampled, examples), examples
 
     def train_cbow_chunk(self, ids, sentence, core, lr, generator):

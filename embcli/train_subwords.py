@@ -20,7 +20,7 @@ What differs from fastText, and why:
   each distinct word in a step is combined once and updated once with the sum of its
   gradients. fastText recombines and updates the n-gram rows after every (center,
   context) pair, which costs the n-gram gather and scatter once per pair; this costs it
-  once per distinct word per step. The word's scores against its blocks' shared
+  once per distinct word per step. The word's scores against the step's shared
   negatives are computed once per step too (Trainer._shared_negative_step_by_word).
 - N-gram rows are updated after every step, not deferred. Deferring them to the end of
   each chunk of the corpus used 2.6 times less CPU than fastText, but the sum of many
@@ -34,8 +34,9 @@ What differs from fastText, and why:
 - A word that fills a step, as in a table of numbers, has its pairs' changes limited as
   in the word-level trainer (embcli.train.BURST_PAIRS). Without it, text8_en_5M diverged
   in its first epoch at the default --sample 1e-3.
-- Negatives are shared per block, as in the word-level trainer, and drawn from counts
-  raised to 0.75 (fastText uses 0.5, which scored lower here).
+- Negatives are shared, as in the word-level trainer: one set per skip-gram step, one
+  per block of CBOW examples. They are drawn from counts raised to 0.75 (fastText uses
+  0.5, which scored lower here).
 - The default learning rate is word2vec's 0.025, not fastText's 0.05: in summed steps,
   0.05 diverges on text where a rare word repeats within one step. Averaging such a
   word's gradients made 0.05 stable and raised WS-353 above fastText's, but cost 9

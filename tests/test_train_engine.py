@@ -426,10 +426,12 @@ def test_seed_warning_both_forms(small_corpus, tmp_path, form, monkeypatch):
 
 @pytest.mark.parametrize("count_negatives", [False, True])
 def test_step_by_word_matches_per_pair_step(tmp_path, count_negatives):
-    # Scoring each distinct input once against its blocks' negatives is the same update
-    # as scoring every pair: same negatives, same sums, another order of float additions.
+    # Scoring each distinct input once against the step's negatives is the same update
+    # as scoring every pair against them (one block of _negative_step): same negatives,
+    # same sums, another order of float additions. The step draws 8 * 100 // 32 = 25.
     corpus, _ = tiny_corpus(tmp_path, [300])
     config = TrainConfig(block=32, shared_negatives=8, batch=100)
+    one_block = TrainConfig(block=100, shared_negatives=25, batch=100)
     generator = torch.Generator().manual_seed(4)
     words = torch.randn(7, 16, generator=generator) * 0.3
     pair_word = torch.randint(0, 7, (100,), generator=generator)
@@ -441,7 +443,7 @@ def test_step_by_word_matches_per_pair_step(tmp_path, count_negatives):
     for by_word in (False, True):
         inputs, outputs = init_vectors(300, 16, 1)
         outputs.copy_(initial_outputs)
-        trainer = Trainer(config, corpus, inputs, outputs, CPU)
+        trainer = Trainer(config if by_word else one_block, corpus, inputs, outputs, CPU)
         if count_negatives:
             # Word 0 is 90 % of the negatives, drawn more often than the limit per step.
             probability = torch.full((300,), 0.1 / 299, dtype=torch.float64)
