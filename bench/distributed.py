@@ -23,6 +23,8 @@ import tempfile
 
 from scale_common import DATA, EMBCLI, run, score, training_stats
 
+from embcli.distributed import DEFAULT_SYNC_TOKENS
+
 
 def free_port():
     with socket.socket() as listener:
@@ -45,7 +47,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(DATA / "corpus_en.txt.gz"))
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--sync-tokens", type=int, nargs="+", default=[1 << 20])
+    parser.add_argument("--sync-tokens", type=int, nargs="+", default=[DEFAULT_SYNC_TOKENS])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1],

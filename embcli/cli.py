@@ -422,7 +422,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate, decaying linearly. [default: 0.025 skipgram, 0.05 cbow]"),
     ns_exponent: float = typer.Option(0.75, "--ns-exponent", help="Negatives are drawn from word counts raised to this power, from -1 to 1."),
     negatives: str = typer.Option("shared", "--negatives",
-                                  help="shared: each block of pairs shares its negatives (faster); per-pair: word2vec's objective."),
+                                  help="shared: the pairs of a step share their negatives (faster); per-pair: word2vec's objective."),
     # The range of embcli.train.SEED_RANGE, which this module does not import (torch).
     seed: int = typer.Option(1, "--seed", min=-(2**63), max=2**64 - 1,
                              help="Random seed. Runs with --threads 1 are reproducible."),
