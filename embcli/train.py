@@ -560,8 +560,8 @@ class Trainer:
 
         The step draws one set of shared_negatives * batch / block negatives, so that each
         stands for as many pairs as in a block of _negative_step. A pair's negative
-        changes depend only on its input vector, so each row is scored once against
-        them, and its changes are weighted by its number of pairs: the same update as
+        changes depend only on its input vector. So each row is scored once against
+        the negatives, and its changes count once per pair. This is the update of
         _negative_step on `combined[pair_word]` with a single block, in three (U, D) x
         (D, negatives) products instead of three per-pair ones.
         """

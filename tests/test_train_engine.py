@@ -92,7 +92,7 @@ def test_skipgram_pairs_by_input_are_the_same_pairs_grouped(tmp_path, chunk_toke
         assert order == sorted(set(order))
 
 
-def test_skipgram_by_input_step_matches_pair_by_pair_sum(tmp_path):
+def test_grouped_skipgram_step_sums_pair_changes(tmp_path):
     """With one set of negatives per step, the grouped step makes the same change as
     summing every pair's own gradient, computed from the vectors before the step."""
     corpus, _ = tiny_corpus(tmp_path, [40, 25])
@@ -103,11 +103,13 @@ def test_skipgram_by_input_step_matches_pair_by_pair_sum(tmp_path):
     ids, sentence, core, _ = chunk_examples(trainer, 0, seed=0)
     lr = 0.05
     trainer._train_skipgram_by_input(ids, sentence, core, lr, torch.Generator().manual_seed(9))
+
     # Replay the draws: the reduced windows, then one step's negatives.
     replay = torch.Generator().manual_seed(9)
     positions, offsets, targets = trainer.skipgram_pairs_by_input(ids, sentence, core, replay)
     shared = config.shared_negatives * config.batch // config.block
     negatives = trainer._draw_negatives((shared,), replay)
+
     expected_in, expected_out = start[0].clone(), start[1].clone()
     sizes = (offsets[1:] - offsets[:-1]).tolist()
     for position, size, begin in zip(positions.tolist(), sizes, offsets.tolist()):
@@ -121,6 +123,7 @@ def test_skipgram_by_input_step_matches_pair_by_pair_sum(tmp_path):
                 g = -torch.sigmoid(h @ start[1][negative]) * lr * config.negative / shared
                 expected_in[word] += g * start[1][negative]
                 expected_out[negative] += g * h
+
     assert targets.shape[0] < config.batch  # one step
     assert torch.allclose(trainer.input_vectors, expected_in, atol=1e-6)
     assert torch.allclose(trainer.output_vectors, expected_out, atol=1e-6)
