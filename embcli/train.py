@@ -549,14 +549,21 @@ class Trainer:
         out.index_add_(0, targets, g_positive[:, None] * hidden)
         return grad_hidden, loss
 
+    def step_negatives(self):
+        """Return how many negatives a skip-gram step with shared negatives draws: one
+        per block / shared_negatives pairs of its `batch`."""
+        return max(1, self.config.shared_negatives * self.config.batch // self.config.block)
+
     def _shared_negative_step_by_word(self, combined, pair_word, targets, lr, generator, with_loss=True,
-                                      pair_weight=None, pairs_of_word=None):
+                                      pair_weight=None, pairs_of_word=None, pair_offsets=None, negatives=None):
         """Run a shared-negative step for pairs whose input vectors repeat.
 
         Pair p's input vector is row pair_word[p] of `combined` (U, D), and it predicts
         targets[p]. Returns (the gradient of each row of `combined`, summed over its pairs
         (U, D), the summed loss or None unless `with_loss`). `pairs_of_word` (U), if
-        given, must hold each row's number of pairs.
+        given, must hold each row's number of pairs. `pair_offsets` (U), if given, says that
+        the pairs of each row are contiguous and where they start (`pair_word` sorted).
+        `negatives`, if given, are the step's negatives, drawn by the caller.
 
         The step draws one set of shared_negatives * batch / block negatives, so that each
         stands for as many pairs as in a block of _negative_step. A pair's negative
@@ -567,7 +574,7 @@ class Trainer:
         """
         config = self.config
         out = self.output_vectors
-        shared = max(1, config.shared_negatives * config.batch // config.block)
+        shared = self.step_negatives()
         if pairs_of_word is None:
             pairs_of_word = torch.zeros(combined.shape[0], dtype=combined.dtype, device=self.device).index_add_(
                 0, pair_word, torch.ones(pair_word.shape[0], dtype=combined.dtype, device=self.device))
@@ -578,26 +585,33 @@ class Trainer:
             weighted = multiplicity
         hidden = combined.index_select(0, pair_word)
         target_vectors = out.index_select(0, targets)
-        positive = (hidden * target_vectors).sum(1)
-        g_positive = (1.0 - torch.sigmoid(positive)) * lr
+        positive = torch.linalg.vecdot(hidden, target_vectors)
+        loss = torch.nn.functional.softplus(-positive).sum() if with_loss else None
+        g_positive = torch.sigmoid(positive.neg_()).mul_(lr)  # (1 - sigmoid(x)) * lr
         if pair_weight is not None:
             g_positive *= pair_weight
-        negatives = self._draw_negatives((shared,), generator)
+        if negatives is None:
+            negatives = self._draw_negatives((shared,), generator)
         draw_weight = self._negative_draw_weight(negatives)
         negative_vectors = out.index_select(0, negatives)  # (S, D)
         scores = torch.mm(combined, negative_vectors.t())  # (U, S)
         weight = config.negative / shared
-        g_negative = torch.sigmoid(scores) * weighted * (-lr * weight)
+        g_negative = torch.sigmoid(scores).mul_(weighted * (-lr * weight))
         if draw_weight is not None:
             g_negative *= draw_weight[None, :]
-        loss = None
         if with_loss:
-            loss = (torch.nn.functional.softplus(-positive).sum()
-                    + weight * (torch.nn.functional.softplus(scores) * multiplicity).sum())
-        grad = torch.mm(g_negative, negative_vectors)
-        grad.index_add_(0, pair_word, g_positive[:, None] * target_vectors)
+            loss = loss + weight * (torch.nn.functional.softplus(scores) * multiplicity).sum()
+        if pair_offsets is not None:
+            # Gather, weight and sum each row's targets in one kernel, then add the
+            # negatives' part in the same product.
+            positive_grad = torch.nn.functional.embedding_bag(targets, out, pair_offsets, mode="sum",
+                                                              per_sample_weights=g_positive)
+            grad = torch.addmm(positive_grad, g_negative, negative_vectors)
+        else:
+            grad = torch.mm(g_negative, negative_vectors)
+            grad.index_add_(0, pair_word, g_positive[:, None] * target_vectors)
         out.index_add_(0, negatives, torch.mm(g_negative.t(), combined))
-        out.index_add_(0, targets, g_positive[:, None] * hidden)
+        out.index_add_(0, targets, hidden.mul_(g_positive[:, None]))
         return grad, loss
 
     def _chunk_loss(self, losses, sampled, examples):
@@ -647,6 +661,8 @@ class Trainer:
         weight = self.burst_weights(words.index_select(0, pair_row), targets,
                                     torch.div(pair_row, step_rows, rounding_mode="floor"))
         pairs_of_row = (offsets[1:] - offsets[:-1]).to(self.input_vectors.dtype)
+        # All the chunk's negatives in one draw: the same numbers as one draw per step.
+        negatives = self._draw_negatives((len(starts), self.step_negatives()), generator)
         losses, sampled = [], 0
         for step, begin in enumerate(starts):
             stop = min(begin + step_rows, rows)
@@ -655,7 +671,8 @@ class Trainer:
             with_loss = step % LOSS_EVERY == 0
             grad, loss = self._shared_negative_step_by_word(
                 self.input_vectors.index_select(0, word), pair_row[low:high] - begin, targets[low:high], lr,
-                generator, with_loss, None if weight is None else weight[low:high], pairs_of_row[begin:stop])
+                generator, with_loss, None if weight is None else weight[low:high], pairs_of_row[begin:stop],
+                offsets[begin:stop] - low, negatives[step])
             self.input_vectors.index_add_(0, word, grad)
             if with_loss:
                 losses.append(loss)

@@ -107,7 +107,7 @@ def test_grouped_skipgram_step_sums_pair_changes(tmp_path):
     # Replay the draws: the reduced windows, then one step's negatives.
     replay = torch.Generator().manual_seed(9)
     positions, offsets, targets = trainer.skipgram_pairs_by_input(ids, sentence, core, replay)
-    shared = config.shared_negatives * config.batch // config.block
+    shared = trainer.step_negatives()
     negatives = trainer._draw_negatives((shared,), replay)
 
     expected_in, expected_out = start[0].clone(), start[1].clone()
