@@ -21,14 +21,17 @@ How it differs from word2vec.c, and why:
 - The learning rate is constant within a chunk of `chunk_tokens` tokens, not lowered
   after every word.
 - By default, negatives are shared: each block of `block` pairs draws `shared_negatives`
-  negatives, weighted `negative / shared_negatives`, so the negative scores of a block
-  are one matrix product. Skip-gram draws them once per step instead, in the same
-  proportion (64 for a step of 1,024 pairs), and scores each input word once against
-  them. This changes the objective slightly; `negatives="per-pair"` gives each pair its
-  own `negative` draws, as word2vec does.
-- With several threads, each worker process trains on its own contiguous slice of the
-  corpus on shared memory, without locks (Hogwild), as word2vec.c's threads do. Results
-  then depend on the scheduling of the processes, so they vary from run to run.
+  negatives (more for a large `negative`, see PAIRS_PER_SHARED_NEGATIVE), each weighted
+  `negative` / their number, so the negative scores of a block are one matrix product.
+  Skip-gram draws them once per step instead, in the same proportion (64 for a step of
+  1,024 pairs), and scores each input word once against them. This changes the
+  objective slightly; `negatives="per-pair"` gives each pair its own `negative` draws,
+  as word2vec does.
+- With several threads, worker processes update the vectors on shared memory without
+  locks (Hogwild), as word2vec.c's threads do. By default they take the chunks of the
+  corpus in turn; `chunk_order="slices"` gives each its own contiguous slice, as
+  word2vec.c does. Results depend on the scheduling of the processes, so they vary from
+  run to run.
 - Randomness comes from a generator seeded per (seed, worker, epoch, chunk), so a run
   with one thread is reproducible and can resume at any chunk boundary.
 
@@ -92,6 +95,13 @@ CBOW_BURST_FACTOR = 2
 # most frequent word of text8 is about 1.6 % of the draws, so ordinary text is not
 # touched. With --negatives per-pair the limit is in the same units: pairs' worth.
 BURST_NEGATIVE_DRAWS = 8
+# A shared negative takes the changes of all the pairs that share it, each weighted
+# negative / (negatives drawn). At the defaults (16 per block of 256 pairs, --negative 5)
+# that is 80 pairs' worth. With --negative 25 it was 400, and skip-gram, CBOW and subword
+# training all diverged at the default learning rate. So a larger --negative draws more
+# shared negatives, each standing for at most this many pairs (320 per skip-gram step
+# for --negative 25).
+PAIRS_PER_SHARED_NEGATIVE = 80
 
 
 # Seeds that torch.manual_seed accepts: a signed or unsigned 64-bit integer.
@@ -290,6 +300,8 @@ class Trainer:
         self.start, self.stop = slice_bounds(len(corpus), workers, worker)
         self.chunks = chunk_starts(self.start, self.stop, config.chunk_tokens)
         self.lr0 = config.resolved_lr()
+        self.block_negatives = max(config.shared_negatives,
+                                   math.ceil(config.block * config.negative / PAIRS_PER_SHARED_NEGATIVE))
         # Workers add their steps' changes to the same rows at once, so they share the
         # limits. A rate below BURST_LR keeps its limits: at --lr 0.005, limits 25 times
         # larger let a corpus 47 % "0" diverge.
@@ -298,12 +310,12 @@ class Trainer:
         # large still ends in divergence instead of being cancelled.
         self.burst_limit = max(1.0, BURST_PAIRS * scale)
         # The negative limit counts draws of one shared negative. A per-pair draw weighs
-        # shared_negatives / (block * negative) of one.
+        # block_negatives / (block * negative) of one.
         self.negative_limit = max(1.0, BURST_NEGATIVE_DRAWS * scale)
         if config.negatives == "per-pair":
-            self.negative_limit *= config.block * config.negative / config.shared_negatives
+            self.negative_limit *= config.block * config.negative / self.block_negatives
         # Steps where no word can be drawn that often skip the count.
-        draws = (config.batch // config.block + 1) * config.shared_negatives
+        draws = (config.batch // config.block + 1) * self.block_negatives
         if config.negatives == "per-pair":
             draws = config.batch * config.negative
         top = float(np.diff(cdf, prepend=0.0).max(initial=0.0))
@@ -508,11 +520,11 @@ class Trainer:
             else:
                 hidden_blocks = hidden
             hidden_blocks = hidden_blocks.view(blocks, block, -1)  # (nb, block, D)
-            negatives = self._draw_negatives((blocks, config.shared_negatives), generator)
+            negatives = self._draw_negatives((blocks, self.block_negatives), generator)
             draw_weight = self._negative_draw_weight(negatives)
-            negative_vectors = out.index_select(0, negatives.view(-1)).view(blocks, config.shared_negatives, -1)
+            negative_vectors = out.index_select(0, negatives.view(-1)).view(blocks, self.block_negatives, -1)
             scores = torch.bmm(hidden_blocks, negative_vectors.transpose(1, 2))  # (nb, block, S)
-            weight = config.negative / config.shared_negatives
+            weight = config.negative / self.block_negatives
             g_negative = torch.sigmoid(scores) * (-lr * weight)
             if padded != count:
                 g_negative.view(padded, -1)[count:] = 0
@@ -552,9 +564,9 @@ class Trainer:
         return grad_hidden, loss
 
     def step_negatives(self):
-        """Return how many negatives a skip-gram step with shared negatives draws: one
-        per block / shared_negatives pairs of its `batch`."""
-        return max(1, self.config.shared_negatives * self.config.batch // self.config.block)
+        """Return how many negatives a skip-gram step with shared negatives draws: as many
+        per `block` pairs of its `batch` as a block of _negative_step."""
+        return max(1, self.block_negatives * self.config.batch // self.config.block)
 
     def _shared_negative_step_by_word(self, combined, pair_word, targets, lr, generator, with_loss=True,
                                       pair_weight=None, pairs_of_word=None, pair_offsets=None, negatives=None):
@@ -567,7 +579,7 @@ class Trainer:
         pairs of each row as contiguous (`pair_word` sorted) and holds where they start.
         `negatives`, if given, are the step's negatives, drawn by the caller.
 
-        The step draws one set of shared_negatives * batch / block negatives, so that each
+        The step draws one set of step_negatives() negatives, so that each
         stands for as many pairs as in a block of _negative_step. A pair's negative
         changes depend only on its input vector. So each row is scored once against
         the negatives, and its changes count once per pair. This is the update of
@@ -785,9 +797,13 @@ class Trainer:
         # negatives); 50 times that only happens when the updates blow up.
         diverging = examples and loss_value / examples > 50 * math.log(2) * (1 + config.negative)
         if not math.isfinite(loss_value) or diverging:
+            advice = f"lower the learning rate (it was {self.lr0:g})"
+            if config.negative > 10:
+                # Each step sums the changes of many negatives per input word.
+                advice += f", or --negative (it was {config.negative})"
             raise TrainingError(
                 f"training diverged in epoch {epoch + 1} (the loss per example became "
-                f"{loss_value / max(examples, 1):.4g}); lower the learning rate (it was {self.lr0:g})"
+                f"{loss_value / max(examples, 1):.4g}); {advice}"
             )
         return words, examples, loss_value
 
@@ -1543,12 +1559,14 @@ def _check_trained(vectors, config, examples):
             f"learning rate (it was {config.resolved_lr():g}); nothing was written"
         )
     if examples == 0:
-        raise TrainingError(
-            "training found no (word, context) pairs: no line of the corpus has two "
-            "vocabulary words within the window after subsampling; use a larger corpus, "
-            "or turn subsampling off (--sample 0, or sample=0 in Python); nothing was written",
-            options=("sample",),
-        )
+        if config.sample > 0:
+            cause = "no line of the corpus has two vocabulary words within the window after subsampling"
+            advice = "use a larger corpus, or turn subsampling off (--sample 0, or sample=0 in Python)"
+        else:
+            cause = "no line of the corpus has two vocabulary words within the window"
+            advice = "put more than one word on a line, or use a larger corpus or --window"
+        raise TrainingError(f"training found no (word, context) pairs: {cause}; {advice}; nothing was written",
+                            options=("sample",) if config.sample > 0 else ("window",))
 
 
 def _open_corpus(tokens_path, counts):

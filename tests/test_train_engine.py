@@ -381,6 +381,39 @@ def test_train_run_of_one_repeated_word(tmp_path, options):
     assert np.abs(vectors).max() < 10
 
 
+@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+def test_train_with_many_negatives(tmp_path, method):
+    # With 16 shared negatives per 256 pairs, --negative 25 made each shared negative
+    # carry 400 pairs' worth of change, and both methods diverged in their first epoch.
+    corpus = os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt")
+    model = str(tmp_path / "model")
+    runner = CliRunner()
+    assert runner.invoke(app, ["build-vocab", corpus, "-m", model, "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["train", "-m", model, "--epochs", "3", "--dim", "32", "--threads", "1",
+                                 "--negative", "25", "--method", method, "--quiet"])
+    assert result.exit_code == 0, result.stderr
+
+    vectors = np.load(os.path.join(model, "embeddings.npy"))
+    assert np.isfinite(vectors).all()
+    assert np.abs(vectors).max() < 10
+
+
+@pytest.mark.parametrize("sample, advice", [("1e-3", "--sample 0"), ("0", "more than one word on a line")])
+def test_corpus_without_pairs_names_the_fix(tmp_path, sample, advice):
+    corpus = tmp_path / "one_per_line.txt"
+    corpus.write_text("".join(f"{word}\n" for word in ["alpha", "beta", "gamma"] * 200), encoding="utf-8")
+    model = str(tmp_path / "model")
+    runner = CliRunner()
+    assert runner.invoke(app, ["build-vocab", str(corpus), "-m", model, "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["train", "-m", model, "--epochs", "1", "--threads", "1", "--sample", sample])
+
+    assert result.exit_code == 1
+    assert "found no (word, context) pairs" in result.stderr
+    assert advice in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(model, "embeddings.npy"))
+
+
 @pytest.mark.parametrize("seed", ["18446744073709551616", "-9223372036854775809"])
 def test_seed_outside_64_bits_is_usage_error(small_corpus, seed):
     result = CliRunner().invoke(app, ["train", "--epochs", "1", "--threads", "1", "-q", f"--seed={seed}"])
