@@ -575,8 +575,8 @@ class Trainer:
         Pair p's input vector is row pair_word[p] of `combined` (U, D), and it predicts
         targets[p]. Returns (the gradient of each row of `combined`, summed over its pairs
         (U, D), the summed loss or None unless `with_loss`). `pairs_of_word` (U), if
-        given, must hold each row's number of pairs. `pair_offsets` (U), if given, marks the
-        pairs of each row as contiguous (`pair_word` sorted) and holds where they start.
+        given, must hold each row's number of pairs. `pair_offsets` (U), if given, gives where
+        each row's pairs start, for pairs contiguous by row (`pair_word` sorted).
         `negatives`, if given, are the step's negatives, drawn by the caller.
 
         The step draws one set of step_negatives() negatives, so that each

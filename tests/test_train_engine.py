@@ -72,7 +72,7 @@ def test_skipgram_pairs_match_naive_reference(tmp_path, chunk_tokens):
 
 
 @pytest.mark.parametrize("chunk_tokens", [7, 64])
-def test_skipgram_pairs_by_input_are_the_same_pairs_grouped(tmp_path, chunk_tokens):
+def test_grouped_pairs_match_offset_pairs(tmp_path, chunk_tokens):
     corpus, line_of = tiny_corpus(tmp_path, [1, 12, 3, 0, 9, 2, 15])
     config = TrainConfig(window=3, sample=0, chunk_tokens=chunk_tokens)
     trainer = Trainer(config, corpus, *init_vectors(len(corpus.counts), 4, 1), CPU)
