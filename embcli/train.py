@@ -16,7 +16,7 @@ How it differs from word2vec.c, and why:
   with tensor operations, and gradients are applied with `index_add_` in steps of
   `batch` pairs. Updates within one step are summed, not applied one after another.
   Skip-gram pairs come grouped by their input word and CBOW windows by center word, both
-  in strides of 2 * window + 1, so that one step never holds two neighbouring words'
+  in strides of 2 * window + 1, so that one step never contains two neighbouring words'
   windows. (With per-pair negatives, skip-gram pairs come in offset-major order.)
 - The learning rate is constant within a chunk of `chunk_tokens` tokens, not lowered
   after every word.
@@ -99,8 +99,8 @@ BURST_NEGATIVE_DRAWS = 8
 # negative / (negatives drawn). At the defaults (16 per block of 256 pairs, --negative 5)
 # that is 80 pairs' worth. With --negative 25 it was 400, and skip-gram, CBOW and subword
 # training all diverged at the default learning rate. So a larger --negative draws more
-# shared negatives, each standing for at most this many pairs (320 per skip-gram step
-# for --negative 25).
+# shared negatives, each carrying at most this many pairs' worth of change (320 negatives
+# per skip-gram step for --negative 25).
 PAIRS_PER_SHARED_NEGATIVE = 80
 
 
@@ -575,12 +575,12 @@ class Trainer:
         Pair p's input vector is row pair_word[p] of `combined` (U, D), and it predicts
         targets[p]. Returns (the gradient of each row of `combined`, summed over its pairs
         (U, D), the summed loss or None unless `with_loss`). `pairs_of_word` (U), if
-        given, must hold each row's number of pairs. `pair_offsets` (U), if given, gives where
+        given, must contain each row's number of pairs. `pair_offsets` (U), if given, gives where
         each row's pairs start, for pairs contiguous by row (`pair_word` sorted).
         `negatives`, if given, are the step's negatives, drawn by the caller.
 
         The step draws one set of step_negatives() negatives, so that each
-        stands for as many pairs as in a block of _negative_step. A pair's negative
+        carries as many pairs' changes as in a block of _negative_step. A pair's negative
         changes depend only on its input vector. So each row is scored once against
         the negatives, and its changes count once per pair. This is the update of
         _negative_step on `combined[pair_word]` with a single block, in three (U, D) x
