@@ -67,8 +67,8 @@ LOSS_EVERY = 8
 # step, as in a table of numbers or a line of one repeated token, hundreds of its changes
 # point the same way, and their sum overshoots. word2vec's one-at-a-time updates saturate
 # instead. So a word with n pairs in one step, more than a limit, has those pairs weighted
-# limit / n. The limit is BURST_PAIRS at an initial learning rate of BURST_LR and scales
-# with 1 / lr**2. A run of 20,000 copies of "zero" inside a Bible text trained at lr
+# limit / n. The limit is BURST_PAIRS at an initial learning rate of BURST_LR and
+# --negative BURST_LIMIT_NEGATIVE, and scales with 1 / lr**2 and 1 / (1 + negative). A run of 20,000 copies of "zero" inside a Bible text trained at lr
 # 0.025 with 64 and diverged with 128; at lr 0.05 it trained with 16 and diverged with
 # 32. The limit follows the initial rate, not the decaying one: raising it as the rate
 # fell let that run diverge in its second epoch. With subwords, text8_en_5M itself
@@ -80,6 +80,7 @@ LOSS_EVERY = 8
 # one token, texts mostly one word); other repetition patterns may still diverge.
 BURST_PAIRS = 64
 BURST_LR = 0.025
+BURST_LIMIT_NEGATIVE = 5
 BURST_SCREEN = 1 << 18
 # A CBOW example gives its whole error to each of its context words, and has up to
 # 2 * window of them, so CBOW counts context slots against a limit this many times larger.
@@ -308,7 +309,10 @@ class Trainer:
         scale = min(1.0, (BURST_LR / max(self.lr0, 1e-12)) ** 2) / workers
         # At least one pair's change always goes through, so a learning rate far too
         # large still ends in divergence instead of being cancelled.
-        self.burst_limit = max(1.0, BURST_PAIRS * scale)
+        # A pair changes its input row once for its target and once per negative, and the
+        # limit was found at --negative 5: with --negative 48 it let skip-gram diverge.
+        changes = (1 + BURST_LIMIT_NEGATIVE) / (1 + config.negative)
+        self.burst_limit = max(1.0, BURST_PAIRS * scale * min(1.0, changes))
         # The negative limit counts draws of one shared negative. A per-pair draw weighs
         # block_negatives / (block * negative) of one.
         self.negative_limit = max(1.0, BURST_NEGATIVE_DRAWS * scale)

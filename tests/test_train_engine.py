@@ -381,16 +381,17 @@ def test_train_run_of_one_repeated_word(tmp_path, options):
     assert np.abs(vectors).max() < 10
 
 
-@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+@pytest.mark.parametrize("method", [["--method", "skipgram"], ["--method", "cbow"],
+                                    ["--subwords", "3-6", "--buckets", "50000"]], ids=["skipgram", "cbow", "subwords"])
 def test_train_with_many_negatives(tmp_path, method):
     # With 16 shared negatives per 256 pairs, --negative 25 made each shared negative
-    # carry 400 pairs' worth of change, and both methods diverged in their first epoch.
+    # carry 400 pairs' worth of change, and all three diverged in their first epoch.
     corpus = os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt")
     model = str(tmp_path / "model")
     runner = CliRunner()
     assert runner.invoke(app, ["build-vocab", corpus, "-m", model, "--quiet"]).exit_code == 0
     result = runner.invoke(app, ["train", "-m", model, "--epochs", "3", "--dim", "32", "--threads", "1",
-                                 "--negative", "25", "--method", method, "--quiet"])
+                                 "--negative", "25", *method, "--quiet"])
     assert result.exit_code == 0, result.stderr
 
     vectors = np.load(os.path.join(model, "embeddings.npy"))
