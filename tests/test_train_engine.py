@@ -83,12 +83,17 @@ def test_grouped_pairs_match_offset_pairs(tmp_path, chunk_tokens):
                                                                       torch.Generator().manual_seed(chunk_index))
         sizes = (offsets[1:] - offsets[:-1]).tolist()
         assert min(sizes, default=1) >= 1
-        grouped = [(ids[position].item(), center) for position, size, begin in
-                   zip(positions.tolist(), sizes, offsets.tolist()) for center in targets[begin:begin + size].tolist()]
+
+        grouped = []
+        for position, size, begin in zip(positions.tolist(), sizes, offsets.tolist()):
+            for center in targets[begin:begin + size].tolist():
+                grouped.append((ids[position].item(), center))
         assert sorted(grouped) == sorted(zip(inputs.tolist(), outputs.tolist()))
+
         # Each position comes once, in strides of 2 * window + 1: ordered by the
-        # remainder of the division by 7, then by place.
-        order = [(position % 7, position) for position in positions.tolist()]
+        # remainder of the division by the stride, then by place.
+        stride = 2 * config.window + 1
+        order = [(position % stride, position) for position in positions.tolist()]
         assert order == sorted(set(order))
 
 
@@ -384,8 +389,8 @@ def test_train_run_of_one_repeated_word(tmp_path, options):
 @pytest.mark.parametrize("method", [["--method", "skipgram"], ["--method", "cbow"],
                                     ["--subwords", "3-6", "--buckets", "50000"]], ids=["skipgram", "cbow", "subwords"])
 def test_train_with_many_negatives(tmp_path, method):
-    # With 16 shared negatives per 256 pairs, --negative 25 made each shared negative
-    # carry 400 pairs' worth of change, and all three diverged in their first epoch.
+    # With a fixed 16 shared negatives per 256 pairs, and a word's pair limit set for
+    # --negative 5, all three diverged in their first epoch at --negative 25.
     corpus = os.path.join(os.path.dirname(__file__), "data", "kjv_small.txt")
     model = str(tmp_path / "model")
     runner = CliRunner()
