@@ -127,8 +127,8 @@ class _Tracking:
         self.touched = [torch.zeros(rows, dtype=torch.bool, device=self.device),
                         torch.zeros(self.output_vectors.shape[0], dtype=torch.bool, device=self.device)]
 
-    def _load_chunk(self, begin):
-        loaded = super()._load_chunk(begin)
+    def _load_chunk(self, begin, end=None):
+        loaded = super()._load_chunk(begin, end)
         raw, is_end = loaded[0], loaded[3]
         words = raw[~is_end]
         self._mark_inputs(words)

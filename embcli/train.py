@@ -58,9 +58,17 @@ from embcli.tokencache import TokenCache
 LINE_END = int(store.LINE_END)
 # The loss is computed on every LOSS_EVERY-th update step only, then scaled to the chunk.
 # Computing it on every step cost about 8 % of the training time, and on every 4th step
-# about 3.5 % more CPU than on every 8th (skip-gram, one process, text8). A chunk of
-# 65,536 tokens still samples about 37 steps of 1,024 pairs.
+# about 3.5 % more CPU than on every 8th (skip-gram, one process, text8). A piece of
+# 8,192 tokens of text8 (PIECE_TOKENS) still samples 5 of its 36 to 40 steps of 1,024
+# pairs.
 LOSS_EVERY = 8
+
+# A chunk is trained in pieces of at most this many tokens, each with its own pairs. The
+# pair tensors of a whole chunk of 65,536 tokens took about 30 MiB in each worker
+# process, those of a piece about 4 MiB, and the speed did not change (docs/benchmarks.md,
+# Eleventh session). A chunk stays the unit of the learning rate, of the workers' turns
+# and of checkpoints. Only on the CPU: see Trainer.train_chunk.
+PIECE_TOKENS = 8192
 
 # A step adds up the changes of all its pairs, each computed from the vectors as they were
 # before the step, where word2vec applies them one after another. When one word fills a
@@ -291,7 +299,7 @@ class Trainer:
     def __init__(self, config, corpus, input_vectors, output_vectors, device, worker=0, workers=1):
         self.config = config
         self.corpus = corpus
-        self.device = device
+        self.device = torch.device(device)
         self.worker = worker
         self.workers = workers
         self.input_vectors = input_vectors
@@ -342,10 +350,11 @@ class Trainer:
 
     # -- pair generation -------------------------------------------------------------
 
-    def _load_chunk(self, begin):
-        """Return (ids, sentence ids, is-core mask) for the chunk at `begin`, with margins."""
+    def _load_chunk(self, begin, end=None):
+        """Return (ids, sentence ids, is-core mask, is-line-end mask, end - begin) for the
+        tokens from `begin` to `end` (default: the end of the chunk at `begin`), with margins."""
         window = self.config.window
-        end = min(begin + self.config.chunk_tokens, self.stop)
+        end = min(begin + self.config.chunk_tokens, self.stop) if end is None else end
         lo = max(begin - 4 * window, 0)
         hi = min(end + 4 * window, len(self.corpus))
         raw = torch.from_numpy(np.asarray(self.corpus.tokens[lo:hi], dtype=np.int64))
@@ -457,13 +466,15 @@ class Trainer:
         if inputs.shape[0] <= limit:
             return None
         weight = None
+        # At least one counter per pair, at most BURST_SCREEN.
+        screen = min(BURST_SCREEN, 1 << max(inputs.shape[0] - 1, 1).bit_length())
         for words in (inputs, outputs):
-            # Screen first: hash the (step, word) keys into BURST_SCREEN counters. No key
+            # Screen first: hash the (step, word) keys into `screen` counters. No key
             # counts more than its counter, so only the pairs of counters past the limit
             # need an exact count. About 2 ms per chunk of 65,536 tokens.
             keys = steps * self.vocab_size + words
-            hashed = (keys * 2654435761) & (BURST_SCREEN - 1)
-            counters = torch.bincount(hashed, minlength=BURST_SCREEN)
+            hashed = (keys * 2654435761) & (screen - 1)
+            counters = torch.bincount(hashed, minlength=screen)
             # NOTE: not run on a GPU yet. This reads one value on the host per chunk,
             # not per step.
             if int(counters.max()) <= limit:
@@ -792,12 +803,21 @@ class Trainer:
         train = self.train_cbow_chunk if config.method == "cbow" else self.train_skipgram_chunk
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(config.seed, seed_worker, epoch, chunk_index))
-        raw, sentence, core, is_end, _ = self._load_chunk(self.chunks[chunk_index])
-        words = int(core.sum())
-        ids, sentence, core = self._subsample(raw, sentence, core, is_end, generator)
-        with torch.no_grad():
-            loss, examples = train(ids, sentence, core, lr, generator)
-        loss_value = float(loss)
+        begin = self.chunks[chunk_index]
+        end = min(begin + config.chunk_tokens, self.stop)
+        # A GPU keeps whole chunks: its steps are launched from the host, and larger pieces
+        # give it more work per launch.
+        piece_tokens = PIECE_TOKENS if self.device.type == "cpu" else config.chunk_tokens
+        words, examples, losses = 0, 0, []
+        for piece in range(begin, end, piece_tokens):
+            raw, sentence, core, is_end, _ = self._load_chunk(piece, min(piece + piece_tokens, end))
+            words += int(core.sum())
+            ids, sentence, core = self._subsample(raw, sentence, core, is_end, generator)
+            with torch.no_grad():
+                loss, piece_examples = train(ids, sentence, core, lr, generator)
+            losses.append(loss)
+            examples += piece_examples
+        loss_value = float(sum(losses))
         # A fresh model's loss per example is ln 2 per score (about 4.2 with 5
         # negatives); 50 times that only happens when the updates blow up.
         diverging = examples and loss_value / examples > 50 * math.log(2) * (1 + config.negative)
@@ -1768,6 +1788,7 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
     # copy those pages into each child (copy-on-write) and raise the memory use.
     import gc
 
+    _release_free_heap()
     gc.freeze()
     with _signals_held():
         for process in processes:
@@ -1832,6 +1853,24 @@ def _run_workers(workers, config, tokens_path, counts, input_vectors, output_vec
     words = sum(shared_stats[4 * w] for w in range(workers))
     examples = sum(shared_stats[4 * w + 1] for w in range(workers))
     return positions, [words, examples, window.mean()], failure
+
+
+def _release_free_heap():
+    """Give the C heap's free pages back to the system before forking workers.
+
+    Pages freed by the steps before training stay in the heap. There they count in the
+    parent's memory, and a worker that reuses one gets its own copy. Returning them took
+    about 12 MiB off a run on text8_en_5M. Only glibc has malloc_trim; elsewhere this
+    does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _share_vectors(input_vectors, output_vectors):
