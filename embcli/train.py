@@ -66,8 +66,8 @@ LOSS_EVERY = 8
 # A chunk is trained in pieces of at most this many tokens, each with its own pairs. The
 # pair tensors of a whole chunk of 65,536 tokens took about 30 MiB in each worker
 # process, those of a piece about 4 MiB, and the speed did not change (docs/benchmarks.md,
-# Eleventh session). A chunk stays the unit of the learning rate, of the workers' turns
-# and of checkpoints. Only on the CPU: see Trainer.train_chunk.
+# "chunks trained in pieces"). A chunk stays the unit of the learning rate, of the
+# workers' turns and of checkpoints. Only on the CPU: see Trainer.train_chunk.
 PIECE_TOKENS = 8192
 
 # A step adds up the changes of all its pairs, each computed from the vectors as they were
