@@ -378,7 +378,9 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     # Every rank catches SIGINT and SIGTERM before this all-reduce, so once rank 0 reports
     # the start, a signal to any rank leads to a checkpoint.
     stop = train._Stop()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A signal ignored since start-up stays ignored, as in train._signals_to.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) != signal.SIG_IGN}
     # A rank stopped by a signal may be short of the synchronization point that the others
     # reached, so the ranks resume from the earliest one; ranks already past it wait there.
     syncs_done, = _sum_across([sum(1 for point in points if point <= done)], device, dist.ReduceOp.MIN)
@@ -501,9 +503,13 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         epochs_reached = min(gathered[::2]) + 1
         if launch.rank != 0:
             # Only rank 0 saves the checkpoint, so only it prints where it is and how to resume.
-            raise TrainingInterrupted(f"rank {launch.rank} stopped by {name}", exit_code=128 + number)
+            # A stop, not an error: rank 0 saved the checkpoint.
+            raise TrainingInterrupted(f"rank {launch.rank} stopped by {name}; rank 0 saved the checkpoint",
+                                      exit_code=128 + number,
+                                      checkpoint=os.path.join(model_dir, train.CHECKPOINT))
         raise TrainingInterrupted(
-            f"training stopped by {name} ({min(epochs_reached, config.epochs)} of {config.epochs} epochs) "
+            f"training stopped by {name} ({min(epochs_reached, config.epochs)} of "
+            f"{train.epochs_text(config.epochs)}) "
             f"on {launch.world_size} ranks; checkpoint saved in {model_dir}/{train.CHECKPOINT}; continue "
             f"with the same torchrun command and: embcli train --resume -m {model_dir}",
             exit_code=128 + number,

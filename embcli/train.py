@@ -1170,11 +1170,15 @@ class _Stop:
 
 @contextlib.contextmanager
 def _signals_to(handler):
-    """Route SIGINT and SIGTERM to `handler` for the block (a no-op off the main thread)."""
+    """Route SIGINT and SIGTERM to `handler` for the block (a no-op off the main thread).
+
+    A signal that this process ignores stays ignored: a shell starts a background job
+    without job control with SIGINT ignored, and Python keeps it so.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         yield
     finally:
@@ -1345,7 +1349,7 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
                                       stop, failure, done_words / max(words_total, 1))
 
             vectors = input_vectors.detach().to("cpu").numpy()
-            _check_trained(vectors, config, done_examples)
+            _check_trained(vectors, config, done_examples, corpus)
             stats = TrainStats(
                 words=int(done_words),
                 examples=int(done_examples),
@@ -1400,7 +1404,7 @@ def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors,
         raise TrainingError(message)
     config = checkpoints.config
     raise TrainingInterrupted(
-        f"training stopped by {stop.name} at {fraction_done:.0%} of {config.epochs} epochs; "
+        f"training stopped by {stop.name} at {fraction_done:.0%} of {epochs_text(config.epochs)}; "
         f"checkpoint saved in {checkpoint}; continue with: {command}",
         exit_code=128 + stop.signal,
         checkpoint=checkpoint,
@@ -1571,7 +1575,24 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
     return start, new_cache
 
 
-def _check_trained(vectors, config, examples):
+def epochs_text(count):
+    """Return "1 epoch" or "N epochs"."""
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
+def _has_adjacent_words(tokens):
+    """Return True if two words of the token ids `tokens` follow each other on a line."""
+    # Blocks of 1 M tokens, overlapping by one, keep the temporaries small.
+    block = 1 << 20
+    for begin in range(0, max(len(tokens) - 1, 0), block):
+        part = np.asarray(tokens[begin : begin + block + 1])
+        words = part != LINE_END
+        if np.any(words[:-1] & words[1:]):
+            return True
+    return False
+
+
+def _check_trained(vectors, config, examples, corpus=None):
     """Raise TrainingError if training diverged or had nothing to learn from."""
     # Trained word2vec values stay within a few units; 1e4 means the updates blew up.
     # max() and min() return NaN if any value is NaN, and they allocate nothing, where
@@ -1584,7 +1605,7 @@ def _check_trained(vectors, config, examples):
             f"learning rate (it was {config.resolved_lr():g}); nothing was written"
         )
     if examples == 0:
-        if config.sample > 0:
+        if config.sample > 0 and (corpus is None or _has_adjacent_words(corpus.tokens)):
             cause = "no line of the corpus has two vocabulary words within the window after subsampling"
             advice = "use a larger corpus, or turn subsampling off (--sample 0, or sample=0 in Python)"
         else:

@@ -388,3 +388,24 @@ def test_signal_after_save_exits_zero(vocab_dir, tmp_path, monkeypatch, late_sig
     monkeypatch.setattr(train, "train_model", signal_at_once)
     result = CliRunner().invoke(cli.app, ["train", "-m", model_dir, "--epochs", "1", "--dim", "8", "--threads", "1"])
     assert result.exit_code == {"KeyboardInterrupt": 130, "Terminated": 143}[late_signal]
+
+
+@pytest.mark.parametrize("threads, epochs", [(1, 2), (2, 40)])
+def test_ignored_sigint_stays_ignored(vocab_dir, threads, epochs):
+    """A shell starts a background job without job control with SIGINT ignored."""
+    # Two workers report their progress every 0.25 s, so they get 40 epochs to run.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stats = train_model(vocab_dir, TrainConfig(**dict(SETTINGS, threads=threads, epochs=epochs)),
+                            progress=interrupt_after(1, signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stats.epochs_done == epochs
+    assert os.path.exists(os.path.join(vocab_dir, "embeddings.npy"))
+    assert not os.path.exists(os.path.join(vocab_dir, "checkpoint.json"))
+
+
+def test_stop_message_counts_one_epoch(vocab_dir):
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_model(vocab_dir, TrainConfig(**dict(SETTINGS, epochs=1)), progress=interrupt_after(1))
+    assert " of 1 epoch; " in str(stopped.value)

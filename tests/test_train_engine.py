@@ -439,10 +439,15 @@ def test_train_with_many_negatives(tmp_path, method):
     assert np.abs(vectors).max() < 10
 
 
-@pytest.mark.parametrize("sample, advice", [("1e-3", "--sample 0"), ("0", "more than one word on a line")])
-def test_corpus_without_pairs_names_the_fix(tmp_path, sample, advice):
-    corpus = tmp_path / "one_per_line.txt"
-    corpus.write_text("".join(f"{word}\n" for word in ["alpha", "beta", "gamma"] * 200), encoding="utf-8")
+@pytest.mark.parametrize("lines, sample, advice", [
+    # Two words that make up the whole corpus: subsampling keeps about 1 in 220 of each.
+    (["alpha beta"] * 100, "1e-5", "--sample 0"),
+    (["alpha", "beta", "gamma"] * 200, "1e-3", "more than one word on a line"),
+    (["alpha", "beta", "gamma"] * 200, "0", "more than one word on a line"),
+])
+def test_corpus_without_pairs_names_the_fix(tmp_path, lines, sample, advice):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     model = str(tmp_path / "model")
     runner = CliRunner()
     assert runner.invoke(app, ["build-vocab", str(corpus), "-m", model, "--quiet"]).exit_code == 0
