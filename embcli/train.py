@@ -59,16 +59,18 @@ LINE_END = int(store.LINE_END)
 # The loss is computed on every LOSS_EVERY-th update step only, then scaled to the chunk.
 # Computing it on every step cost about 8 % of the training time, and on every 4th step
 # about 3.5 % more CPU than on every 8th (skip-gram, one process, text8). A piece of
-# 8,192 tokens of text8 (PIECE_TOKENS) still samples 5 of its 36 to 40 steps of 1,024
+# 16,384 tokens of text8 (PIECE_TOKENS) still samples 10 of its 72 to 80 steps of 1,024
 # pairs.
 LOSS_EVERY = 8
 
 # A chunk is trained in pieces of at most this many tokens, each with its own pairs. The
-# pair tensors of a whole chunk of 65,536 tokens took about 30 MiB in each worker
-# process, those of a piece about 4 MiB, and the speed did not change (docs/benchmarks.md,
-# "chunks trained in pieces"). A chunk stays the unit of the learning rate, of the
-# workers' turns and of checkpoints. Only on the CPU: see Trainer.train_chunk.
-PIECE_TOKENS = 8192
+# pair tensors of a whole chunk of 65,536 tokens took about 30 MiB of heap in each worker
+# process. With these pieces, a 2-worker run on text8_en_5M peaked at 102-105 MiB above
+# a bare `import torch` instead of 172 MiB, at the same speed; pieces of 8,192 tokens
+# saved 5 MiB more but took about 3 % more CPU (docs/benchmarks.md, "chunks trained in
+# pieces"). A chunk stays the unit of the learning rate, of the workers' turns and of
+# checkpoints. Only on the CPU: see Trainer.train_chunk.
+PIECE_TOKENS = 16384
 
 # A step adds up the changes of all its pairs, each computed from the vectors as they were
 # before the step, where word2vec applies them one after another. When one word fills a
