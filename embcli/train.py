@@ -66,7 +66,7 @@ LOSS_EVERY = 8
 # A chunk is trained in pieces of at most this many tokens, each with its own pairs. The
 # pair tensors of a whole chunk of 65,536 tokens took about 30 MiB of heap in each worker
 # process. With these pieces, a 2-worker run on text8_en_5M peaked at 102-105 MiB above
-# a bare `import torch` instead of 172 MiB, at the same speed; pieces of 8,192 tokens
+# a bare `import torch` instead of 172 MiB, at the same speed. Pieces of 8,192 tokens
 # saved 5 MiB more but took about 3 % more CPU (docs/benchmarks.md, "chunks trained in
 # pieces"). A chunk stays the unit of the learning rate, of the workers' turns and of
 # checkpoints. Only on the CPU: see Trainer.train_chunk.

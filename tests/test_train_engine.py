@@ -208,7 +208,7 @@ def test_training_brings_cooccurring_words_closer(small_corpus, method, negative
 
     build_vocab("model", [small_corpus], Tokenizer(), min_count=5)
     # After 3 epochs, per-pair skip-gram's margin below was 0.09 to 0.105, depending on
-    # how the chunks were cut; after 5, 0.15 to 0.16 (shared: 0.21, CBOW: 0.27).
+    # how the chunks were cut. After 5 it is 0.15 to 0.16 (shared: 0.21, CBOW: 0.27).
     config = TrainConfig(method=method, negatives=negatives, dim=32, epochs=5, threads=1, device="cpu")
     stats = train_model("model", config)
     matrix = np.load("model/embeddings.npy")
