@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from embcli import __version__
-from embcli.errors import DiskFull, EmbcliError, TrainingInterrupted, UnknownWord, is_disk_full, shorten
+from embcli.errors import DiskFull, EmbcliError, TrainingInterrupted, UnknownWord, is_disk_full, plural, shorten
 
 app = typer.Typer(
     add_completion=False,
@@ -82,9 +82,7 @@ def note(message):
         _stderr(message)
 
 
-def _count(number, noun):
-    """Return `number` and `noun`, in the plural unless `number` is 1: "1 line", "2,048 lines"."""
-    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+_count = plural
 
 
 def error(message):

@@ -57,7 +57,7 @@ import torch.distributed as dist
 
 from embcli import store, train
 from embcli.train_subwords import SubwordTrainer, init_subword_vectors
-from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, TrainingError, TrainingInterrupted
+from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, TrainingError, TrainingInterrupted, plural
 
 # After this many seconds in init_process_group, train_distributed's `waiting` callback runs.
 # A rank that failed to start leaves the others there for torch's timeout, 30 minutes.
@@ -378,9 +378,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     # Every rank catches SIGINT and SIGTERM before this all-reduce, so once rank 0 reports
     # the start, a signal to any rank leads to a checkpoint.
     stop = train._Stop()
-    # A signal ignored since start-up stays ignored, as in train._signals_to.
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(sig) != signal.SIG_IGN}
+    previous = train.route_signals((signal.SIGINT, signal.SIGTERM), stop)
     # A rank stopped by a signal may be short of the synchronization point that the others
     # reached, so the ranks resume from the earliest one; ranks already past it wait there.
     syncs_done, = _sum_across([sum(1 for point in points if point <= done)], device, dist.ReduceOp.MIN)
@@ -509,7 +507,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
                                       checkpoint=os.path.join(model_dir, train.CHECKPOINT))
         raise TrainingInterrupted(
             f"training stopped by {name} ({min(epochs_reached, config.epochs)} of "
-            f"{train.epochs_text(config.epochs)}) "
+            f"{plural(config.epochs, 'epoch')}) "
             f"on {launch.world_size} ranks; checkpoint saved in {model_dir}/{train.CHECKPOINT}; continue "
             f"with the same torchrun command and: embcli train --resume -m {model_dir}",
             exit_code=128 + number,

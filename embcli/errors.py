@@ -14,6 +14,11 @@ import errno
 QUOTE_CHARS = 80
 
 
+def plural(count, noun):
+    """Return `count` and `noun`, in the plural unless `count` is 1: "1 line", "2,048 lines"."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def shorten(text, limit=QUOTE_CHARS):
     """Return `text` for quoting in a message: whole if short, else its start and its length."""
     if len(text) <= limit:

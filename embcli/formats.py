@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embcli import fasttext_bin
-from embcli.errors import DiskFull, VectorFileError, decode_utf8, is_disk_full
+from embcli.errors import DiskFull, VectorFileError, decode_utf8, is_disk_full, plural
 
 READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "fasttext-bin", "npy")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy", "projector")
@@ -230,8 +230,7 @@ def _open_maybe_compressed(path):
             yield handle, raw
 
 
-def _plural(count, noun):
-    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+_plural = plural
 
 
 def _is_pickle_error(error):

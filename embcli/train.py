@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from embcli import store
-from embcli.errors import DiskFull, EmbcliError, TrainingDiverged, TrainingError, TrainingInterrupted
+from embcli.errors import DiskFull, EmbcliError, TrainingDiverged, TrainingError, TrainingInterrupted, plural
 from embcli.tokencache import TokenCache
 
 LINE_END = int(store.LINE_END)
@@ -78,10 +78,11 @@ PIECE_TOKENS = 16384
 # point the same way, and their sum overshoots. word2vec's one-at-a-time updates saturate
 # instead. So a word with n pairs in one step, more than a limit, has those pairs weighted
 # limit / n. The limit is BURST_PAIRS at an initial learning rate of BURST_LR and
-# --negative BURST_LIMIT_NEGATIVE, and scales with 1 / lr**2 and 1 / (1 + negative). A run of 20,000 copies of "zero" inside a Bible text trained at lr
-# 0.025 with 64 and diverged with 128; at lr 0.05 it trained with 16 and diverged with
-# 32. The limit follows the initial rate, not the decaying one: raising it as the rate
-# fell let that run diverge in its second epoch. With subwords, text8_en_5M itself
+# --negative BURST_LIMIT_NEGATIVE, and scales with 1 / lr**2 and 1 / (1 + negative). A
+# run of 20,000 copies of "zero" inside a Bible text trained at lr 0.025 with 64 and
+# diverged with 128. At lr 0.05 it trained with 16 and diverged with 32. The limit
+# follows the initial rate, not the decaying one: raising it as the rate fell let that
+# run diverge in its second epoch. With subwords, text8_en_5M itself
 # diverged at the default --sample 1e-3, in a table of number words. There, with 2
 # workers, the limit damps 3.5 % of the skip-gram pairs: number words of tables and dates,
 # and a few names within their own article ("lincoln"). Its 5-epoch scores stayed where
@@ -1170,17 +1171,22 @@ class _Stop:
         return signal.Signals(self.signal).name if self.signal else None
 
 
-@contextlib.contextmanager
-def _signals_to(handler):
-    """Route SIGINT and SIGTERM to `handler` for the block (a no-op off the main thread).
+def route_signals(signals, handler):
+    """Set `handler` for each of `signals`; return {signal: previous handler}.
 
     A signal that this process ignores stays ignored: a shell starts a background job
     without job control with SIGINT ignored, and Python keeps it so.
     """
+    return {sig: signal.signal(sig, handler) for sig in signals if signal.getsignal(sig) != signal.SIG_IGN}
+
+
+@contextlib.contextmanager
+def _signals_to(handler):
+    """Route SIGINT and SIGTERM to `handler` for the block (a no-op off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+    previous = route_signals(_SIGNALS, handler)
     try:
         yield
     finally:
@@ -1406,7 +1412,7 @@ def _stop_with_checkpoint(checkpoints, positions, input_vectors, output_vectors,
         raise TrainingError(message)
     config = checkpoints.config
     raise TrainingInterrupted(
-        f"training stopped by {stop.name} at {fraction_done:.0%} of {epochs_text(config.epochs)}; "
+        f"training stopped by {stop.name} at {fraction_done:.0%} of {plural(config.epochs, 'epoch')}; "
         f"checkpoint saved in {checkpoint}; continue with: {command}",
         exit_code=128 + stop.signal,
         checkpoint=checkpoint,
@@ -1575,11 +1581,6 @@ def _fresh_start(model_dir, meta, config, words, corpus_paths, encoding, errors,
         ) from None
     start = _Resume(config, 0, [], input_vectors, output_vectors, store.TOKENS, corpus_record)
     return start, new_cache
-
-
-def epochs_text(count):
-    """Return "1 epoch" or "N epochs"."""
-    return f"{count} epoch" if count == 1 else f"{count} epochs"
 
 
 def _has_adjacent_words(tokens):
