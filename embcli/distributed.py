@@ -339,8 +339,9 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     positions = [0] * (2 * launch.world_size)
     corpus_record = train.cached_sources(meta)
     done_before = (0.0, 0.0, 0.0)  # words, examples and seconds of the run before a resume
+    windows = None  # each rank's loss window at the checkpoint
     if resume:
-        input_vectors, output_vectors, positions, config, sync_tokens, done_before = load_checkpoint(
+        input_vectors, output_vectors, positions, config, sync_tokens, done_before, windows = load_checkpoint(
             model_dir, meta, config, len(words), launch.world_size, sync_tokens, len(corpus), words)
     table = train._subword_table(words, config)
     if table is not None and launch.rank == 0:
@@ -387,7 +388,9 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
     replicas = Replicas([input_vectors, output_vectors], trainer.touched)
     words_total = corpus.total_words * config.epochs
     local = {"words": 0.0, "examples": 0.0, "done": done}
-    window = train._LossWindow()
+    # A resumed rank goes on with the window it had at the checkpoint, so that the final
+    # loss is the mean over the same chunks as in a run without the stop.
+    window = train._LossWindow(items=windows[launch.rank] if windows else None)
     last_progress = [0.0]
 
     def report(chunk_words, examples, loss, lr):
@@ -424,12 +427,17 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
             "sync_wait_seconds_rank0": round(earlier.get("sync_wait_seconds_rank0", 0.0) + replicas.wait_seconds, 3),
         }
 
+    # Every rank's loss window as of the last two synchronizations, by index. The windows
+    # are gathered just before a synchronization, so if that one fails, the one before it
+    # (the one a checkpoint then saves) still has its windows.
+    recent_windows = {}
+
     def save_synchronized(index, matrices):
         """Save `matrices`, the replicas as of synchronization `index`, as a checkpoint (rank 0)."""
         at_sync = positions_at_sync(len(corpus), config, launch.world_size, syncs, index, positions)
         totals = (synced["words"], synced["examples"], start.seconds_done + time.time() - began, words_total)
         save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, at_sync, *matrices,
-                        corpus_record, totals, sync_record())
+                        corpus_record, totals, sync_record(), recent_windows.get(index))
 
     synchronized = None  # the index of the last synchronization that every rank completed
     try:
@@ -440,7 +448,9 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
                 trainer.run(epoch, chunk, report, lambda: local["done"] >= target or stop.is_set())
             # Every rank has trained up to this synchronization, so its counts are those
             # of the matrices it is about to exchange.
-            words_now, examples_now = _sum_across([local["words"], local["examples"]], device)
+            (words_now, examples_now), recent_windows[index] = _gather_windows(
+                [local["words"], local["examples"]], window, launch, device)
+            recent_windows.pop(index - 2, None)
             replicas.synchronize()
             synced.update(words=start.words_done + words_now, examples=start.examples_done + examples_now)
             synchronized = index
@@ -493,7 +503,8 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         if launch.rank == 0:
             save_checkpoint(model_dir, meta, config, launch.world_size, sync_tokens, gathered,
                             input_vectors, output_vectors, corpus_record,
-                            (words_sum, examples_sum, seconds, words_total), sync_record())
+                            (words_sum, examples_sum, seconds, words_total), sync_record(),
+                            recent_windows.get(synchronized))
         dist.barrier()
         # A rank on another node may have stopped only because a signal reached other ranks.
         number = stop.signal or signal.SIGTERM
@@ -568,6 +579,30 @@ def positions_at_sync(corpus_tokens, config, world_size, syncs, index, start_pos
     return positions
 
 
+def _gather_windows(values, window, launch, device):
+    """Return (`values` summed over the ranks, every rank's loss window items), on every rank.
+
+    One all-reduce: each rank fills its own row of a zero matrix with `values`, its
+    window's length and its (loss, examples) pairs. Adding zeros leaves each value as it was.
+    """
+    size, count = window.size, len(values)
+    items = window.items[-size:]
+    padding = [0.0] * (size - len(items))
+    row = [*values, float(len(items))] + [loss for loss, _ in items] + padding \
+        + [examples for _, examples in items] + padding
+    matrix = torch.zeros((launch.world_size, len(row)), dtype=torch.float64, device=device)
+    matrix[launch.rank] = torch.tensor(row, dtype=torch.float64, device=device)
+    dist.all_reduce(matrix, op=dist.ReduceOp.SUM)
+    rows = matrix.cpu().tolist()
+    summed = [sum(rank_row[column] for rank_row in rows) for column in range(count)]
+    windows = []
+    for rank_row in rows:
+        length = int(rank_row[count])
+        losses, examples = rank_row[count + 1 : count + 1 + size], rank_row[count + 1 + size :]
+        windows.append([[losses[i], examples[i]] for i in range(length)])
+    return summed, windows
+
+
 def _gather_positions(position, launch, device):
     """Return [epoch0, chunk0, epoch1, chunk1, ...] of every rank, on every rank."""
     values = [0.0] * (2 * launch.world_size)
@@ -582,11 +617,12 @@ def _gather_positions(position, launch, device):
 
 
 def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions, input_vectors,
-                    output_vectors, corpus_record, totals, sync=None):
+                    output_vectors, corpus_record, totals, sync=None, loss_windows=None):
     """Write the replicated matrices and every rank's (epoch, chunk) as one commit.
 
-    `totals` is (words, examples, seconds, words_total) of the run so far, and `sync` the
-    synchronization counts so far (see _train's sync_record).
+    `totals` is (words, examples, seconds, words_total) of the run so far, `sync` the
+    synchronization counts so far (see _train's sync_record), and `loss_windows`, if
+    given, every rank's recent (loss, examples) pairs.
     """
     words_done, examples_done, seconds, words_total = totals
     input_tmp = store.save_npy_temp(model_dir, train.CHECKPOINT_INPUT, input_vectors.detach().cpu().numpy())
@@ -604,7 +640,8 @@ def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions,
         "examples_done": examples_done,
         "words_total": words_total,
         "seconds": seconds,
-        "distributed": {"world_size": world_size, "sync_tokens": sync_tokens, **(sync or {})},
+        "distributed": {"world_size": world_size, "sync_tokens": sync_tokens, **(sync or {}),
+                        **({"loss_windows": loss_windows} if loss_windows else {})},
         "files": {
             train.CHECKPOINT_INPUT: store.fingerprint(input_tmp),
             train.CHECKPOINT_OUTPUT: store.fingerprint(output_tmp),
@@ -618,9 +655,12 @@ def save_checkpoint(model_dir, meta, config, world_size, sync_tokens, positions,
 
 
 def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens, corpus_tokens=None, words=None):
-    """Return (input, output, positions, config, sync_tokens, done) from the checkpoint in `model_dir`.
+    """Return (input, output, positions, config, sync_tokens, done, loss windows) from the
+    checkpoint in `model_dir`.
 
-    `done` is (words, examples, seconds) of the run up to the checkpoint. `words`, the
+    `done` is (words, examples, seconds) of the run up to the checkpoint. The loss windows
+    are every rank's (loss, examples) pairs, or None when the checkpoint has none for
+    `world_size` ranks (a checkpoint of worker processes, or one saved by an older version). `words`, the
     vocabulary, is needed to resume a subword run, whose input matrix has n-gram rows too.
 
     The checkpoint's settings win over `config` and `sync_tokens`, except the device. A
@@ -650,4 +690,7 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
     distributed = state.get("distributed") or {}
     sync_tokens = distributed.get("sync_tokens", sync_tokens)
     done = (start.words_done, start.examples_done, start.seconds_done)
-    return start.input_vectors, start.output_vectors, positions, start.config, sync_tokens, done
+    windows = [train._loss_window_of({"loss_window": items}) for items in distributed.get("loss_windows") or []]
+    if len(windows) != world_size or any(items is None for items in windows):
+        windows = None
+    return start.input_vectors, start.output_vectors, positions, start.config, sync_tokens, done, windows

@@ -264,6 +264,40 @@ def test_killed_rank_checkpoint_counts_words(vocab_dir, tmp_path):
     assert words == pytest.approx(40 * per_epoch, rel=0.02)
 
 
+def test_resumed_ranks_end_as_without_the_stop(vocab_dir, tmp_path):
+    # 6 epochs of 5 chunks per rank: fewer than the 50 chunks of a loss window, so the final
+    # loss averages every chunk of the run, before and after the stop.
+    options = ["--dim", "8", "--epochs", "6", "--sync-tokens", "8192", "--checkpoint-every", "0.0001"]
+    model_dir = copy_model(vocab_dir, tmp_path / "killed")
+    checkpoint = os.path.join(model_dir, "checkpoint.json")
+
+    def kill_at_first_checkpoint(process):
+        # torchrun starts each rank in a process group of its own, so each is killed by its pid.
+        ranks = [rank_process(model_dir, rank) for rank in (0, 1)]
+        deadline = time.time() + 120
+        while not os.path.exists(checkpoint) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        for pid in ranks:
+            os.kill(pid, signal.SIGKILL)
+
+    stopped_torchrun(model_dir, options, kill_at_first_checkpoint)
+    with open(checkpoint, encoding="utf-8") as handle:
+        state = json.load(handle)
+    assert len(state["distributed"]["loss_windows"]) == 2
+    assert "embeddings.npy" not in os.listdir(model_dir)
+    resumed = torchrun(model_dir, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    # Periodic checkpoints hold the matrices, each rank's position and its recent losses as
+    # of a synchronization, so the resumed run ends as a run without the kill does.
+    whole = copy_model(vocab_dir, tmp_path / "whole")
+    uninterrupted = torchrun(whole, 2, *options)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    model, reference = embcli.load(model_dir), embcli.load(whole)
+    assert np.array_equal(np.asarray(model.matrix), np.asarray(reference.matrix))
+    assert model.meta["training"]["stats"]["final_loss"] == reference.meta["training"]["stats"]["final_loss"]
+
+
 def test_ranks_with_different_settings_stop(vocab_dir, tmp_path):
     model_dir = copy_model(vocab_dir, tmp_path / "mixed")
     port = str(free_port())
