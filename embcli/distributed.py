@@ -34,11 +34,13 @@ How the ranks keep one model:
   byte-identical vectors.
 
 Rank 0 alone writes the model directory, through `embcli.store`, with the same files as
-a one-process run. On SIGINT or SIGTERM a rank stops after its current chunk and the
-others at the next synchronization point; after that synchronization rank 0 saves a
+a one-process run. On SIGINT or SIGTERM every rank trains on to the next
+synchronization point and stops there; after that synchronization rank 0 saves a
 checkpoint in the layout that `embcli.train` uses for Hogwild workers (one position per
 worker, plus a "distributed" entry), and `embcli train --resume` under torchrun with the
-same number of ranks continues it.
+same number of ranks continues it. Such a checkpoint holds every rank at a
+synchronization point, so the resumed run gives the same vectors as a run without the
+stop.
 """
 
 import dataclasses
@@ -445,7 +447,7 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
             target = points[index]
             if local["done"] < target:
                 epoch, chunk = divmod(local["done"], chunks_per_epoch)
-                trainer.run(epoch, chunk, report, lambda: local["done"] >= target or stop.is_set())
+                trainer.run(epoch, chunk, report, lambda: local["done"] >= target)
             # Every rank has trained up to this synchronization, so its counts are those
             # of the matrices it is about to exchange.
             (words_now, examples_now), recent_windows[index] = _gather_windows(
