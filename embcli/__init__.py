@@ -153,8 +153,8 @@ def _checked_setting(name, annotation, value):
 def import_vectors(path, model=None, format=None, words=None, lenient=False, force=False):
     """Read the vector file `path` into the model directory `model`; return the opened Model.
 
-    `format` is None to detect it, or word2vec, word2vec-binary, glove, fasttext or npy;
-    `words` is the word list of an `.npy` matrix. Lenient warnings are in the model's
+    `format` is None to detect it, or word2vec, word2vec-binary, glove, fasttext, npy or
+    projector; `words` is the word list of an `.npy` matrix or a projector vectors.tsv. Lenient warnings are in the model's
     meta["imported"]["warnings"] count. A directory that already contains a model
     raises VectorFileError unless `force` is true.
     """

@@ -334,34 +334,36 @@ def _reads_as_chinese(data, position):
 
 
 def _check_not_utf16(block, name, encoding):
-    """Raise CorpusError if `block`, read as UTF-8, is UTF-16 or UTF-32 text.
-
-    UTF-16 text of Latin letters is valid UTF-8 with a NUL byte after (or before) every
-    letter, so it would silently become one-letter tokens.
-    """
+    """Raise CorpusError if `block`, read as UTF-8, is UTF-16 or UTF-32 text (see wide_encoding)."""
     if codecs.lookup(encoding).name != "utf-8":
         return
+    found = wide_encoding(block)
+    if found is not None:
+        variant, finding = found
+        raise CorpusError(f"{name}: {finding}; read it with encoding {variant}", options=("encoding",))
+
+
+def wide_encoding(block):
+    """Return (codec name, what shows it) if `block`, the start of a file, is UTF-16 or
+    UTF-32 text, else None.
+
+    UTF-16 text of Latin letters is valid UTF-8 with a NUL byte after (or before) every
+    letter, so read as UTF-8 it would silently become one-letter tokens.
+    """
     if block.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         variant = "utf-32" if block.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")) else "utf-16"
-        raise CorpusError(
-            f"{name}: starts with a {variant.upper()} byte-order mark, so it is not UTF-8; "
-            f"read it with encoding {variant}",
-            options=("encoding",),
-        )
+        return variant, f"starts with a {variant.upper()} byte-order mark, so it is not UTF-8"
     if len(block) < 16:
-        return
+        return None
     sample = block[:4096]
     even, odd = sample[0::2].count(0), sample[1::2].count(0)
     half = len(sample) // 2
     if max(even, odd) < 0.4 * half or min(even, odd) > 0.1 * half:
-        return
+        return None
     variant = "utf-16-le" if odd > even else "utf-16-be"
-    raise CorpusError(
-        f"{name}: looks like {variant.upper()} text without a byte-order mark "
-        f"({max(even, odd) * 100 // half}% of the {'odd' if odd > even else 'even'} bytes "
-        f"at the start are NUL); read it with encoding {variant}",
-        options=("encoding",),
-    )
+    return variant, (f"looks like {variant.upper()} text without a byte-order mark "
+                     f"({max(even, odd) * 100 // half}% of the {'odd' if odd > even else 'even'} bytes "
+                     f"at the start are NUL)")
 
 
 def _display_name(encoding):

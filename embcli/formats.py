@@ -11,6 +11,9 @@ Readers:
   `word<TAB>count` lines as in a model's vocab.tsv), never unpickled.
 - `fasttext-bin`: a fastText binary model (embcli.fasttext_bin). Imported, it keeps its
   n-gram rows, so words outside its vocabulary get fastText's vectors.
+- `projector`: the TensorFlow Embedding Projector's `vectors.tsv` (tab-separated values,
+  no words) with the `metadata.tsv` beside it, which holds the words (see
+  read_projector_metadata).
 
 In text files, fields are separated by ASCII spaces only, as word2vec.c writes them, so
 a word may contain a tab. A word may also contain spaces: the last D fields are the
@@ -54,7 +57,7 @@ import numpy as np
 from embcli import fasttext_bin
 from embcli.errors import DiskFull, VectorFileError, decode_utf8, is_disk_full, plural
 
-READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "fasttext-bin", "npy")
+READ_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "fasttext-bin", "npy", "projector")
 WRITE_FORMATS = ("word2vec", "word2vec-binary", "glove", "fasttext", "npy", "projector")
 NPY_MAGIC = b"\x93NUMPY"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -67,6 +70,13 @@ MAX_WARNINGS = 20
 _HEADER = re.compile(rb"^\s*(\d+)[ \t]+(\d+)\s*$")
 # Appended to a row error when the line has tabs, which word2vec and GloVe files do not use.
 _TAB_HINT = " (values are separated by spaces, and this line has tabs; replace them, for example with tr '\\t' ' ')"
+# Appended instead when the line is only numbers separated by tabs.
+_PROJECTOR_HINT = (" (the line is only numbers separated by tabs, as in the vectors.tsv of a TensorFlow Embedding "
+                   "Projector export, which has no words; read it in the projector format with its metadata.tsv)")
+PROJECTOR_METADATA = "metadata.tsv"
+_SPACE_NOT_TAB = re.compile(r"[^\S\t]")
+# Lines of a file's start that must all be tab-separated numbers for it to be detected as projector vectors.
+_PROJECTOR_CHECK_LINES = 100
 # Two integers, one of them negative: a broken header, not a GloVe row of one value.
 _NEGATIVE_HEADER = re.compile(rb"^\s*(-\d+[ \t]+-?\d+|\d+[ \t]+-\d+)\s*$")
 _TEXT_BLOCK_LINES = 8192
@@ -108,18 +118,27 @@ class _Warnings:
         if len(self.messages) < MAX_WARNINGS:
             self.messages.append(f"{self.path}: {message}")
 
+    def warn(self, message):
+        """Record `message` even in strict mode and past MAX_WARNINGS, for a warning given once per file."""
+        self.count += 1
+        self.messages.append(f"{self.path}: {message}")
+
 
 def detect_format(path):
-    """Return the format of the vector file at `path`: word2vec, word2vec-binary, glove, fasttext-bin or npy."""
+    """Return the format of the vector file at `path`: one of READ_FORMATS other than fasttext."""
     try:
         with _open_maybe_compressed(path) as (handle, _):
-            start = handle.read(1 << 16)
+            start, error = _read_available(handle, 1 << 16)
     except OSError as error:
+        # Opening failed, or the gzip header is invalid.
         if error.strerror:
             raise VectorFileError(f"{path}: cannot read ({error.strerror})") from None
         raise VectorFileError(f"{path}: the {compression(path)} data is damaged ({error})") from None
-    except (EOFError, zlib.error, lzma.LZMAError) as error:
-        raise VectorFileError(f"{path}: the {compression(path)} data is damaged or truncated ({error})") from None
+    if error is not None and not start:
+        raise _read_failure(path, error, 0)
+    # With an error after some bytes, the format is detected from them, and the reader
+    # reports the error with the line where the data stops.
+    whole = error is None and len(start) < 1 << 16
     if start.startswith(NPY_MAGIC):
         return "npy"
     if fasttext_bin.is_fasttext_bin(start):
@@ -128,13 +147,18 @@ def detect_format(path):
         raise VectorFileError(f"{path}: the file is empty")
     _reject_other_kinds(path, start)
     # Text editors on Windows often begin a UTF-8 file with a byte-order mark.
-    first, newline, rest = start.removeprefix(UTF8_BOM).partition(b"\n")
+    text = start.removeprefix(UTF8_BOM)
+    if _is_projector_vectors(text, whole):
+        return "projector"
+    first, newline, rest = text.partition(b"\n")
     header = _HEADER.match(first)
     if not header:
         if _NEGATIVE_HEADER.match(first):
             raise VectorFileError(f"{path}: line 1 is a 'count dim' header with a negative number: "
                                   f"{first.strip().decode('ascii')!r}")
-        _reject_headerless_binary(path, start.removeprefix(UTF8_BOM), len(start) < 1 << 16)
+        _reject_headerless_binary(path, text, whole)
+        # After the binary check: float32 bytes can contain as many NULs as UTF-16 text.
+        _reject_utf16(path, text)
         return "glove"
     dim = int(header.group(2))
     if not newline or not rest:
@@ -181,6 +205,46 @@ def _reject_headerless_binary(path, start, whole):
         f"float32 bytes, {_plural(dim, 'value')} per word). A word2vec binary file needs that first line; "
         f"add it, for example with {fix}"
     )
+
+
+def _is_projector_vectors(start, whole):
+    """True if the first lines of `start` are only numbers separated by tabs, at least two on the first line.
+
+    That is the layout of the Embedding Projector's vectors.tsv. Later lines may have
+    another count, which the reader reports as a ragged row. A word2vec header of two
+    integers alone on the only line is not taken for it. `whole` is True when `start`
+    is the whole file, so its last line is complete.
+    """
+    lines = start.split(b"\n")
+    if not whole:
+        lines.pop()  # it may be cut
+    lines = [line.rstrip(b"\r") for line in lines[:_PROJECTOR_CHECK_LINES] if line.strip()]
+    if not lines or (len(lines) == 1 and _HEADER.match(lines[0])):
+        return False
+    if b"\t" not in lines[0]:
+        return False
+    for line in lines:
+        if not all(_is_number(field.decode("ascii", "replace")) for field in line.split(b"\t")):
+            return False
+    return True
+
+
+def _reject_utf16(path, start):
+    """Raise VectorFileError if `start`, the first bytes of a text file, is UTF-16 or UTF-32 text.
+
+    The test is the one that corpora get (embcli.corpus). Vector files are read as UTF-8
+    only, so the message gives the iconv command that converts the file.
+    """
+    from embcli.corpus import wide_encoding
+
+    found = wide_encoding(start[:4096])
+    if found is not None:
+        variant, finding = found
+        source = variant.upper().replace("-LE", "LE").replace("-BE", "BE")
+        raise VectorFileError(
+            f"{path}: {finding}. embcli reads vector files and word lists as UTF-8, so convert this one first, "
+            f"for example with iconv -f {source} -t UTF-8 {shlex.quote(path)} > NEW_FILE, and use NEW_FILE"
+        )
 
 
 # A pickle starts with the PROTO opcode and its version.
@@ -266,7 +330,9 @@ def read_vectors(path, format=None, lenient=False, words_path=None, progress=Non
     """Read the vector file `path` and return a Vectors.
 
     `format` is one of READ_FORMATS or None to detect it. `words_path` names the word
-    list of an `.npy` matrix. `progress(bytes_read)` is called now and then.
+    list of an `.npy` matrix, or the metadata.tsv of projector vectors; by default they
+    are read from beside `path`, where export writes them. `progress(bytes_read)` is
+    called now and then.
     """
     path = str(path)
     format, detected = _resolve_format(path, format)
@@ -282,15 +348,19 @@ def read_vectors(path, format=None, lenient=False, words_path=None, progress=Non
     else:
         if detected == "npy":
             raise VectorFileError(f"{path}: is a .npy file, not {format} text; read it as npy with a word list")
-        vectors = _read_text(path, format, report, progress)
+        if format == "projector":
+            vectors = _read_projector(path, words_path, report, progress)
+        else:
+            vectors = _read_text(path, format, report, progress)
     vectors.warnings = report.messages
     vectors.warning_count = report.count
     if not vectors.words:
         if report.count:
             # --lenient skipped every row; without the first problem the message gives no cause.
             first = report.messages[0].removeprefix(f"{path}: ")
+            verb = "is" if report.count == 1 else "are"
             raise VectorFileError(f"{path}: contains no vectors once {_plural(report.count, 'problem')} "
-                                  f"are skipped; the first: {first}")
+                                  f"{verb} skipped; the first: {first}")
         raise VectorFileError(f"{path}: contains no vectors")
     return vectors
 
@@ -353,7 +423,8 @@ def _text_lines(path, report, progress):
     with _open_maybe_compressed(path) as (handle, raw):
         # Progress counts the bytes of the file read, compressed or not.
         while True:
-            chunk = _read_chunk(handle, path, offset + len(carry))
+            # `carry` is the start of line number + 1, without its line end.
+            chunk = _read_chunk(handle, path, offset + len(carry), number + 1)
             data = carry + chunk
             if not chunk:
                 if data:
@@ -381,21 +452,53 @@ def _text_lines(path, report, progress):
                 progress(min(raw.tell(), size))
 
 
-def _read_chunk(handle, path, offset):
-    try:
-        return handle.read(_BINARY_CHUNK)
-    except _DAMAGED_STREAM as error:
-        raise _read_failure(path, error, offset) from None
+def _read_available(handle, size):
+    """Read up to `size` bytes from `handle`; return (the bytes, None) or (the bytes read before an error, the error).
+
+    A decompressing stream's read(n) drops what it decompressed in the call that fails,
+    so the bytes are read with read1(), one decompressed block at a time. On a truncated
+    gzip or xz file, the bytes returned are then those that gzip -dc or xz -dc write
+    before they stop.
+    """
+    pieces = []
+    total = 0
+    while total < size:
+        try:
+            piece = handle.read1(size - total)
+        except _DAMAGED_STREAM as error:
+            return b"".join(pieces), error
+        if not piece:
+            break
+        pieces.append(piece)
+        total += len(piece)
+    return b"".join(pieces) if len(pieces) != 1 else pieces[0], None
 
 
-def _read_failure(path, error, offset):
-    """Return the VectorFileError for `error`, raised after `offset` bytes of `path` were read."""
+def _read_chunk(handle, path, offset, line):
+    """Read the next chunk of a text file whose bytes before it end at `offset`, inside line `line`."""
+    data, error = _read_available(handle, _BINARY_CHUNK)
+    if error is not None:
+        raise _read_failure(path, error, offset + len(data), line + data.count(b"\n"))
+    return data
+
+
+def _read_failure(path, error, offset, line=None):
+    """Return the VectorFileError for `error`, raised after `offset` uncompressed bytes of `path`.
+
+    `line` is the line that the data stops in, or None where the reader does not count lines.
+    """
     if isinstance(error, OSError) and error.strerror and not isinstance(error, gzip.BadGzipFile):
         return VectorFileError(f"{path}: cannot read ({error.strerror})")
-    return VectorFileError(
-        f"{path}: the {compression(path)} data is damaged or truncated after {offset:,} uncompressed "
-        f"bytes ({error})"
-    )
+    kind = compression(path)
+    where = f"after {offset:,} uncompressed bytes" + (f", in line {line:,}" if line is not None else "")
+    message = f"{path}: the {kind} data is damaged or truncated {where} ({error}); get a complete copy of the file"
+    if offset:
+        # gzip, bzip2 and xz all take -dc, and write the data before the error.
+        message += (f". To import what comes before that point, decompress it with {kind} -dc "
+                    f"{shlex.quote(path)} > NEW_FILE, then import NEW_FILE leniently, which skips the incomplete "
+                    "last row or entry")
+        return VectorFileError(message, options=("lenient",))
+    return VectorFileError(message)
 
 
 def _decode_line(raw, number, offset, report):
@@ -429,6 +532,52 @@ def _split_row(line, dim):
     return word, line[len(word) + 1 :], dim
 
 
+def _tab_hint(line):
+    """Return the hint for a row error on a text line with tabs, or "" if it has none."""
+    if "\t" not in line:
+        return ""
+    if all(_is_number(field) for field in line.split("\t")):
+        return _PROJECTOR_HINT
+    return _TAB_HINT
+
+
+class _SpacedWords:
+    """Count the words of a text file that start or end with a space, keeping the first.
+
+    The last D fields of a row are its values and the text before them is the word, so
+    a second space before the values, or spaces at the start of the line, become part
+    of the word.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.first = None  # (line number, word)
+
+    def add(self, words, lines):
+        """Check `words`, read on the line numbers `lines`."""
+        joined = "\n" + "\n".join(words) + "\n"
+        if " \n" not in joined and "\n " not in joined:
+            return  # one search in C for the usual block without such words
+        for word, line in zip(words, lines):
+            if word.startswith(" ") or word.endswith(" "):
+                self.count += 1
+                if self.first is None:
+                    self.first = (line, word)
+
+    def warn(self, report):
+        """Record one warning for the file in `report` (a _Warnings) if any word was found."""
+        if not self.count:
+            return
+        line, word = self.first
+        verb = "starts or ends" if self.count == 1 else "start or end"
+        report.warn(
+            f"{_plural(self.count, 'word')} {verb} with a space, the first on line {line}: {word!r}. Such a word "
+            "keeps its spaces, and a query finds it only with them. If the spaces are separators (two spaces "
+            "before a value, or spaces at the start of a line), replace each run of spaces with one space, "
+            "remove spaces at line starts, and import the file again"
+        )
+
+
 def _glove_dim(line):
     """Return the number of values on the first line of a headerless file."""
     fields = line.split(" ")
@@ -451,6 +600,7 @@ def _read_text(path, format, report, progress):
     first_line_header = None
     first_line_numbers = None
     wrong_count = 0
+    spaced = _SpacedWords()
 
     def flush():
         if not pending_words:
@@ -470,6 +620,11 @@ def _read_text(path, format, report, progress):
                 continue
             index[word] = pending_lines[i]
             words.append(word)
+        if keep.all():
+            spaced.add(pending_words, pending_lines)
+        else:
+            kept = np.flatnonzero(keep)
+            spaced.add([pending_words[i] for i in kept], [pending_lines[i] for i in kept])
         blocks.append(matrix[keep] if not keep.all() else matrix)
         pending_words.clear()
         pending_lines.clear()
@@ -501,7 +656,7 @@ def _read_text(path, format, report, progress):
                 first_line_numbers = line
             if dim < 1:
                 raise VectorFileError(f"{path}: line {number}: no values after the word: {line[:80]!r}"
-                                      + _TAB_HINT * ("\t" in line))
+                                      + _tab_hint(line))
         if declared is not None and rows_seen == declared:
             report.problem(
                 f"the header declares {_plural(declared, 'vector')} but more rows follow at line {number}"
@@ -525,8 +680,8 @@ def _read_text(path, format, report, progress):
             if not word:
                 report.problem(f"line {number}: the row has no word before its values")
             else:
-                report.problem(f"line {number}: {word!r} has {count} values, expected {dim}"
-                               + _TAB_HINT * ("\t" in line))
+                report.problem(f"line {number}: {word!r} has {_plural(count, 'value')}, expected {dim}"
+                               + _tab_hint(line))
             continue
         if "\r" in word:
             # A carriage return inside a line; vocab.tsv, one word per line, cannot hold it.
@@ -548,6 +703,7 @@ def _read_text(path, format, report, progress):
         report.problem(f"the header declares {_plural(declared, 'vector')} but the file contains {_plural(rows_seen, 'row')}")
     if dim is None:
         raise VectorFileError(f"{path}: contains no vectors")
+    spaced.warn(report)
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
     return Vectors(words, matrix, format)
 
@@ -1168,6 +1324,36 @@ def _skip_previous(previous, result, seen, check):
 # .npy matrix with a word list.
 
 
+def _npy_truncation(path):
+    """Return the VectorFileError for a .npy file shorter than its header declares, or None.
+
+    None also when the header cannot be read, which np.load reports instead.
+    """
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                return None  # NOTE: version 3.0 headers (UTF-8 field names) are not checked here
+            data_start = handle.tell()
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if dtype.hasobject:
+        return None
+    expected = data_start + dtype.itemsize * math.prod(shape)
+    actual = os.path.getsize(path)
+    if actual >= expected:
+        return None
+    described = " x ".join(f"{n:,}" for n in shape)
+    return VectorFileError(
+        f"{path}: truncated: its header declares a {described} {dtype} array, so the file should have "
+        f"{expected:,} bytes, but it has {actual:,}; copy or export the file again"
+    )
+
+
 def _read_npy(path, words_path, report):
     finish_interrupted_export(path)
     try:
@@ -1178,6 +1364,9 @@ def _read_npy(path, words_path, report):
                 f"{path}: contains an object (pickled) array, which embcli rejects because "
                 "unpickling can run code; expected a 2-D float array"
             ) from None
+        truncated = _npy_truncation(path)
+        if truncated is not None:
+            raise truncated from None
         raise VectorFileError(f"{path}: not a valid .npy file ({error})") from None
     except Exception as error:  # numpy raises many kinds on a damaged header
         raise VectorFileError(f"{path}: not a valid .npy file ({type(error).__name__}: {error})") from None
@@ -1240,28 +1429,16 @@ def read_word_list(path, report=None):
                     f"{path}: contains an object (pickled) array, which embcli rejects because "
                     "unpickling can run code; expected a 1-D array of strings"
                 ) from None
+            truncated = _npy_truncation(path)
+            if truncated is not None:
+                raise truncated from None
             raise VectorFileError(f"{path}: not a valid .npy file ({error})") from None
         except Exception as error:
             raise VectorFileError(f"{path}: not a valid .npy file ({type(error).__name__}: {error})") from None
         if array.ndim != 1 or array.dtype.kind != "U":
             raise VectorFileError(f"{path}: expected a 1-D array of strings, found {array.dtype} {array.shape}")
         return [str(word) for word in array], None
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise VectorFileError(f"{path}: cannot read the word list ({error.strerror or error})") from None
-    try:
-        text = decode_utf8(data, path, VectorFileError)
-    except VectorFileError as error:
-        if report is None or not report.lenient:
-            raise
-        report.problem(f"{str(error).removeprefix(path + ': ')} (replaced with U+FFFD)")
-        text = data.decode("utf-8", "replace").removeprefix("\ufeff")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = [line.rstrip("\r") for line in lines]
+    lines = _read_lines(path, report)
     for number, line in enumerate(lines, 1):
         if not line:
             raise VectorFileError(f"{path}: line {number} is empty; each line must hold one word")
@@ -1278,6 +1455,155 @@ def read_word_list(path, report=None):
             "is not; use one layout for every line: word<TAB>count, or one word per line"
         )
     return lines, None
+
+
+def _read_lines(path, report):
+    """Return the lines of the UTF-8 text file `path` (a word list), without line ends.
+
+    With a lenient `report` (_Warnings), invalid UTF-8 becomes U+FFFD with a warning.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot read the word list ({error.strerror or error})") from None
+    _reject_utf16(path, data)
+    try:
+        text = decode_utf8(data, path, VectorFileError)
+    except VectorFileError as error:
+        if report is None or not report.lenient:
+            raise
+        report.problem(f"{str(error).removeprefix(path + ': ')} (replaced with U+FFFD)")
+        text = data.decode("utf-8", "replace").removeprefix("\ufeff")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+# The TensorFlow Embedding Projector's vectors.tsv with its metadata.tsv.
+
+
+def read_projector_metadata(path, report=None):
+    """Return (words, the line number of the first word) from an Embedding Projector metadata.tsv.
+
+    As the projector reads it: with one column, each line is a label (here a word) and
+    there is no header. When the first line contains a tab, it is a header of column
+    names and the words are the first column of the lines after it. Unlike the
+    projector, which drops blank lines, a blank line before the last word is an error,
+    since it would pair each later word with the vector of the row after its own.
+    """
+    path = str(path)
+    lines = _read_lines(path, report)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise VectorFileError(f"{path}: contains no words")
+    first_line = 1
+    if "\t" in lines[0]:
+        first_line = 2
+        lines = [line.split("\t", 1)[0] for line in lines[1:]]
+    for number, word in enumerate(lines, first_line):
+        if word:
+            continue
+        if first_line == 1:
+            raise VectorFileError(f"{path}: line {number} is empty; each line must hold one word")
+        raise VectorFileError(f"{path}: line {number} has an empty first column; line 1 is a header of column "
+                              "names, and each line after it must start with a word")
+    return lines, first_line
+
+
+def projector_metadata_path(vectors_path):
+    """Return the metadata.tsv beside the projector vectors.tsv `vectors_path`, where export writes it."""
+    return os.path.join(os.path.dirname(str(vectors_path)), PROJECTOR_METADATA)
+
+
+def _missing_metadata(path, expected):
+    """Return the VectorFileError for projector vectors `path` whose metadata.tsv at `expected` (or None) is missing."""
+    if expected is None:
+        where = (f"in the {PROJECTOR_METADATA} written with it, one per line in row order; name that file as "
+                 "the word list")
+    else:
+        where = (f"in the {PROJECTOR_METADATA} written beside it, one per line in row order, but {expected} does not "
+                 f"exist; put the {PROJECTOR_METADATA} there, or name it as the word list")
+    return VectorFileError(
+        f"{path}: contains only numbers separated by tabs, like the vectors.tsv of a TensorFlow Embedding Projector "
+        f"export, so it has no words. Its words are {where}",
+        options=("words",),
+    )
+
+
+def _read_projector(path, words_path, report, progress):
+    """Read projector vectors.tsv rows: values separated by tabs, paired in order with the metadata's words."""
+    if words_path is None:
+        words_path = projector_metadata_path(path)
+        if not os.path.isfile(words_path):
+            raise _missing_metadata(path, words_path)
+    words, first_line = read_projector_metadata(words_path, report)
+    dim = None
+    texts, rows, row_lines = [], [], []  # value texts, 0-based row numbers and line numbers of a block
+    kept_rows, blocks = [], []
+    row = 0
+
+    def flush():
+        if not texts:
+            return
+        labels = [words[i] if i < len(words) else "" for i in rows]
+        matrix, invalid = _parse_values(texts, labels, row_lines, dim, report)
+        finite = np.isfinite(matrix).all(axis=1)
+        for i in np.flatnonzero(~finite & ~invalid):
+            report.problem(f"line {row_lines[i]}: {labels[i]!r} {_not_finite_reason(texts[i])}")
+        blocks.append(matrix[finite])
+        kept_rows.extend(np.asarray(rows)[finite].tolist())
+        texts.clear()
+        rows.clear()
+        row_lines.clear()
+
+    for number, _, line in _text_lines(path, report, progress):
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue  # the projector skips blank lines too
+        fields = line.split("\t")
+        if dim is None:
+            dim = len(fields)
+        word = repr(words[row]) if row < len(words) else f"row {row + 1}"
+        if len(fields) != dim:
+            report.problem(f"line {number}: {word} has {_plural(len(fields), 'value')}, expected {dim}")
+        elif "" in fields or _SPACE_NOT_TAB.search(line):
+            # Values are joined with spaces for parsing, so a field must be one token.
+            bad = next(field for field in fields if not field or _SPACE_NOT_TAB.search(field))
+            report.problem(f"line {number}: {word} has an invalid value {bad[:40]!r}")
+        else:
+            texts.append(" ".join(fields))
+            rows.append(row)
+            row_lines.append(number)
+        row += 1
+        if len(texts) >= _TEXT_BLOCK_LINES:
+            flush()
+    flush()
+    if row != len(words):
+        raise VectorFileError(
+            f"{path} has {_plural(row, 'row')} but {words_path} has {_plural(len(words), 'word')}; they must match "
+            "row for row"
+        )
+    if dim is None:
+        raise VectorFileError(f"{path}: contains no vectors")
+    matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
+    kept_words = []
+    keep = np.ones(len(kept_rows), dtype=bool)
+    seen = {}  # word -> its metadata line
+    for i, kept_row in enumerate(kept_rows):
+        word = words[kept_row]
+        if word in seen:
+            report.problem(f"{words_path}: line {kept_row + first_line}: duplicate word {word!r} "
+                           f"(first seen on line {seen[word]})")
+            keep[i] = False
+            continue
+        seen[word] = kept_row + first_line
+        kept_words.append(word)
+    return Vectors(kept_words, matrix[keep] if not keep.all() else matrix, "projector")
 
 
 # Writers.
@@ -1407,12 +1733,12 @@ def write_vectors(path, words, matrix, format, progress=None):
     if format == "projector":
         if hasattr(path, "write"):
             raise VectorFileError("the projector format writes two files, so it needs a directory, not a stream")
-        created = not os.path.isdir(path)
-        os.makedirs(path, exist_ok=True)
         vectors_path = os.path.join(path, "vectors.tsv")
-        metadata_path = os.path.join(path, "metadata.tsv")
+        metadata_path = os.path.join(path, PROJECTOR_METADATA)
+        created = not os.path.isdir(path)
+        _make_projector_directory(path)
         try:
-            _write_pair([(vectors_path, _text_rows(None, matrix, "\t", progress)),
+            _write_pair([(vectors_path, _text_rows(None, matrix, "\t", progress, words, with_words=False)),
                          (metadata_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
                                           for i in range(0, len(words), 65536)))])
         except BaseException:
@@ -1428,7 +1754,7 @@ def write_vectors(path, words, matrix, format, progress=None):
         for target in (path, words_path):
             if os.path.isdir(target):  # checked first, so a failure replaces neither file
                 raise VectorFileError(f"{target}: is a directory; give a file name")
-        _write_pair([(path, _npy_rows(matrix, progress)),
+        _write_pair([(path, _npy_rows(matrix, progress, words)),
                      (words_path, ("".join(w + "\n" for w in words[i : i + 65536]).encode("utf-8")
                                    for i in range(0, len(words), 65536)))])
         return [path, words_path]
@@ -1446,6 +1772,23 @@ def write_vectors(path, words, matrix, format, progress=None):
         return [getattr(path, "name", "<stream>")]
     _write_output(path, chunks)
     return [path]
+
+
+def _make_projector_directory(path):
+    """Create the projector export directory `path` if needed; raise VectorFileError if it cannot hold the files."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        kind = "is a file, not a directory" if os.path.isfile(path) else "is not a directory"
+        raise VectorFileError(f"{path}: {kind}; the projector format writes vectors.tsv and metadata.tsv into a "
+                              "directory, so give a directory name")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise VectorFileError(f"{path}: cannot create the directory ({error.strerror or error})") from None
+    for name in ("vectors.tsv", PROJECTOR_METADATA):
+        target = os.path.join(path, name)
+        if os.path.isdir(target):  # checked first, so a failure replaces neither file
+            raise VectorFileError(f"{target}: is a directory, where the projector format writes a file; "
+                                  "remove it or give another directory")
 
 
 def _write_whole(stream, data):
@@ -1621,7 +1964,21 @@ def npy_words_path(path):
     return str(path)[: -len(".npy")] + ".words.txt"
 
 
-def _npy_rows(matrix, progress, block=65536):
+def _finite_block(matrix, start, stop, words):
+    """Return rows `start` to `stop` of `matrix` as float32; raise VectorFileError for one with NaN or infinity.
+
+    Every reader, embcli's import too, rejects such a value, so no file is written with one.
+    """
+    rows = np.asarray(matrix[start:stop], dtype="<f4")
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        row = start + int(np.flatnonzero(~finite)[0])
+        raise VectorFileError(f"row {row} ({words[row]!r}) contains NaN or infinite values, which no vector file "
+                              "can hold; retrain the model, or import its vectors again")
+    return rows
+
+
+def _npy_rows(matrix, progress, words, block=65536):
     """Yield a float32 .npy file of `matrix`: the header, then the rows block by block."""
     import io
 
@@ -1630,18 +1987,18 @@ def _npy_rows(matrix, progress, block=65536):
         header, {"descr": "<f4", "fortran_order": False, "shape": tuple(int(n) for n in matrix.shape)})
     yield header.getvalue()
     for start in range(0, matrix.shape[0], block):
-        yield np.ascontiguousarray(matrix[start : start + block], dtype="<f4").tobytes()
+        yield np.ascontiguousarray(_finite_block(matrix, start, start + block, words)).tobytes()
         if progress is not None:
             progress(min(start + block, matrix.shape[0]))
 
 
-def _text_rows(header, matrix, separator, progress, words=None, block=4096):
+def _text_rows(header, matrix, separator, progress, words, with_words=True, block=4096):
     if header:
         yield header
     row_format = separator.join([_VALUE_FORMAT] * matrix.shape[1])
     for start in range(0, matrix.shape[0], block):
-        rows = np.asarray(matrix[start : start + block], dtype=np.float32).tolist()
-        if words is None:
+        rows = _finite_block(matrix, start, start + block, words).tolist()
+        if not with_words:
             lines = [row_format % tuple(row) for row in rows]
         else:
             lines = [f"{word} {row_format % tuple(row)}" for word, row in zip(words[start : start + block], rows)]
@@ -1653,7 +2010,7 @@ def _text_rows(header, matrix, separator, progress, words=None, block=4096):
 def _binary_rows(header, words, matrix, progress, block=65536):
     yield header
     for start in range(0, matrix.shape[0], block):
-        rows = np.asarray(matrix[start : start + block], dtype="<f4")
+        rows = _finite_block(matrix, start, start + block, words)
         parts = []
         for word, row in zip(words[start : start + block], rows):
             parts.append(word.encode("utf-8") + b" ")
@@ -1716,7 +2073,7 @@ def import_file(model_dir, path, format=None, lenient=False, words_path=None, pr
                 os.replace(copy + "-data", copy)
             vectors = _import_file(model_dir, copy, format, lenient, words_path, progress, replace, path)
         except VectorFileError as error:
-            raise VectorFileError(str(error).replace(copy, path)) from None
+            raise VectorFileError(str(error).replace(copy, path), options=error.options) from None
         vectors.warnings = [message.replace(copy, path) for message in vectors.warnings]
         imported = True
         return vectors
@@ -1742,10 +2099,9 @@ def _decompress(path, target):
     written = 0
     with _open_maybe_compressed(path) as (source, _), open(target, "wb") as handle:
         while True:
-            try:
-                block = source.read(1 << 20)
-            except _DAMAGED_STREAM as error:
-                raise _read_failure(path, error, written) from None
+            block, error = _read_available(source, 1 << 20)
+            if error is not None:
+                raise _read_failure(path, error, written + len(block))
             if not block:
                 return
             handle.write(block)
@@ -1769,6 +2125,13 @@ def _import_file(model_dir, path, format, lenient, words_path, progress, replace
     format, detected = _resolve_format(path, format)
     if format == "fasttext-bin" and detected == "fasttext-bin":
         return _import_fasttext_bin(model_dir, path, lenient, progress, replace, source_name)
+    if format == "projector" and words_path is None and path != source_name:
+        # `path` is a copy of a stream in the model directory: metadata.tsv is beside the stream's name.
+        if source_name == "-":
+            raise _missing_metadata(source_name, None)
+        words_path = projector_metadata_path(source_name)
+        if not os.path.isfile(words_path):
+            raise _missing_metadata(source_name, words_path)
     if format != "word2vec-binary":
         # The lock is held while the file is read, so a second writer is turned away at once.
         with store.writer_lock(model_dir):
