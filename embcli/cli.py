@@ -470,7 +470,7 @@ def train(
         raise typer.BadParameter(f"{lr:g} is not a positive finite number", param_hint="--lr")
     cores = os.cpu_count() or 1
     if threads > 4 * cores:
-        raise typer.BadParameter(f"{threads} worker processes on {cores} cores would only slow training",
+        raise typer.BadParameter(f"{threads} worker processes on {_count(cores, 'core')} would only slow training",
                                  param_hint="--threads")
 
     from embcli.subwords import parse_range
@@ -499,12 +499,13 @@ def train(
         # Before any warning about the options: a missing checkpoint is the error to report.
         saved = read_checkpoint_state(model_dir)
         saved_ranks = saved.get("workers")
+        saved_processes = _count_of(saved_ranks, "worker process", "worker processes")
         if launch is None and saved.get("distributed"):
-            note(f"warning: {model_dir} was checkpointed by a torchrun run of {saved_ranks} ranks; it goes on "
-                 f"as {saved_ranks} worker processes on this machine, which share the vectors instead of "
+            note(f"warning: {model_dir} was checkpointed by a torchrun run of {_count_of(saved_ranks, 'rank')}; "
+                 f"it goes on as {saved_processes} on this machine, which share the vectors instead of "
                  "synchronizing them")
         elif launch is not None and not saved.get("distributed") and launch.rank == 0:
-            note(f"warning: {model_dir} was checkpointed by 'embcli train' with {saved_ranks} worker processes; "
+            note(f"warning: {model_dir} was checkpointed by 'embcli train' with {saved_processes}; "
                  "the ranks go on from where those stopped")
         # A resumed run takes every training setting from its checkpoint.
         settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
@@ -553,9 +554,15 @@ def train(
     )
 
 
-def _number(value):
-    """Return an int with thousands separators, or "?" for a value that is not one."""
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
+def _count_of(value, noun, plural_noun=None):
+    """Return "1 NOUN" or "N PLURAL" for an int read from a file, else "? PLURAL".
+
+    PLURAL is `plural_noun`, by default `noun` with an "s" appended.
+    """
+    plural_noun = plural_noun or noun + "s"
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"? {plural_noun}"
+    return f"{value:,} {noun if value == 1 else plural_noun}"
 
 
 def _file_identity(path):
@@ -723,10 +730,16 @@ def _stdin_raw_lines():
     stream = getattr(sys.stdin, "buffer", None)
     descriptor = _stdin_descriptor()
     if stream is None:  # a text-only stdin, for example in tests
-        yield from (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        try:
+            yield from (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        except OSError as failure:
+            raise _stdin_read_error(failure) from None
         return
     if descriptor is None:
-        yield from iter(stream.readline, b"")
+        try:
+            yield from iter(stream.readline, b"")
+        except OSError as failure:
+            raise _stdin_read_error(failure) from None
         return
     import select
 
@@ -742,6 +755,8 @@ def _stdin_raw_lines():
         except BlockingIOError:  # the parent left stdin in non-blocking mode
             select.select([descriptor], [], [])
             continue
+        except OSError as failure:
+            raise _stdin_read_error(failure) from None
         if not chunk:
             break
         lines = chunk.split(b"\n")
@@ -755,6 +770,18 @@ def _stdin_raw_lines():
     rest = b"".join(pieces)
     if rest:
         yield rest
+
+
+def _stdin_read_error(failure):
+    """Return the EmbcliError for an OSError raised while reading stdin, worded as build-vocab's.
+
+    The results of the queries read before the failure are printed first, so that they
+    come before the error.
+    """
+    flush = STATE.get("stdin_wait")
+    if flush is not None:
+        flush()
+    return EmbcliError(f"<stdin>: cannot read ({failure.strerror or failure})")
 
 
 def _stdin_lines():
@@ -778,14 +805,23 @@ def _stdin_lines():
             yield number, line
 
 
+def _check_stdin_dash(words):
+    """Raise a usage error when - (read the queries from stdin) is one of several words."""
+    if "-" not in words or len(words) == 1:
+        return
+    if words.count("-") > 1:
+        raise typer.BadParameter("stdin (-) can be read only once, so give - once, as the only word",
+                                 param_hint="WORDS")
+    raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
+
+
 def _numbered_queries(words):
     """Return (queries, batch): each query a (word, stdin line number or None) pair, and
     batch True for several queries or queries from stdin."""
     STATE["stdin_failures"] = 0
+    _check_stdin_dash(words)
     if words == ["-"]:
         return ((line, number) for number, line in _stdin_lines()), True
-    if "-" in words:
-        raise typer.BadParameter("- reads the queries from stdin, so it must be the only word", param_hint="WORDS")
     queries = []
     for word in words:
         if _invalid_utf8_byte(word) is None:
@@ -851,6 +887,7 @@ def lookup(
     """Print the vector of each word: the word, then its values, tab-separated."""
     from embcli.model import Model
 
+    _check_stdin_dash(words)
     opened = Model.open(model)
     queries, _ = _numbered_queries(words)
     failed = 0
@@ -964,7 +1001,7 @@ def _approximate_neighbors(opened, words, k, ef, nprobe, rerank, as_json):
     if short:
         # The lists scanned (ivf) or the candidates kept (hnsw) held fewer words than -k.
         more = "--nprobe" if approximate.kind == "ivf" else "--ef"
-        note(f"warning: --approx found fewer than {possible} neighbours for {_count(len(short), 'word')} "
+        note(f"warning: --approx found fewer than {_count(possible, 'neighbour')} for {_count(len(short), 'word')} "
              f"(first: {short[0]!r}); a larger {more} searches more of the index")
     return failed
 
@@ -979,6 +1016,7 @@ def _neighbors(words, k, restrict, vector, model, as_json, approx=False, efforts
         raise typer.BadParameter("give query words or --vector, not both", param_hint="--vector")
     if vector is None and not words:
         raise typer.BadParameter("give at least one query word, - for stdin, or --vector", param_hint="WORDS")
+    _check_stdin_dash(words or [])
     if not approx and efforts != (None, None, None):
         raise typer.BadParameter("--ef, --nprobe and --rerank tune the approximate search, so they need --approx",
                                  param_hint="--approx")
@@ -1051,28 +1089,95 @@ def info(
     model: Optional[str] = ModelOption,
     as_json: bool = typer.Option(False, "--json", help="Print the metadata as one JSON object on one line."),
 ):
-    """Print the model's metadata: vocabulary, dimensions, settings, corpus, statistics."""
+    """Print the model's metadata: vocabulary, dimensions, settings, corpus, statistics.
+
+    If the model's files are damaged or do not belong together, info still prints the
+    metadata. It then reports the error that a query would report and exits with status 1.
+    """
     from embcli import store
 
     model_dir = store.resolve_model_path(model)
     meta = store.read_meta(model_dir)
-    if as_json:
-        sys.stdout.write(json.dumps(meta, ensure_ascii=False) + "\n")  # one line, as every --json output
+    word_count, problem = _check_model_files(model_dir, meta)
+    vocab = meta.get("vocab", {})
+    _warn_vocab_size(vocab.get("size"), word_count)
+    try:
+        if as_json:
+            sys.stdout.write(json.dumps(meta, ensure_ascii=False) + "\n")  # one line, as every --json output
+        else:
+            _print_info(model_dir, meta, word_count)
+        sys.stdout.flush()  # the metadata first, then the error
+    except BrokenPipeError:
+        # `info | head -3`: the reader went away, but the exit status still reports a damaged model.
+        if problem is None:
+            raise
+        _discard_stdout()
+    if problem is not None:
+        raise problem
+
+
+def _check_model_files(model_dir, meta):
+    """Open the model's files with the checks that queries make; return (word count, error).
+
+    The word count is the length of vocab.tsv, or None when it cannot be read. The error
+    is the EmbcliError that a query would raise, or None. A model that is not trained yet
+    has no embeddings, which is not an error here.
+    """
+    from embcli import store
+    from embcli.model import Model, Vocabulary
+
+    embeddings = os.path.join(model_dir, store.EMBEDDINGS)
+    trained = os.path.exists(embeddings) or store.EMBEDDINGS in meta.get("files", {})
+    try:
+        if not trained:
+            store.check_fingerprint(model_dir, meta, store.VOCAB)
+            return len(Vocabulary.read(os.path.join(model_dir, store.VOCAB))), None
+        opened = Model.open(model_dir)
+    except EmbcliError as failure:
+        return None, failure
+    if opened.has_subwords:
+        try:
+            opened.subwords  # noqa: B018 - opens the n-gram files as a query outside the vocabulary does
+        except EmbcliError as failure:
+            return len(opened), failure
+    return len(opened), None
+
+
+def _warn_vocab_size(recorded, word_count):
+    """Warn when meta.json's vocab.size is not the number of words in vocab.tsv."""
+    if word_count is None or recorded == word_count:
         return
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        recorded = f"{recorded:,}"
+    else:
+        recorded = repr(recorded)
+    note(f"warning: meta.json gives vocab.size {recorded}, but vocab.tsv has {_count(word_count, 'word')}; "
+         "info shows the count of vocab.tsv, which queries use")
+
+
+def _print_info(model_dir, meta, word_count):
+    """Print the lines of `info`: one key, a tab and a value each."""
+    from embcli import store
+
     lines = [("model", os.path.abspath(model_dir))]
     vocab = meta.get("vocab", {})
+    if word_count is not None:
+        size = _count(word_count, "word")
+    else:
+        size = _count_of(vocab.get("size"), "word")
     if "imported" in meta:
         imported = meta["imported"]
-        lines.append(("vocabulary", f"{_number(vocab.get('size'))} words, imported"))
-        lines.append(("imported", f"{imported['path']} ({imported['format']}, {imported['bytes']:,} bytes)"))
+        lines.append(("vocabulary", f"{size}, imported"))
+        lines.append(("imported", f"{imported['path']} ({imported['format']}, {_count_of(imported['bytes'], 'byte')})"))
     else:
-        lines.append(("vocabulary", f"{_number(vocab.get('size'))} words (min count {vocab.get('min_count', '?')})"))
+        lines.append(("vocabulary", f"{size} (min count {vocab.get('min_count', '?')})"))
     lines.append(("tokenizer", json.dumps(meta.get("tokenizer", {}))))
     if "dim" in meta:
         lines.append(("dim", str(meta["dim"])))
     fasttext = meta.get("imported", {}).get("fasttext")
     if fasttext:
-        described = (f"{fasttext.get('model')} model, {fasttext.get('epoch')} epochs, window {fasttext.get('ws')}, "
+        described = (f"{fasttext.get('model')} model, {_count_of(fasttext.get('epoch'), 'epoch')}, "
+                     f"window {fasttext.get('ws')}, "
                      f"min count {fasttext.get('min_count')}")
         if fasttext.get("labels"):
             described += f", {_count(fasttext['labels'], 'label')} left out"
@@ -1081,10 +1186,10 @@ def info(
     if subword_settings:
         stored = "the rows of the used buckets" if subword_settings.get("rows") == "used" else "every bucket's row"
         lines.append(("subwords", f"n-grams {subword_settings['min_n']}-{subword_settings['max_n']}, "
-                                  f"{subword_settings['buckets']:,} buckets ({stored}), "
+                                  f"{_count_of(subword_settings['buckets'], 'bucket')} ({stored}), "
                                   f"{subword_settings.get('combination', 'mean')} of a word's rows"))
     for source in meta.get("corpus", {}).get("sources", []):
-        lines.append(("corpus", f"{source['path']} ({_number(source['size'])} bytes)" if source["size"] is not None
+        lines.append(("corpus", f"{source['path']} ({_count_of(source['size'], 'byte')})" if source["size"] is not None
                       else source["path"]))
     if "vocab" in meta and "imported" not in meta:
         lines.append(("tokens", f"{vocab.get('tokens_read', 0):,} read, {vocab.get('tokens_covered', 0):,} in vocabulary"))
@@ -1244,7 +1349,8 @@ def _parse_vector(text, dim, where):
         raise QueryError(f"{where}: {bad[:40]!r} is not a number")
     values = [float(field) for field in fields]
     if len(values) != dim:
-        raise QueryError(f"{where}: the vector has {len(values)} values, but the model has {dim} dimensions")
+        raise QueryError(f"{where}: the vector has {_count(len(values), 'value')}, but the model has "
+                         f"{_count(dim, 'dimension')}")
     if not all(abs(v) < float("inf") for v in values):
         raise QueryError(f"{where}: the vector contains NaN or infinity")
     # Values up to half the smallest float32 subnormal (1.4e-45) round to 0 in float32.
@@ -1325,7 +1431,9 @@ def _inputs_of_fields(opened, query, expected, subwords, from_subwords):
         raise QueryError(f"{where}{shorten(line)!r}: expected {expected}")
     try:
         if not (subwords and opened.has_subwords):
-            return opened.rows(fields)
+            rows = _rows_naming_every_unknown(opened, fields)
+            opened.check_finite_rows(rows)
+            return rows
         inputs = []
         for word in fields:
             row, vector, ngram_count = opened.resolve(word, subwords=True)
@@ -1339,6 +1447,24 @@ def _inputs_of_fields(opened, query, expected, subwords, from_subwords):
         if number is None:
             raise
         raise QueryError(f"{where}{failure}") from None
+
+
+def _rows_naming_every_unknown(opened, words):
+    """Return the rows of `words`; an error for unknown words names all of them, not only the first."""
+    from embcli.errors import UnknownWord
+
+    rows, unknown = [], []
+    for word in words:
+        try:
+            rows.append(opened.row(word))
+        except UnknownWord as failure:
+            unknown.append(failure)
+    if len(unknown) == 1:
+        raise unknown[0]
+    if unknown:
+        names = list(dict.fromkeys(failure.word for failure in unknown))
+        raise UnknownWord(", ".join(names), opened.path, len(opened)) if len(names) > 1 else unknown[0]
+    return rows
 
 
 def _subword_field(words, from_subwords):
@@ -1370,6 +1496,7 @@ def analogy(
 
     if method not in ANALOGY_METHODS:
         raise typer.BadParameter(f"use one of {', '.join(ANALOGY_METHODS)}", param_hint="--method")
+    _check_stdin_dash(words)
     if words == ["-"]:
         batch = True
         STATE["stdin_failures"] = 0
@@ -1389,12 +1516,13 @@ def analogy(
         inputs = _inputs_of_fields(opened, query, "three words A B C separated by spaces or tabs",
                                    not no_subwords, from_subwords)
         # As in neighbors, a word whose vector is all zeros has no direction to add.
-        for word, item in zip(query[1], inputs):
-            if not isinstance(item, np.ndarray):
-                try:
+        try:
+            for word, item in zip(query[1], inputs):
+                if not isinstance(item, np.ndarray):
                     opened.check_nonzero(word, item)
-                except EmbcliError as failure:
-                    raise _with_line(failure, query[2]) from None
+            opened.check_analogy(query[1], inputs, method)
+        except EmbcliError as failure:
+            raise _with_line(failure, query[2]) from None
         return inputs
 
     def answer(triples):
@@ -1431,6 +1559,7 @@ def similarity(
     """Print the cosine similarity of two words (0 when a vector is all zeros)."""
     from embcli.model import Model
 
+    _check_stdin_dash(words)
     if words == ["-"]:
         batch = True
         STATE["stdin_failures"] = 0
@@ -1578,7 +1707,7 @@ def _print_evaluation(opened, restrict, cutoff, case_sensitive, method, analogy_
         return
     case_rule = "case-sensitive" if case_sensitive else "case-insensitive (words compared in upper case)"
     out = [f"model: {os.path.abspath(opened.path)}",
-           f"vocabulary cutoff: the {cutoff:,} most frequent words (--restrict {restrict:,}, "
+           f"vocabulary cutoff: the {_count(cutoff, 'most frequent word')} (--restrict {restrict:,}, "
            f"vocabulary {len(opened):,})",
            f"case: {case_rule}"]
     for result in analogy_results:
@@ -1677,10 +1806,13 @@ def import_vectors(
                                show_default=False),
     format: str = typer.Option("auto", "--format", "-f",
                                help="auto, word2vec, word2vec-binary, glove, fasttext (.vec), fasttext-bin (a "
-                                    "fastText .bin model, with its n-grams) or npy."),
-    words: Optional[str] = typer.Option(None, "--words", help="Word list of a .npy matrix: one word per line "
-                                        "in row order, or word<TAB>count lines. [default: NAME.words.txt beside "
-                                        "NAME.npy, as export writes it]", show_default=False),
+                                    "fastText .bin model, with its n-grams), npy or projector (vectors.tsv of "
+                                    "the Embedding Projector, with its metadata.tsv)."),
+    words: Optional[str] = typer.Option(None, "--words", help="Word list of a .npy matrix or a projector "
+                                        "vectors.tsv: one word per line in row order, or word<TAB>count lines "
+                                        "(metadata.tsv: a header line and the word first, when it has several "
+                                        "columns). [default: NAME.words.txt beside NAME.npy, metadata.tsv beside "
+                                        "vectors.tsv, as export writes them]", show_default=False),
     lenient: bool = typer.Option(False, "--lenient",
                                  help="Warn and go on instead of stopping: skip ragged, non-finite and duplicate "
                                       "rows, keep the rows present whatever the header says, and replace "
@@ -1724,7 +1856,8 @@ def import_vectors(
     for message in vectors.warnings:
         note(f"warning: {message}")
     if vectors.warning_count > len(vectors.warnings):
-        note(f"warning: {vectors.warning_count - len(vectors.warnings):,} more problems were skipped")
+        more = vectors.warning_count - len(vectors.warnings)
+        note(f"warning: {_count(more, 'more problem')} {'was' if more == 1 else 'were'} skipped")
     note(f"imported {_count(len(vectors.words), 'word')} x {_count(vectors.matrix.shape[1], 'dimension')} "
          f"({vectors.format}) "
          f"from {'<stdin>' if path == '-' else path} into {model_dir} in {time.perf_counter() - started:.1f} s")

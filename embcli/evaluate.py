@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embcli.corpus import open_text_lines
-from embcli.errors import CorpusError, EncodingError, EvaluationError
+from embcli.errors import CorpusError, EncodingError, EvaluationError, plural
 
 DEFAULT_RESTRICT = 300_000
 _ANALOGY_BLOCK = 1024
@@ -182,7 +182,7 @@ def score_analogies(model, path, lines, restrict=DEFAULT_RESTRICT, case_sensitiv
     if not questions and not any(section.oov for section in sections):
         raise EvaluationError(
             f"{path}: no question of four words"
-            + (f" ({len(skipped):,} {'line' if len(skipped) == 1 else 'lines'} did not have four words)" if skipped else "")
+            + (f" ({plural(len(skipped), 'line')} did not have four words)" if skipped else "")
         )
     zero_rows = set(np.flatnonzero(model.inverse_norms[:restrict] == 0).tolist())
     for start in range(0, len(questions), _ANALOGY_BLOCK):
@@ -259,8 +259,9 @@ def score_pairs(model, path, lines, restrict=DEFAULT_RESTRICT, case_sensitive=Fa
         raise _layout_error(path, skipped_fields, score_column, tabs=any("\t" in line for line in lines))
     if not gold:
         raise EvaluationError(
-            f"{path}: no pair has both words among the first {restrict:,} words of the model"
-            + (f" ({len(skipped)} lines were not 'word word score' with a finite score)" if skipped else "")
+            f"{path}: no pair has both words among the first {plural(restrict, 'word')} of the model"
+            + (f" ({plural(len(skipped), 'line')} {'was' if len(skipped) == 1 else 'were'} not 'word word score' "
+               "with a finite score)" if skipped else "")
         )
     predicted = model.similarity_of_rows(rows1, rows2)
     gold = np.asarray(gold, dtype=np.float64)
@@ -304,7 +305,11 @@ def _layout_error(path, skipped_fields, score_column, tabs):
         return EvaluationError(message + "; the file has only blank and # comment lines")
     counts = Counter(len(fields) for fields in skipped_fields)
     width, width_lines = counts.most_common(1)[0]
-    message += f"; {len(skipped_fields):,} lines were skipped, {width_lines:,} of them with {_count(width, 'field')}"
+    if len(skipped_fields) == 1:
+        message += f"; 1 line was skipped, with {plural(width, 'field')}"
+    else:
+        message += (f"; {plural(len(skipped_fields), 'line')} were skipped, {width_lines:,} of them with "
+                    f"{plural(width, 'field')}")
     column = _numeric_column(skipped_fields)
     if column is None or column == score_column:
         return EvaluationError(message)
@@ -329,10 +334,6 @@ def _is_number(text):
         return math.isfinite(float(text))
     except ValueError:
         return False
-
-
-def _count(number, noun):
-    return f"{number:,} {noun}" + ("" if number == 1 else "s")
 
 
 def _number_or_none(value):

@@ -12,7 +12,7 @@ import types
 import numpy as np
 
 from embcli import search, store
-from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, QueryError, UnknownWord
+from embcli.errors import EmbcliError, ModelCorrupt, ModelNotFound, QueryError, UnknownWord, plural
 
 ANALOGY_METHODS = ("3cosadd", "3cosmul")
 # The largest finite float32, and the magnitude at or below which a float64 rounds to
@@ -242,11 +242,29 @@ class Model:
             self._raise_not_finite(int(bad[0]), len(bad))
         self._inverse_norms = search.safe_inverse(norms)
 
-    def _raise_not_finite(self, row, count):
-        raise ModelCorrupt(
-            f"{os.path.join(self.path, store.EMBEDDINGS)}: {count:,} rows hold NaN or "
-            f"infinite values, the first is row {row} ({self.word(row)!r}); retrain the model"
-        )
+    def _raise_not_finite(self, row, count=None):
+        """Raise ModelCorrupt for `row`, the first of `count` rows (if known) with NaN or infinity."""
+        path = os.path.join(self.path, store.EMBEDDINGS)
+        if count is None or count == 1:
+            where = f"row {row} ({self.word(row)!r}) contains NaN or infinite values"
+        else:
+            where = f"{plural(count, 'row')} contain NaN or infinite values, the first is row {row} ({self.word(row)!r})"
+        raise ModelCorrupt(f"{path}: {where}; retrain the model")
+
+    def check_finite_rows(self, rows):
+        """Raise ModelCorrupt if any of `rows` contains NaN or infinity."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows):
+            finite = np.isfinite(np.asarray(self.matrix[rows])).all(axis=1)
+            if not finite.all():
+                self._raise_not_finite(int(rows[np.flatnonzero(~finite)[0]]))
+
+    def _top_k(self, search_function, *args, **options):
+        """Run a search.top_k function on the matrix; name a searched row with NaN or infinity."""
+        try:
+            return search_function(self.matrix, *args, inverse_norms=self.inverse_norms, **options)
+        except search.NotFiniteRow as failure:
+            self._raise_not_finite(failure.row)
 
     def __len__(self):
         return self.matrix.shape[0]
@@ -414,7 +432,9 @@ class Model:
         return vector
 
     def check_nonzero(self, word, row):
-        """Raise QueryError if the vector of `word`, at `row`, is all zeros."""
+        """Raise QueryError if the vector of `word`, at `row`, is all zeros (ModelCorrupt if it
+        contains NaN or infinity)."""
+        self.check_finite_rows([row])
         if not np.any(self.matrix[row]):
             raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
 
@@ -449,15 +469,13 @@ class Model:
             if not np.any(query):
                 raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
         exclude = [() if row is None else (row,) for row, _, _ in resolved]
-        results = search.top_k(self.matrix, queries, k, exclude=exclude, limit=restrict,
-                               inverse_norms=self.inverse_norms)
+        results = self._top_k(search.top_k, queries, k, exclude=exclude, limit=restrict)
         return [self._named(result) for result in results]
 
     def neighbors_of_rows(self, rows, k=10, restrict=None):
         _check_counts(k, restrict)
         queries = np.asarray(self.matrix[rows], dtype=np.float32)
-        results = search.top_k(self.matrix, queries, k, exclude=[(row,) for row in rows], limit=restrict,
-                               inverse_norms=self.inverse_norms)
+        results = self._top_k(search.top_k, queries, k, exclude=[(row,) for row in rows], limit=restrict)
         return [self._named(result) for result in results]
 
     def neighbors_of_vector(self, vector, k=10, restrict=None):
@@ -484,7 +502,7 @@ class Model:
             raise QueryError(f"a query vector has {vectors.shape[1]} values, but the model has {self.dim} dimensions")
         check_query_vectors(vectors, "vector" if single else "vectors row {}")
         vectors = vectors.astype(np.float32)
-        results = search.top_k(self.matrix, vectors, k, limit=restrict, inverse_norms=self.inverse_norms)
+        results = self._top_k(search.top_k, vectors, k, limit=restrict)
         return [self._named(result) for result in results]
 
     def analogy(self, a, b, c, k=10, method="3cosadd", exclude_inputs=True, restrict=None, subwords=True):
@@ -507,10 +525,27 @@ class Model:
         words = [word for triple in triples for word in triple]
         if not (subwords and self.has_subwords):
             rows = np.asarray(self.rows(words), dtype=np.int64).reshape(len(triples), 3)
+            for triple, row_triple in zip(triples, rows):
+                self.check_analogy(triple, row_triple, method)
             return self.analogy_of_rows(rows, k, method, exclude_inputs, restrict)
         inputs = [self.query_input(word) for word in words]
-        return self.analogy_of_inputs([inputs[i : i + 3] for i in range(0, len(inputs), 3)], k, method,
-                                      exclude_inputs, restrict)
+        input_triples = [inputs[i : i + 3] for i in range(0, len(inputs), 3)]
+        for triple, input_triple in zip(triples, input_triples):
+            self.check_analogy(triple, input_triple, method)
+        return self.analogy_of_inputs(input_triples, k, method, exclude_inputs, restrict)
+
+    def check_analogy(self, words, inputs, method="3cosadd"):
+        """Raise QueryError if the analogy `words` (a, b, c) has no direction to search.
+
+        `inputs` are their rows or vectors, as query_input returns them. With 3cosadd,
+        b - a + c of the unit vectors can cancel to all zeros, which has no cosine with
+        any word; the search would return nothing.
+        """
+        if method != "3cosadd":
+            return
+        a, b, c = search.unit_rows(np.stack([self._input_vector(item) for item in inputs]))
+        if not np.any(b - a + c):
+            raise QueryError(f"{' '.join(words)}: B - A + C is all zeros, so cosine similarity is undefined")
 
     def query_input(self, word, subwords=True):
         """Return the row of `word`, or for a word built from n-grams its vector (a float32 array)."""
@@ -521,6 +556,7 @@ class Model:
                         skip_zero_rows=False):
         """Return answers for an (n, 3) array of rows (a, b, c); zero rows score 0 unless skipped."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        self.check_finite_rows(rows)
         vectors = [self.matrix[rows[:, i]] for i in range(3)]
         exclude = [tuple(int(r) for r in triple) for triple in rows] if exclude_inputs else None
         return self._analogy(vectors, exclude, k, method, restrict, skip_zero_rows)
@@ -530,6 +566,8 @@ class Model:
 
         Only the items that are rows can be left out of the results.
         """
+        self.check_finite_rows([int(item) for triple in triples for item in triple
+                                 if not isinstance(item, np.ndarray)])
         vectors = [np.stack([self._input_vector(item) for item in column]) for column in zip(*triples)]
         exclude = None
         if exclude_inputs:
@@ -542,11 +580,11 @@ class Model:
     def _analogy(self, vectors, exclude, k, method, restrict, skip_zero_rows=False):
         a, b, c = (search.unit_rows(v) for v in vectors)
         if method == "3cosadd":
-            results = search.top_k(self.matrix, b - a + c, k, exclude=exclude, limit=restrict,
-                                   inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
+            results = self._top_k(search.top_k, b - a + c, k, exclude=exclude, limit=restrict,
+                                  skip_zero_rows=skip_zero_rows)
         else:
-            results = search.top_k_cosmul(self.matrix, a, b, c, k, exclude=exclude, limit=restrict,
-                                          inverse_norms=self.inverse_norms, skip_zero_rows=skip_zero_rows)
+            results = self._top_k(search.top_k_cosmul, a, b, c, k, exclude=exclude, limit=restrict,
+                                  skip_zero_rows=skip_zero_rows)
         return [self._named(result) for result in results]
 
     def similarity(self, word1, word2, subwords=True):
@@ -559,12 +597,15 @@ class Model:
 
     def similarity_of_rows(self, rows1, rows2):
         """Return the cosine similarity of each pair of rows as a float64 array."""
+        self.check_finite_rows(rows1)
+        self.check_finite_rows(rows2)
         left = self.matrix[np.asarray(rows1, dtype=np.int64)]
         right = self.matrix[np.asarray(rows2, dtype=np.int64)]
         return similarity_of_vectors(left, right)
 
     def similarity_of_inputs(self, inputs1, inputs2):
         """Return the cosine similarity of each pair of rows or vectors, as `query_input` returns."""
+        self.check_finite_rows([int(item) for item in list(inputs1) + list(inputs2) if not isinstance(item, np.ndarray)])
         left = np.stack([self._input_vector(item) for item in inputs1])
         right = np.stack([self._input_vector(item) for item in inputs2])
         return similarity_of_vectors(left, right)

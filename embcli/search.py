@@ -86,6 +86,14 @@ def cosine(a, b):
     return float(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
 
 
+class NotFiniteRow(ValueError):
+    """A row of the searched matrix contains NaN or infinity, so it has no cosine with anything."""
+
+    def __init__(self, row):
+        super().__init__(f"row {row} contains NaN or infinite values")
+        self.row = row
+
+
 def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None, skip_zero_rows=False):
     """Return [(indices, scores)] for each query: the k rows most cosine-similar to it.
 
@@ -96,7 +104,7 @@ def top_k(matrix, queries, k, exclude=None, limit=None, inverse_norms=None, skip
     when fewer rows qualify.
     `inverse_norms` (V,) are 1/norm of each row, computed from the matrix when None.
     A zero row scores 0, or is left out with `skip_zero_rows` (gensim's NaN score for
-    it never ranks).
+    it never ranks). Raises NotFiniteRow for a searched row that contains NaN or infinity.
     """
     units, unusable = _finite_units(queries)
 
@@ -200,7 +208,11 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
         new_score = np.empty(new_index.shape, dtype=np.float32)
         for q_start in range(0, n_queries, QUERY_BLOCK):
             q_stop = min(q_start + QUERY_BLOCK, n_queries)
-            scores = score(cosines, slice(q_start, q_stop))  # (Qb, B)
+            # A row with NaN or infinity makes invalid values here; the check below names it.
+            with np.errstate(invalid="ignore", over="ignore"):
+                scores = score(cosines, slice(q_start, q_stop))  # (Qb, B)
+            if q_start == 0:
+                _check_finite_scores(scores[0], start)
             scores[:, zero_rows] = _NEVER
             mine = (block_pairs[0] >= q_start) & (block_pairs[0] < q_stop)
             scores[block_pairs[0][mine] - q_start, block_pairs[1][mine]] = _NEVER
@@ -229,6 +241,17 @@ def _search(matrix, n_queries, k, score, exclude, limit, inverse_norms=None, ski
         valid = np.isfinite(best_score[q])
         results.append((best_index[q][valid], best_score[q][valid]))
     return results
+
+
+def _check_finite_scores(scores, start):
+    """Raise NotFiniteRow for the first non-finite value of one query's `scores` of a block.
+
+    A row with NaN or infinity gives NaN or infinity with every query, a zero query
+    too, so one query's scores find every such row of the block. Finite rows always
+    score finite values: rows whose norm could overflow are scaled in float64 first.
+    """
+    if not np.isfinite(scores).all():
+        raise NotFiniteRow(start + int(np.flatnonzero(~np.isfinite(scores))[0]))
 
 
 def _top_columns(scores, take):

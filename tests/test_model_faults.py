@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from embcli import store
 from embcli.cli import app
-from embcli.errors import ModelCorrupt, ModelNotFound
+from embcli.errors import ModelCorrupt, ModelNotFound, QueryError
 from embcli.model import Model
 
 runner = CliRunner()
@@ -431,6 +431,75 @@ def test_embeddings_edited_after_norms_detected(model_copy):
     answered = invoke("neighbors", "-m", model_copy, "lord", "-k", str(len(model)))
     assert answered.exit_code == 0, answered.stderr
     assert max(float(line.split("\t")[1]) for line in answered.stdout.splitlines()) <= 1.0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_row_edited_to_nan_after_norms_detected(model_copy, value):
+    # norms.npy keeps the row's old, finite norm, so only the row itself shows the edit.
+    # Every query that would score the row reports it, whatever k is.
+    model = Model.open(model_copy)
+    middle = len(model) // 2
+    word = model.words[middle]
+    matrix = np.load(os.path.join(model_copy, "embeddings.npy"))
+    matrix[middle, 3] = value
+    rewrite_embeddings(model_copy, matrix, record=False)
+    expected = f"row {middle} ({word!r}) contains NaN or infinite values"
+    first, other = model.words[0], model.words[1]
+    for command in (["neighbors", "lord", "-k", "3"], ["neighbors", "lord", "-k", str(len(model))],
+                    ["similarity", word, first], ["similarity", first, other],
+                    ["analogy", first, other, word], ["analogy", first, other, "lord"],
+                    ["analogy", first, other, "lord", "--method", "3cosmul"]):
+        result = invoke(*command, "-m", model_copy)
+        if command == ["similarity", first, other]:
+            assert result.exit_code == 0, result.stderr  # the edited row is not involved
+            continue
+        assert result.exit_code == 1, (command, result.stdout)
+        assert expected in result.stderr, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+    batch = invoke("similarity", "-", "-m", model_copy, input=f"{first} {other}\n{word} {first}\n")
+    assert batch.exit_code == 1 and expected in batch.stderr and "line 2" in batch.stderr
+    assert [line.split("\t")[:2] for line in batch.stdout.splitlines()] == [[first, other]]
+    opened = Model.open(model_copy)
+    for call in (lambda: opened.similarity(word, first), lambda: opened.neighbors("lord", 3),
+                 lambda: opened.analogy(first, other, "lord")):
+        with pytest.raises(ModelCorrupt, match=expected.replace("(", r"\(").replace(")", r"\)")):
+            call()
+
+
+@pytest.mark.parametrize("target, options", [("v.txt", []), ("v.bin", []), ("v.npy", []),
+                                             ("projected", ["--format", "projector"])])
+def test_export_refuses_rows_with_nan(model_copy, tmp_path, target, options):
+    # Every reader rejects NaN, so export names the row instead of writing a file none can read.
+    model = Model.open(model_copy)
+    matrix = np.load(os.path.join(model_copy, "embeddings.npy"))
+    middle = len(model) // 2  # outside the fingerprinted start and end of the file
+    matrix[middle, 0] = np.nan
+    rewrite_embeddings(model_copy, matrix, record=False)
+    output = tmp_path / target
+    result = invoke("export", str(output), "-m", model_copy, *options)
+    assert result.exit_code == 1
+    assert f"row {middle} ({model.words[middle]!r}) contains NaN or infinite values" in result.stderr
+    assert not output.exists() or os.listdir(output) == []
+    assert [name for name in os.listdir(tmp_path) if name != "copy"] == ([target] if output.exists() else [])
+
+
+def test_analogy_that_cancels_to_zero_is_an_error(tmp_path):
+    # Unit vectors 120 degrees apart: y - x + c is exactly zero.
+    source = tmp_path / "tri.txt"
+    source.write_text("x 1 0\ny 0.5 0.8660254\nc 0.5 -0.8660254\nw 0 1\nv -1 0\n", encoding="utf-8")
+    model_dir = str(tmp_path / "tri")
+    assert invoke("import", str(source), "-m", model_dir).exit_code == 0
+    single = invoke("analogy", "x", "y", "c", "-m", model_dir)
+    assert single.exit_code == 1
+    assert "x y c: B - A + C is all zeros" in single.stderr
+    batch = invoke("analogy", "-", "-m", model_dir, "-k", "1", input="x y w\nx y c\ny x w\n")
+    assert batch.exit_code == 1
+    assert [line.split("\t")[:3] for line in batch.stdout.splitlines()] == [["x", "y", "w"], ["y", "x", "w"]]
+    assert "line 2" in batch.stderr and "B - A + C is all zeros" in batch.stderr
+    # 3CosMul multiplies shifted cosines, which stay defined.
+    assert invoke("analogy", "x", "y", "c", "-m", model_dir, "--method", "3cosmul").exit_code == 0
+    with pytest.raises(QueryError, match="all zeros"):
+        Model.open(model_dir).analogy("x", "y", "c")
 
 
 def test_deleted_embeddings_named_as_missing(model_copy):
