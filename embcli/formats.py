@@ -1329,15 +1329,14 @@ def _npy_truncation(path):
 
     None also when the header cannot be read, which np.load reports instead.
     """
+    from embcli import store
+
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
+            header = store.read_npy_header(handle)
+            if header is None:
                 return None  # NOTE: version 3.0 headers (UTF-8 field names) are not checked here
+            shape, dtype = header
             data_start = handle.tell()
     except (OSError, ValueError, SyntaxError):
         return None

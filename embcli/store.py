@@ -764,17 +764,31 @@ def read_vocab(directory, meta=None):
     return words, np.asarray(counts, dtype=np.int64)
 
 
+def read_npy_header(handle):
+    """Return (shape, dtype) from the .npy header at the start of the binary file `handle`,
+    which is left at the data; None for a format version other than 1.0 and 2.0.
+
+    numpy parses the header as a Python literal: a damaged one can raise ValueError,
+    SyntaxError and more.
+    """
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        return None
+    return shape, dtype
+
+
 def _check_npy_header(path):
     """Raise ModelCorrupt unless `path` starts with a .npy header of a plain numeric array."""
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                _, _, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
+            header = read_npy_header(handle)
+            if header is None:
                 return  # np.load(allow_pickle=False) still rejects object arrays
+            dtype = header[1]
     except FileNotFoundError:
         raise ModelNotFound(f"{path} is missing; run 'embcli train' first") from None
     except OSError as error:

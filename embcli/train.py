@@ -594,18 +594,24 @@ class Trainer:
         out.index_add_(0, targets, g_positive[:, None] * hidden)
         return grad_hidden, loss
 
+    def _positive_part(self, hidden, targets, lr, with_loss, pair_weight):
+        """Return (the target rows, each pair's positive gradient factor, the positive loss
+        summed or None) for `hidden` (B, D) predicting `targets` (B)."""
+        target_vectors = self.output_vectors.index_select(0, targets)
+        positive = torch.linalg.vecdot(hidden, target_vectors)
+        loss = torch.nn.functional.softplus(-positive).sum() if with_loss else None
+        g_positive = torch.sigmoid(positive.neg_()).mul_(lr)  # (1 - sigmoid(x)) * lr
+        if pair_weight is not None:
+            g_positive *= pair_weight
+        return target_vectors, g_positive, loss
+
     def _one_block_step(self, hidden, targets, negatives, draw_weight, lr, with_loss=True, pair_weight=None):
         """_negative_step with shared negatives for at most `block` pairs, which form one
         block, with the block's `negatives` and their `draw_weight` (see
         _negative_draw_weight) from the caller: the same update in plain (B, D) x (D, S)
         products, without the padding and views of several blocks."""
         out = self.output_vectors
-        target_vectors = out.index_select(0, targets)
-        positive = torch.linalg.vecdot(hidden, target_vectors)
-        loss = torch.nn.functional.softplus(-positive).sum() if with_loss else None
-        g_positive = torch.sigmoid(positive.neg_()).mul_(lr)  # (1 - sigmoid(x)) * lr
-        if pair_weight is not None:
-            g_positive *= pair_weight
+        target_vectors, g_positive, loss = self._positive_part(hidden, targets, lr, with_loss, pair_weight)
         negative_vectors = out.index_select(0, negatives)  # (S, D)
         scores = torch.mm(hidden, negative_vectors.t())  # (B, S)
         weight = self.config.negative / negatives.shape[0]
@@ -658,12 +664,7 @@ class Trainer:
         else:
             weighted = multiplicity
         hidden = combined.index_select(0, pair_word)
-        target_vectors = out.index_select(0, targets)
-        positive = torch.linalg.vecdot(hidden, target_vectors)
-        loss = torch.nn.functional.softplus(-positive).sum() if with_loss else None
-        g_positive = torch.sigmoid(positive.neg_()).mul_(lr)  # (1 - sigmoid(x)) * lr
-        if pair_weight is not None:
-            g_positive *= pair_weight
+        target_vectors, g_positive, loss = self._positive_part(hidden, targets, lr, with_loss, pair_weight)
         if negatives is None:
             negatives = self._draw_negatives((shared,), generator)
             draw_weight = self._negative_draw_weight(negatives)
