@@ -413,8 +413,9 @@ def train(
     model: Optional[str] = ModelOption,
     method: str = typer.Option("skipgram", "--method", help="skipgram or cbow."),
     dim: int = typer.Option(100, "--dim", min=1, help="Vector size (number of dimensions)."),
-    window: int = typer.Option(5, "--window", min=1, help="Maximum distance in words between a word and its context."),
-    negative: int = typer.Option(5, "--negative", min=1, help="Negative samples per positive example."),
+    window: int = typer.Option(5, "--window", min=1, max=1000,
+                               help="Maximum distance in words between a word and its context."),
+    negative: int = typer.Option(5, "--negative", min=1, max=1000, help="Negative samples per positive example."),
     sample: float = typer.Option(1e-3, "--sample", min=0.0, help="Subsampling threshold for frequent words; 0 turns it off."),
     epochs: int = typer.Option(5, "--epochs", min=1, help="Passes over the corpus."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate, decaying linearly. [default: 0.025 skipgram, 0.05 cbow]"),
@@ -493,6 +494,9 @@ def train(
                          epochs=epochs, lr=lr, ns_exponent=ns_exponent, negatives=negatives,
                          seed=seed, threads=threads, device=device, min_n=min_n, max_n=max_n,
                          buckets=buckets, combination=combination, chunk_order=chunk_order)
+    if resume and force:
+        raise typer.BadParameter("--resume continues the checkpoint and --force discards it; give one of them",
+                                 param_hint="--force")
     if resume:
         from embcli.train import read_checkpoint_state
 
@@ -507,12 +511,20 @@ def train(
         elif launch is not None and not saved.get("distributed") and launch.rank == 0:
             note(f"warning: {model_dir} was checkpointed by 'embcli train' with {saved_processes}; "
                  "the ranks go on from where those stopped")
-        # A resumed run takes every training setting from its checkpoint.
-        settings = ("--method", "--dim", "--window", "--negative", "--sample", "--epochs", "--lr",
-                    "--ns-exponent", "--negatives", "--seed", "--threads", "--subwords", "--buckets",
-                    "--combination", "--chunk-order")
-        ignored = [flag for flag in settings if _given(flag)]
-        if ignored:
+        # A resumed run takes every training setting from its checkpoint, so a value that
+        # differs from the saved one is ignored. The rerun of the same command (as
+        # torchrun resumes) gives the same values and gets no warning.
+        from embcli.train import _config_json
+
+        given, saved_config = _config_json(config), saved.get("config") or {}
+        settings = {"--method": ("method",), "--dim": ("dim",), "--window": ("window",),
+                    "--negative": ("negative",), "--sample": ("sample",), "--epochs": ("epochs",),
+                    "--lr": ("lr",), "--ns-exponent": ("ns_exponent",), "--negatives": ("negatives",),
+                    "--seed": ("seed",), "--threads": ("threads",), "--subwords": ("min_n", "max_n"),
+                    "--buckets": ("buckets",), "--combination": ("combination",), "--chunk-order": ("chunk_order",)}
+        ignored = [flag for flag, names in settings.items()
+                   if _given(flag) and any(given.get(name) != saved_config.get(name) for name in names)]
+        if ignored and (launch is None or launch.rank == 0):
             note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(ignored)}")
     if not corpus and (launch is None or launch.rank == 0):
         _warn_corpus_changed(model_dir)
@@ -527,8 +539,8 @@ def train(
         stats = _train_distributed(model_dir, config, launch, corpus, resume, sync_tokens,
                                    checkpoint_every * 60)
         note(
-            f"trained {_count(stats.words, 'word')} ({_count(stats.epochs_done, 'epoch')}) on "
-            f"{_count(launch.world_size, 'rank')} in "
+            f"trained {_count(stats.epochs_done, 'epoch')} over {_count(stats.words // stats.epochs_done, 'word')} "
+            f"on {_count(launch.world_size, 'rank')} in "
             f"{stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s{_loss_text(stats.final_loss)}); "
             f"saved {model_dir}"
         )
@@ -1099,13 +1111,14 @@ def info(
     model_dir = store.resolve_model_path(model)
     meta = store.read_meta(model_dir)
     word_count, problem = _check_model_files(model_dir, meta)
-    vocab = meta.get("vocab", {})
-    _warn_vocab_size(vocab.get("size"), word_count)
+    vocab = meta.get("vocab")
+    _warn_vocab_size(vocab.get("size") if isinstance(vocab, dict) else None, word_count)
     try:
         if as_json:
             sys.stdout.write(json.dumps(meta, ensure_ascii=False) + "\n")  # one line, as every --json output
         else:
-            _print_info(model_dir, meta, word_count)
+            damaged = _print_info(model_dir, meta, word_count)
+            problem = problem or damaged
         sys.stdout.flush()  # the metadata first, then the error
     except BrokenPipeError:
         # `info | head -3`: the reader went away, but the exit status still reports a damaged model.
@@ -1156,62 +1169,102 @@ def _warn_vocab_size(recorded, word_count):
 
 
 def _print_info(model_dir, meta, word_count):
-    """Print the lines of `info`: one key, a tab and a value each."""
-    from embcli import store
+    """Print the lines of `info`: one key, a tab and a value each.
 
-    lines = [("model", os.path.abspath(model_dir))]
-    vocab = meta.get("vocab", {})
+    Return the ModelCorrupt for the parts of meta.json that do not have the layout embcli
+    writes, or None. Such a part prints as "?", and the other lines print as usual.
+    """
+    from embcli import store
+    from embcli.errors import ModelCorrupt
+
+    lines, damaged = [], []
+
+    def part(name, build):
+        try:
+            build()
+        except (KeyError, TypeError, AttributeError, ValueError):
+            damaged.append(name)
+            lines.append((name.split(".")[0], "?"))
+
+    lines.append(("model", os.path.abspath(model_dir)))
+    vocab = meta.get("vocab") if isinstance(meta.get("vocab"), dict) else {}
     if word_count is not None:
         size = _count(word_count, "word")
     else:
         size = _count_of(vocab.get("size"), "word")
-    if "imported" in meta:
-        imported = meta["imported"]
-        lines.append(("vocabulary", f"{size}, imported"))
-        lines.append(("imported", f"{imported['path']} ({imported['format']}, {_count_of(imported['bytes'], 'byte')})"))
-    else:
-        lines.append(("vocabulary", f"{size} (min count {vocab.get('min_count', '?')})"))
+
+    def vocabulary():
+        if "imported" in meta:
+            imported = meta["imported"]
+            lines.append(("vocabulary", f"{size}, imported"))
+            lines.append(("imported", f"{imported['path']} ({imported['format']}, "
+                                      f"{_count_of(imported['bytes'], 'byte')})"))
+        else:
+            lines.append(("vocabulary", f"{size} (min count {vocab.get('min_count', '?')})"))
+
+    part("imported" if "imported" in meta else "vocab", vocabulary)
     lines.append(("tokenizer", json.dumps(meta.get("tokenizer", {}))))
     if "dim" in meta:
         lines.append(("dim", str(meta["dim"])))
-    fasttext = meta.get("imported", {}).get("fasttext")
-    if fasttext:
-        described = (f"{fasttext.get('model')} model, {_count_of(fasttext.get('epoch'), 'epoch')}, "
-                     f"window {fasttext.get('ws')}, "
-                     f"min count {fasttext.get('min_count')}")
-        if fasttext.get("labels"):
-            described += f", {_count(fasttext['labels'], 'label')} left out"
-        lines.append(("fastText", described))
-    subword_settings = meta.get("subwords")
-    if subword_settings:
-        stored = "the rows of the used buckets" if subword_settings.get("rows") == "used" else "every bucket's row"
-        lines.append(("subwords", f"n-grams {subword_settings['min_n']}-{subword_settings['max_n']}, "
-                                  f"{_count_of(subword_settings['buckets'], 'bucket')} ({stored}), "
-                                  f"{subword_settings.get('combination', 'mean')} of a word's rows"))
-    for source in meta.get("corpus", {}).get("sources", []):
-        lines.append(("corpus", f"{source['path']} ({_count_of(source['size'], 'byte')})" if source["size"] is not None
-                      else source["path"]))
+
+    def fasttext_line():
+        fasttext = (meta.get("imported") or {}).get("fasttext")
+        if fasttext:
+            described = (f"{fasttext.get('model')} model, {_count_of(fasttext.get('epoch'), 'epoch')}, "
+                         f"window {fasttext.get('ws')}, "
+                         f"min count {fasttext.get('min_count')}")
+            if fasttext.get("labels"):
+                described += f", {_count(fasttext['labels'], 'label')} left out"
+            lines.append(("fastText", described))
+
+    part("imported.fasttext", fasttext_line)
+
+    def subwords_line():
+        subword_settings = meta.get("subwords")
+        if subword_settings:
+            stored = "the rows of the used buckets" if subword_settings.get("rows") == "used" else "every bucket's row"
+            lines.append(("subwords", f"n-grams {subword_settings['min_n']}-{subword_settings['max_n']}, "
+                                      f"{_count_of(subword_settings['buckets'], 'bucket')} ({stored}), "
+                                      f"{subword_settings.get('combination', 'mean')} of a word's rows"))
+
+    part("subwords", subwords_line)
+
+    def corpus_lines():
+        for source in meta.get("corpus", {}).get("sources", []):
+            lines.append(("corpus", f"{source['path']} ({_count_of(source['size'], 'byte')})"
+                          if source["size"] is not None else source["path"]))
+
+    part("corpus", corpus_lines)
     if "vocab" in meta and "imported" not in meta:
-        lines.append(("tokens", f"{vocab.get('tokens_read', 0):,} read, {vocab.get('tokens_covered', 0):,} in vocabulary"))
-    trained_on = (meta.get("training") or {}).get("corpus") or []
-    if trained_on and trained_on != meta.get("corpus", {}).get("sources", []):
-        # `train CORPUS` trained on other files than the ones the vocabulary came from.
-        for source in trained_on:
-            lines.append(("trained on", source.get("path", "?")))
-    training = meta.get("training")
-    if training:
-        settings = training["settings"]
-        lines.append(("training", " ".join(f"{key}={value}" for key, value in settings.items())))
-        stats = training["stats"]
-        run = (f"{stats['seconds']:.1f} s, {stats['words_per_second']:,.0f} words/s, "
-               f"{_loss_text(stats['final_loss'])[2:] or 'no final loss'}, device {training['device']}")
-        # The settings keep threads=0 when the default chose the count; this is what ran.
-        if isinstance(training.get("workers"), int):
-            unit = "rank" if training.get("distributed") else "worker"
-            run += f", {_count(training['workers'], unit)}"
-        lines.append(("run", run))
-    else:
-        lines.append(("training", "none: imported vectors" if "imported" in meta else "not trained yet"))
+        part("vocab", lambda: lines.append(
+            ("tokens", f"{vocab.get('tokens_read', 0):,} read, {vocab.get('tokens_covered', 0):,} in vocabulary")))
+
+    def training_lines():
+        training = meta.get("training")
+        trained_on = (training or {}).get("corpus") or []
+        if trained_on and trained_on != meta.get("corpus", {}).get("sources", []):
+            # `train CORPUS` trained on other files than the ones the vocabulary came from.
+            for source in trained_on:
+                lines.append(("trained on", source.get("path", "?")))
+        if training:
+            settings = training["settings"]
+            lines.append(("training", " ".join(f"{key}={value}" for key, value in settings.items())))
+            stats = training["stats"]
+            run = (f"{stats['seconds']:.1f} s, {stats['words_per_second']:,.0f} words/s, "
+                   f"{_loss_text(stats['final_loss'])[2:] or 'no final loss'}, device {training['device']}")
+            # The settings keep threads=0 when the default chose the count; this is what ran.
+            if isinstance(training.get("workers"), int):
+                unit = "rank" if training.get("distributed") else "worker"
+                run += f", {_count(training['workers'], unit)}"
+            lines.append(("run", run))
+        elif "imported" in meta:
+            lines.append(("training", "none: imported vectors"))
+        elif store.EMBEDDINGS in (meta.get("files") or {}):
+            lines.append(("training", "not recorded in meta.json"))
+        else:
+            lines.append(("training", "not trained yet"))
+
+    part("training", training_lines)
     if os.path.exists(os.path.join(model_dir, store.CHECKPOINT)):
         checkpoint = os.path.join(model_dir, store.CHECKPOINT)
         resume = f"embcli train --resume -m {model_dir}"
@@ -1226,6 +1279,11 @@ def _print_info(model_dir, meta, word_count):
     lines.append(("embcli", meta.get("embcli_version", "?")))
     for key, value in lines:
         sys.stdout.write(f"{key}\t{value}\n")
+    if damaged:
+        return ModelCorrupt(f"{os.path.join(model_dir, store.META)}: {', '.join(damaged)} "
+                            f"{'does' if len(damaged) == 1 else 'do'} not have the layout that embcli writes; "
+                            "retrain or re-import the model")
+    return None
 
 
 @app.command(epilog=EPILOG_OWN_QUIET)

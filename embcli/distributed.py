@@ -337,6 +337,10 @@ def _train(model_dir, config, launch, device, backend, resume, progress, started
         from embcli.errors import EmptyCorpus
 
         raise EmptyCorpus("the corpus has no words from the vocabulary to train on")
+    if not resume:
+        config, warning = train.subsampling_for(config, corpus.total_words)
+        if warning and launch.rank == 0:
+            train._warn_on_stderr(warning)
 
     positions = [0] * (2 * launch.world_size)
     corpus_record = train.cached_sources(meta)

@@ -46,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -177,6 +177,9 @@ class TrainConfig:
         for name in ("dim", "window", "negative", "epochs", "block", "batch", "chunk_tokens"):
             if getattr(self, name) < 1:
                 raise EmbcliError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name, largest in (("window", MAX_WINDOW), ("negative", MAX_NEGATIVE)):
+            if getattr(self, name) > largest:
+                raise EmbcliError(f"{name} must be at most {largest:,}, not {getattr(self, name):,}")
         if self.shared_negatives < 1:
             raise EmbcliError(f"shared_negatives must be at least 1, not {self.shared_negatives}")
         if self.resolved_lr() <= 0 or not math.isfinite(self.resolved_lr()):
@@ -253,6 +256,31 @@ def keep_probabilities(counts, sample):
     threshold = sample * counts.sum()
     keep = (np.sqrt(counts / threshold) + 1.0) * threshold / np.maximum(counts, 1)
     return np.minimum(keep, 1.0).astype(np.float32)
+
+
+# The largest --window and --negative. A piece's tensors grow with the window (CBOW's
+# context matrix is 16,384 x 2 window ids): 300 took 480 MB of memory for CBOW, and
+# 100,000 asked for 52 GB. A step's negatives grow with --negative: 100,000 took 4.2 GB,
+# and one chunk ran for more than 10 minutes, so SIGTERM could not stop it. word2vec
+# uses windows of 5 to 10 and 5 to 20 negatives.
+MAX_WINDOW = 1000
+MAX_NEGATIVE = 1000
+
+
+def subsampling_for(config, total_words):
+    """Return (config, warning or None): `config` with --sample 0 when the corpus is too
+    small for subsampling.
+
+    word2vec's formula drops words more frequent than `sample`. In a corpus of fewer than
+    1 / sample words every word is more frequent than that, even a word seen once, so it
+    would drop nearly every word: 6 words at the default 0.001 keep each with a chance
+    of 6 % to 8 %, which leaves no pairs to train on.
+    """
+    if config.sample <= 0 or config.sample * total_words >= 1:
+        return config, None
+    warning = (f"the corpus has {plural(total_words, 'word')}, fewer than 1 / --sample ({1 / config.sample:,.0f}), "
+               "so subsampling would drop nearly every word; training without it (--sample 0)")
+    return replace(config, sample=0.0), warning
 
 
 def negative_cdf(counts, exponent):
@@ -1340,6 +1368,10 @@ def _train_locked(model_dir, config, corpus_paths, encoding, errors, resume, pro
         if words_in_corpus == 0:
             names = ", ".join(corpus_paths) if corpus_paths else "the corpus"
             raise EmptyCorpus(f"{names} contains no word of the vocabulary; nothing to train on")
+        if not resume:
+            config, warning = subsampling_for(config, corpus.total_words)
+            if warning:
+                (warn or _warn_on_stderr)(warning)
 
         if resume and start.workers > 1 and device.type != "cpu":
             raise EmbcliError(
@@ -1668,10 +1700,13 @@ def _check_trained(vectors, config, examples, corpus=None):
             cause = "no line of the corpus has two vocabulary words within the window after subsampling"
             advice = "use a larger corpus, or turn subsampling off (--sample 0, or sample=0 in Python)"
         else:
-            cause = "no line of the corpus has two vocabulary words within the window"
-            advice = "put more than one word on a line, or use a larger corpus or --window"
+            # Out-of-vocabulary words are not in the token ids, so any two words left on a
+            # line are next to each other there: no window helps.
+            cause = "no line of the corpus has two vocabulary words"
+            advice = ("put more than one word on a line (build-vocab --tokenizer chooses how lines split "
+                      "into words), or use a larger corpus")
         raise TrainingError(f"training found no (word, context) pairs: {cause}; {advice}; nothing was written",
-                            options=("sample",) if config.sample > 0 else ("window",))
+                            options=("sample",) if config.sample > 0 else ())
 
 
 def _open_corpus(tokens_path, counts):

@@ -260,3 +260,21 @@ def test_every_unknown_word_of_a_query_is_named(trained_model):
     assert "<stdin>: line 1: zzqq, xxyy: not in vocabulary" in batch.stderr
     assert "<stdin>: line 3: zzqq: not in vocabulary" in batch.stderr
     assert [line.split("\t")[:2] for line in batch.stdout.splitlines()] == [["lord", "god"]]
+
+
+# meta.json parts of the wrong type.
+
+@pytest.mark.parametrize("change, part", [
+    (lambda meta: meta["training"].update(stats="x"), "training"),
+    (lambda meta: meta["training"].update(settings=None), "training"),
+    (lambda meta: meta["training"]["stats"].update(final_loss="x"), "training"),
+    (lambda meta: meta["corpus"].update(sources=[{"size": 1}]), "corpus"),
+])
+def test_info_names_a_damaged_part_of_meta_json(model_copy, change, part):
+    edit_meta(model_copy, change)
+    result = invoke("info", "-m", str(model_copy))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert f"meta.json: {part} does not have the layout that embcli writes" in result.stderr
+    assert f"{part}\t?" in result.stdout
+    assert "vocabulary\t" in result.stdout  # the other lines still print

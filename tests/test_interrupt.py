@@ -282,6 +282,14 @@ def test_resume_warns_about_ignored_settings(vocab_dir):
     assert "ignoring" not in result.stderr
     with pytest.raises(TrainingInterrupted):
         train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
+    both = subprocess.run([*command, "--force"], capture_output=True, text=True)
+    assert both.returncode == 2 and "give one of them" in both.stderr
+    # The values that the checkpoint has give no warning, as when the same command runs again.
+    again = str(shutil.copytree(vocab_dir, os.path.join(os.path.dirname(vocab_dir), "again")))
+    same = subprocess.run([*command[:4], "-m", again, "--resume", "--epochs", str(SETTINGS["epochs"]),
+                           f"--dim={SETTINGS['dim']}", f"--seed={SETTINGS['seed']}"], capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr
+    assert "ignoring" not in same.stderr
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "ignoring --dim, --epochs" in result.stderr

@@ -1,5 +1,6 @@
 """The training engine: pair generation, subsampling, learning and reproducibility."""
 
+import json
 import math
 import os
 import warnings
@@ -440,8 +441,9 @@ def test_train_with_many_negatives(tmp_path, method):
 
 
 @pytest.mark.parametrize("lines, sample, advice", [
-    # Two words that make up the whole corpus: subsampling keeps about 1 in 220 of each.
-    (["alpha beta"] * 100, "1e-5", "--sample 0"),
+    # Two words that make up the whole corpus: subsampling keeps about 1 in 21 of each,
+    # which with the default seed leaves no line with both.
+    (["alpha beta"] * 500, "1e-3", "--sample 0"),
     (["alpha", "beta", "gamma"] * 200, "1e-3", "more than one word on a line"),
     (["alpha", "beta", "gamma"] * 200, "0", "more than one word on a line"),
 ])
@@ -458,6 +460,23 @@ def test_corpus_without_pairs_names_the_fix(tmp_path, lines, sample, advice):
     assert advice in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(os.path.join(model, "embeddings.npy"))
+
+
+def test_corpus_smaller_than_one_over_sample_trains_without_subsampling(tmp_path):
+    # 6 words at --sample 0.001: each word is more frequent than 1 in 1,000, so
+    # word2vec's formula would keep each with a chance of 6 % to 8 % and leave no pairs.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat\nthe dog sat\n", encoding="utf-8")
+    model = str(tmp_path / "model")
+    runner = CliRunner()
+    assert runner.invoke(app, ["build-vocab", str(corpus), "-m", model, "--min-count", "1", "-q"]).exit_code == 0
+    result = runner.invoke(app, ["train", "-m", model, "--threads", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert "the corpus has 6 words, fewer than 1 / --sample (1,000)" in result.stderr
+    assert "training without it (--sample 0)" in result.stderr
+    with open(os.path.join(model, "meta.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["training"]["settings"]["sample"] == 0
+    assert runner.invoke(app, ["lookup", "the", "-m", model]).exit_code == 0
 
 
 @pytest.mark.parametrize("seed", ["18446744073709551616", "-9223372036854775809"])
@@ -643,3 +662,15 @@ def test_stats_without_loss_write_valid_json():
                        epochs_done=1)
     text = json.dumps(stats.to_json(), allow_nan=False)
     assert json.loads(text)["final_loss"] is None
+
+
+@pytest.mark.parametrize("option, value", [("--window", "100000"), ("--negative", "100000")])
+def test_window_and_negative_have_a_maximum(small_corpus, option, value):
+    # Beyond them a piece's tensors or a step's negatives need gigabytes; 100,000 asked
+    # for 52 GB (window) or ran one chunk for over 10 minutes (negative).
+    result = CliRunner().invoke(app, ["train", "--epochs", "1", "--threads", "1", "-q", option, value])
+    assert result.exit_code == 2
+    assert option in result.stderr and "1000" in result.stderr
+    name = option.lstrip("-")
+    with pytest.raises(EmbcliError, match=f"{name} must be at most 1,000"):
+        TrainConfig(**{name: int(value)}).validate()
