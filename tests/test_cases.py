@@ -322,7 +322,7 @@ def _wait_until_training(model_dir, process, timeout=60):
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 fcntl.flock(lock, fcntl.LOCK_UN)
             except BlockingIOError:
-                time.sleep(1.0)  # locked; let it get past loading into the training loop
+                time.sleep(2.0)  # locked; let it get past loading into the training loop, under load too
                 return
             time.sleep(0.05)
     finally:
