@@ -465,10 +465,15 @@ class Trainer:
         reduced = torch.randint(1, window + 1, (n,), generator=generator, device=self.device)
         offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)]).to(self.device)
         position = torch.arange(n, device=self.device)[:, None] + offsets[None, :]
-        inside = (position >= 0) & (position < n)
-        position = position.clamp_(0, max(n - 1, 0))
-        mask = inside & (offsets.abs()[None, :] <= reduced[:, None])
-        mask &= sentence.index_select(0, position.view(-1)).view(n, -1) == sentence[:, None]
+        # Row r of `within` marks the offsets that a window reduced to r reaches; one
+        # gather of it per center is cheaper than comparing every offset with `reduced`.
+        within = offsets.abs()[None, :] <= torch.arange(window + 1, device=self.device)[:, None]
+        mask = within.index_select(0, reduced)
+        # Only the first and last `window` centers have offsets outside the piece.
+        for edge in (slice(0, window), slice(max(n - window, window), n)):
+            mask[edge] &= (position[edge] >= 0) & (position[edge] < n)
+            position[edge].clamp_(0, max(n - 1, 0))
+        mask &= sentence.index_select(0, position.view(-1)).view(n, 2 * window) == sentence[:, None]
         has_context = mask.any(1) & core
         # Visit the centers in strides of 2 * window + 1, so that the windows within one
         # update step never overlap. In text order, a context word would sit in up to

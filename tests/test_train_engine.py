@@ -674,3 +674,24 @@ def test_window_and_negative_have_a_maximum(small_corpus, option, value):
     name = option.lstrip("-")
     with pytest.raises(EmbcliError, match=f"{name} must be at most 1,000"):
         TrainConfig(**{name: int(value)}).validate()
+
+
+@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+@pytest.mark.parametrize("length", [0, 1, 3, 11])
+def test_pieces_shorter_than_a_window_train(tmp_path, method, length):
+    # Subsampling can leave a piece with no word at all, or fewer than a window's.
+    counts = np.array([50, 40, 30, 20, 10])
+    tokens = np.arange(max(length, 1), dtype=np.uint32)[:length] % 5
+    path = str(tmp_path / "tokens.npy")
+    np.save(path, tokens)
+    config = TrainConfig(method=method, dim=8, window=5, sample=0)
+    trainer = Trainer(config, Corpus(path, counts), *init_vectors(5, 8, 1), "cpu")
+    ids = torch.from_numpy(tokens.astype(np.int64))
+    sentence = torch.zeros(length, dtype=torch.int64)
+    core = torch.ones(length, dtype=torch.bool)
+    train = trainer.train_cbow_chunk if method == "cbow" else trainer.train_skipgram_chunk
+    loss, examples = train(ids, sentence, core, 0.025, torch.Generator().manual_seed(1))
+    assert (examples == 0) == (length < 2)  # CBOW counts centers, skip-gram pairs
+    if method == "cbow":
+        assert examples == (0 if length < 2 else length)
+    assert math.isfinite(float(loss))
