@@ -516,14 +516,14 @@ def train(
         # torchrun resumes) gives the same values and gets no warning.
         from embcli.train import _config_json
 
-        given, saved_config = _config_json(config), saved.get("config") or {}
+        requested, saved_config = _config_json(config), saved.get("config") or {}
         settings = {"--method": ("method",), "--dim": ("dim",), "--window": ("window",),
                     "--negative": ("negative",), "--sample": ("sample",), "--epochs": ("epochs",),
                     "--lr": ("lr",), "--ns-exponent": ("ns_exponent",), "--negatives": ("negatives",),
                     "--seed": ("seed",), "--threads": ("threads",), "--subwords": ("min_n", "max_n"),
                     "--buckets": ("buckets",), "--combination": ("combination",), "--chunk-order": ("chunk_order",)}
         ignored = [flag for flag, names in settings.items()
-                   if _given(flag) and any(given.get(name) != saved_config.get(name) for name in names)]
+                   if _given(flag) and any(requested.get(name) != saved_config.get(name) for name in names)]
         if ignored and (launch is None or launch.rank == 0):
             note(f"warning: --resume continues with the settings saved in the checkpoint; ignoring {', '.join(ignored)}")
     if not corpus and (launch is None or launch.rank == 0):

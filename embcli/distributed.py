@@ -38,7 +38,7 @@ a one-process run. On SIGINT or SIGTERM every rank trains on to the next
 synchronization point and stops there; after that synchronization rank 0 saves a
 checkpoint in the layout that `embcli.train` uses for Hogwild workers (one position per
 worker, plus a "distributed" entry), and `embcli train --resume` under torchrun with the
-same number of ranks continues it. Such a checkpoint holds every rank at a
+same number of ranks continues it. In such a checkpoint every rank is at a
 synchronization point, so the resumed run gives the same vectors as a run without the
 stop.
 """

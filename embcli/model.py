@@ -538,8 +538,8 @@ class Model:
         """Raise QueryError if the analogy `words` (a, b, c) has no direction to search.
 
         `inputs` are their rows or vectors, as query_input returns them. With 3cosadd,
-        b - a + c of the unit vectors can cancel to all zeros, which has no cosine with
-        any word; the search would return nothing.
+        b - a + c of the unit vectors can cancel to all zeros. A zero vector has no cosine
+        with any word, so the search would return nothing.
         """
         if method != "3cosadd":
             return

@@ -272,9 +272,9 @@ def subsampling_for(config, total_words):
     small for subsampling.
 
     word2vec's formula drops words more frequent than `sample`. In a corpus of fewer than
-    1 / sample words every word is more frequent than that, even a word seen once, so it
-    would drop nearly every word: 6 words at the default 0.001 keep each with a chance
-    of 6 % to 8 %, which leaves no pairs to train on.
+    1 / sample words, even a word seen once is more frequent than that, so the formula
+    would drop nearly every word. For example, 6 words at the default 0.001 keep each
+    word with a chance of 6 % to 8 %, which leaves no pairs to train on.
     """
     if config.sample <= 0 or config.sample * total_words >= 1:
         return config, None
@@ -465,8 +465,8 @@ class Trainer:
         reduced = torch.randint(1, window + 1, (n,), generator=generator, device=self.device)
         offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)]).to(self.device)
         position = torch.arange(n, device=self.device)[:, None] + offsets[None, :]
-        # Row r of `within` marks the offsets that a window reduced to r reaches; one
-        # gather of it per center is cheaper than comparing every offset with `reduced`.
+        # Row r of `within` marks the offsets that a window reduced to r reaches. One gather
+        # of it per center costs less than comparing every offset with `reduced`.
         within = offsets.abs()[None, :] <= torch.arange(window + 1, device=self.device)[:, None]
         mask = within.index_select(0, reduced)
         # Only the first and last `window` centers have offsets outside the piece.
@@ -548,8 +548,9 @@ class Trainer:
         return weight.index_select(0, inverse.view(-1)).view(negatives.shape)
 
     def _negative_draw_weights(self, negatives):
-        """Return _negative_draw_weight for each row of `negatives` (steps, S), which holds
-        one step's negatives, all rows in one call. None as there."""
+        """Return _negative_draw_weight of each row of `negatives` (steps, S), computed for
+        all rows in one call. Each row contains one step's negatives. Returns None when
+        _negative_draw_weight would."""
         if not self.count_negatives:
             return None
         step = torch.arange(negatives.shape[0], device=self.device)[:, None]
@@ -639,10 +640,10 @@ class Trainer:
         return target_vectors, g_positive, loss
 
     def _one_block_step(self, hidden, targets, negatives, draw_weight, lr, with_loss=True, pair_weight=None):
-        """_negative_step with shared negatives for at most `block` pairs, which form one
-        block, with the block's `negatives` and their `draw_weight` (see
-        _negative_draw_weight) from the caller: the same update in plain (B, D) x (D, S)
-        products, without the padding and views of several blocks."""
+        """Run _negative_step with shared negatives for at most `block` pairs, which form
+        one block. The caller draws the block's `negatives` and computes their
+        `draw_weight` (see _negative_draw_weight). The update is the same, in plain
+        (B, D) x (D, S) products, without the padding and views of several blocks."""
         out = self.output_vectors
         target_vectors, g_positive, loss = self._positive_part(hidden, targets, lr, with_loss, pair_weight)
         negative_vectors = out.index_select(0, negatives)  # (S, D)

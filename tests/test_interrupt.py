@@ -283,7 +283,8 @@ def test_resume_warns_about_ignored_settings(vocab_dir):
     with pytest.raises(TrainingInterrupted):
         train_model(vocab_dir, TrainConfig(**SETTINGS), progress=interrupt_after(1, signal.SIGINT))
     both = subprocess.run([*command, "--force"], capture_output=True, text=True)
-    assert both.returncode == 2 and "give one of them" in both.stderr
+    assert both.returncode == 2
+    assert "give one of them" in both.stderr
     # The values that the checkpoint has give no warning, as when the same command runs again.
     again = str(shutil.copytree(vocab_dir, os.path.join(os.path.dirname(vocab_dir), "again")))
     same = subprocess.run([*command[:4], "-m", again, "--resume", "--epochs", str(SETTINGS["epochs"]),

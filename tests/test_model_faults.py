@@ -457,7 +457,9 @@ def test_row_edited_to_nan_after_norms_detected(model_copy, value):
         assert expected in result.stderr, (command, result.stderr)
         assert "Traceback" not in result.stderr
     batch = invoke("similarity", "-", "-m", model_copy, input=f"{first} {other}\n{word} {first}\n")
-    assert batch.exit_code == 1 and expected in batch.stderr and "line 2" in batch.stderr
+    assert batch.exit_code == 1
+    assert expected in batch.stderr
+    assert "line 2" in batch.stderr
     assert [line.split("\t")[:2] for line in batch.stdout.splitlines()] == [[first, other]]
     opened = Model.open(model_copy)
     for call in (lambda: opened.similarity(word, first), lambda: opened.neighbors("lord", 3),
@@ -495,7 +497,8 @@ def test_analogy_that_cancels_to_zero_is_an_error(tmp_path):
     batch = invoke("analogy", "-", "-m", model_dir, "-k", "1", input="x y w\nx y c\ny x w\n")
     assert batch.exit_code == 1
     assert [line.split("\t")[:3] for line in batch.stdout.splitlines()] == [["x", "y", "w"], ["y", "x", "w"]]
-    assert "line 2" in batch.stderr and "B - A + C is all zeros" in batch.stderr
+    assert "line 2" in batch.stderr
+    assert "B - A + C is all zeros" in batch.stderr
     # 3CosMul multiplies shifted cosines, which stay defined.
     assert invoke("analogy", "x", "y", "c", "-m", model_dir, "--method", "3cosmul").exit_code == 0
     with pytest.raises(QueryError, match="all zeros"):

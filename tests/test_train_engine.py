@@ -462,7 +462,7 @@ def test_corpus_without_pairs_names_the_fix(tmp_path, lines, sample, advice):
     assert not os.path.exists(os.path.join(model, "embeddings.npy"))
 
 
-def test_corpus_smaller_than_one_over_sample_trains_without_subsampling(tmp_path):
+def test_tiny_corpus_trains_without_subsampling(tmp_path):
     # 6 words at --sample 0.001: each word is more frequent than 1 in 1,000, so
     # word2vec's formula would keep each with a chance of 6 % to 8 % and leave no pairs.
     corpus = tmp_path / "corpus.txt"
@@ -670,7 +670,8 @@ def test_window_and_negative_have_a_maximum(small_corpus, option, value):
     # for 52 GB (window) or ran one chunk for over 10 minutes (negative).
     result = CliRunner().invoke(app, ["train", "--epochs", "1", "--threads", "1", "-q", option, value])
     assert result.exit_code == 2
-    assert option in result.stderr and "1000" in result.stderr
+    assert option in result.stderr
+    assert "1000" in result.stderr
     name = option.lstrip("-")
     with pytest.raises(EmbcliError, match=f"{name} must be at most 1,000"):
         TrainConfig(**{name: int(value)}).validate()
