@@ -87,6 +87,29 @@ _count = plural
 
 def error(message):
     _stderr(f"embcli: error: {message}")
+    _record_for_torchrun(f"embcli: error: {message}")
+
+
+def _record_for_torchrun(message):
+    """Write the first error of a torchrun rank to the error file that torchrun reads.
+
+    torchrun then shows this message as the rank's failure in its summary, instead of a
+    link to how to enable tracebacks. It names the file in TORCHELASTIC_ERROR_FILE, in
+    the JSON layout of torch.distributed.elastic's ErrorHandler.record_exception.
+    """
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or STATE.get("torchrun_error_recorded"):
+        return
+    STATE["torchrun_error_recorded"] = True
+    data = {"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                          "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+    except OSError:
+        pass  # the summary then shows torchrun's own text; the message is on stderr already
 
 
 # The flags that change each setting named in EmbcliError.options.

@@ -319,6 +319,9 @@ def test_ranks_with_different_settings_stop(vocab_dir, tmp_path):
     for node, output in zip(nodes, outputs):
         assert node.returncode != 0
         assert "different training settings: dim, lr" in output, output[-3000:]
+        # torchrun's summary shows embcli's message as the rank's failure.
+        assert "traceback : embcli: error: " in output, output[-3000:]
+        assert "To enable traceback see" not in output
     assert "(this rank has dim=16, lr=0.025); start every rank with the same embcli train options [--dim, --lr]" \
         in outputs[0]
     assert not os.path.exists(os.path.join(model_dir, "embeddings.npy"))
