@@ -1512,9 +1512,7 @@ def _inputs_of_fields(opened, query, expected, subwords, from_subwords):
         raise QueryError(f"{where}{shorten(line)!r}: expected {expected}")
     try:
         if not (subwords and opened.has_subwords):
-            rows = _rows_naming_every_unknown(opened, fields)
-            opened.check_finite_rows(rows)
-            return rows
+            return _rows_naming_every_unknown(opened, fields)
         inputs = []
         for word in fields:
             row, vector, ngram_count = opened.resolve(word, subwords=True)
@@ -1578,9 +1576,9 @@ def analogy(
     if method not in ANALOGY_METHODS:
         raise typer.BadParameter(f"use one of {', '.join(ANALOGY_METHODS)}", param_hint="--method")
     _check_stdin_dash(words)
+    STATE["stdin_failures"] = 0  # also counts the lines whose answer failed
     if words == ["-"]:
         batch = True
-        STATE["stdin_failures"] = 0
         queries = _stdin_fields(3)
     elif len(words) == 3:
         _check_utf8_arguments(words)
@@ -1601,20 +1599,33 @@ def analogy(
             for word, item in zip(query[1], inputs):
                 if not isinstance(item, np.ndarray):
                     opened.check_nonzero(word, item)
-            opened.check_analogy(query[1], inputs, method)
         except EmbcliError as failure:
             raise _with_line(failure, query[2]) from None
-        return inputs
+        return query[1], inputs
 
-    def answer(triples):
+    def answer(resolved):
+        triples = [inputs for _, inputs in resolved]
         if k == 0:
             return [[] for _ in triples]
         if from_subwords:
-            return opened.analogy_of_inputs(triples, k, method, not include_inputs, restrict)
-        return opened.analogy_of_rows(triples, k, method, not include_inputs, restrict)
+            results = opened.analogy_of_inputs(triples, k, method, not include_inputs, restrict)
+        else:
+            results = opened.analogy_of_rows(triples, k, method, not include_inputs, restrict)
+        # An empty answer can mean that B - A + C cancelled: check only those, not every line.
+        for (words, inputs), result in zip(resolved, results):
+            if not result:
+                try:
+                    opened.check_analogy(words, inputs, method)
+                except EmbcliError as failure:
+                    result.append(failure)
+        return results
 
     def emit(query, result):
         fields = query[1]
+        if result and isinstance(result[0], EmbcliError):
+            error(str(_with_line(result[0], query[2])))
+            STATE["stdin_failures"] = STATE.get("stdin_failures", 0) + 1
+            return
         for word, score in result:
             if as_json:
                 _json_line({"query": fields, "word": word, "score": round(score, 6),
@@ -1638,12 +1649,14 @@ def similarity(
     no_subwords: bool = NoSubwordsOption,
 ):
     """Print the cosine similarity of two words (0 when a vector is all zeros)."""
+    import numpy as np
+
     from embcli.model import Model
 
     _check_stdin_dash(words)
+    STATE["stdin_failures"] = 0  # also counts the lines whose answer failed
     if words == ["-"]:
         batch = True
-        STATE["stdin_failures"] = 0
         queries = _stdin_fields(2)
     elif len(words) == 2:
         _check_utf8_arguments(words)
@@ -1662,10 +1675,23 @@ def similarity(
     def answer(pairs):
         columns = list(zip(*pairs))
         if from_subwords:
-            return opened.similarity_of_inputs(columns[0], columns[1]).tolist()
-        return opened.similarity_of_rows(columns[0], columns[1]).tolist()
+            scores = opened.similarity_of_inputs(columns[0], columns[1], damaged="nan")
+        else:
+            scores = opened.similarity_of_rows(columns[0], columns[1], damaged="nan")
+        # NaN marks a pair with a damaged row: find it for that line alone.
+        results = scores.tolist()
+        for index in np.flatnonzero(np.isnan(scores)):
+            try:
+                opened.similarity_of_inputs([pairs[index][0]], [pairs[index][1]])
+            except EmbcliError as failure:
+                results[index] = failure
+        return results
 
     def emit(query, score):
+        if isinstance(score, EmbcliError):
+            error(str(_with_line(score, query[2])))
+            STATE["stdin_failures"] = STATE.get("stdin_failures", 0) + 1
+            return
         first, second = query[1]
         if as_json:
             _json_line({"word1": first, "word2": second, "score": round(score, 6),

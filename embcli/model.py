@@ -434,8 +434,10 @@ class Model:
     def check_nonzero(self, word, row):
         """Raise QueryError if the vector of `word`, at `row`, is all zeros (ModelCorrupt if it
         contains NaN or infinity)."""
-        self.check_finite_rows([row])
-        if not np.any(self.matrix[row]):
+        vector = self.matrix[row]
+        if not np.isfinite(vector).all():
+            self._raise_not_finite(row)
+        if not vector.any():
             raise QueryError(f"{word}: its vector is all zeros, so cosine similarity is undefined")
 
     def vector(self, word, subwords=True):
@@ -595,20 +597,32 @@ class Model:
         """
         return search.cosine(self.vector(word1, subwords), self.vector(word2, subwords))
 
-    def similarity_of_rows(self, rows1, rows2):
-        """Return the cosine similarity of each pair of rows as a float64 array."""
-        self.check_finite_rows(rows1)
-        self.check_finite_rows(rows2)
-        left = self.matrix[np.asarray(rows1, dtype=np.int64)]
-        right = self.matrix[np.asarray(rows2, dtype=np.int64)]
-        return similarity_of_vectors(left, right)
+    def similarity_of_rows(self, rows1, rows2, damaged="raise"):
+        """Return the cosine similarity of each pair of rows as a float64 array.
 
-    def similarity_of_inputs(self, inputs1, inputs2):
-        """Return the cosine similarity of each pair of rows or vectors, as `query_input` returns."""
-        self.check_finite_rows([int(item) for item in list(inputs1) + list(inputs2) if not isinstance(item, np.ndarray)])
+        A pair with a row that contains NaN or infinity raises ModelCorrupt, or with
+        `damaged="nan"` scores NaN, so that a caller can report each such pair.
+        """
+        rows1, rows2 = np.asarray(rows1, dtype=np.int64), np.asarray(rows2, dtype=np.int64)
+        scores = similarity_of_vectors(self.matrix[rows1], self.matrix[rows2])
+        if damaged == "raise" and np.isnan(scores).any():
+            bad = np.isnan(scores)
+            self.check_finite_rows(np.concatenate([rows1[bad], rows2[bad]]))
+        return scores
+
+    def similarity_of_inputs(self, inputs1, inputs2, damaged="raise"):
+        """Return the cosine similarity of each pair of rows or vectors, as `query_input`
+        returns them; `damaged` as in similarity_of_rows."""
+        inputs1, inputs2 = list(inputs1), list(inputs2)
         left = np.stack([self._input_vector(item) for item in inputs1])
         right = np.stack([self._input_vector(item) for item in inputs2])
-        return similarity_of_vectors(left, right)
+        scores = similarity_of_vectors(left, right)
+        if damaged == "raise" and np.isnan(scores).any():
+            pairs = [pair for pair, score in zip(zip(inputs1, inputs2), scores) if np.isnan(score)]
+            self.check_finite_rows([int(item) for pair in pairs for item in pair if not isinstance(item, np.ndarray)])
+            raise ModelCorrupt(f"{self.path}: the n-gram rows of a query word contain NaN or infinite "
+                               "values; retrain the model")
+        return scores
 
     def _named(self, result):
         index, score = result
@@ -649,15 +663,19 @@ class Model:
 def similarity_of_vectors(left, right):
     """Return the cosine similarity of each pair of rows of two (n, dim) arrays, as float64.
 
-    A pair with a zero vector scores 0.
+    A pair with a zero vector scores 0, and a pair with NaN or infinity scores NaN.
     """
     left = np.asarray(left, dtype=np.float64)
     right = np.asarray(right, dtype=np.float64)
-    norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
-    dots = np.einsum("ij,ij->i", left, right)
-    scores = np.zeros(len(dots))
-    np.divide(dots, norms, out=scores, where=norms > 0)
-    return np.clip(scores, -1.0, 1.0)
+    # Infinity makes invalid values here; those pairs become NaN below.
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+        dots = np.einsum("ij,ij->i", left, right)
+        scores = np.zeros(len(dots))
+        np.divide(dots, norms, out=scores, where=norms > 0)
+    scores = np.clip(scores, -1.0, 1.0)
+    scores[~(np.isfinite(left).all(axis=1) & np.isfinite(right).all(axis=1))] = np.nan
+    return scores
 
 
 def check_query_vectors(vectors, where):
