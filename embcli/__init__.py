@@ -154,8 +154,8 @@ def import_vectors(path, model=None, format=None, words=None, lenient=False, for
     """Read the vector file `path` into the model directory `model`; return the opened Model.
 
     `format` is None to detect it, or word2vec, word2vec-binary, glove, fasttext, npy or
-    projector; `words` is the word list of an `.npy` matrix or a projector vectors.tsv. Lenient warnings are in the model's
-    meta["imported"]["warnings"] count. A directory that already contains a model
+    projector; `words` is the word list of an `.npy` matrix or a projector vectors.tsv.
+    Lenient warnings are in the model's meta["imported"]["warnings"] count. A directory that already contains a model
     raises VectorFileError unless `force` is true.
     """
     from embcli.formats import import_file

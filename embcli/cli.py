@@ -590,14 +590,10 @@ def train(
 
 
 def _count_of(value, noun, plural_noun=None):
-    """Return "1 NOUN" or "N PLURAL" for an int read from a file, else "? PLURAL".
-
-    PLURAL is `plural_noun`, by default `noun` with an "s" appended.
-    """
-    plural_noun = plural_noun or noun + "s"
+    """Return _count(value, noun, plural_noun) for an int read from a file, else "? PLURAL"."""
     if not isinstance(value, int) or isinstance(value, bool):
-        return f"? {plural_noun}"
-    return f"{value:,} {noun if value == 1 else plural_noun}"
+        return f"? {plural_noun or noun + 's'}"
+    return _count(value, noun, plural_noun)
 
 
 def _file_identity(path):
@@ -1538,11 +1534,11 @@ def _rows_naming_every_unknown(opened, words):
             rows.append(opened.row(word))
         except UnknownWord as failure:
             unknown.append(failure)
-    if len(unknown) == 1:
-        raise unknown[0]
-    if unknown:
-        names = list(dict.fromkeys(failure.word for failure in unknown))
-        raise UnknownWord(", ".join(names), opened.path, len(opened)) if len(names) > 1 else unknown[0]
+    names = list(dict.fromkeys(failure.word for failure in unknown))
+    if len(names) == 1:
+        raise unknown[0]  # keeps the details of one word, such as the token it was looked up as
+    if names:
+        raise UnknownWord(", ".join(names), opened.path, len(opened))
     return rows
 
 
@@ -1576,7 +1572,7 @@ def analogy(
     if method not in ANALOGY_METHODS:
         raise typer.BadParameter(f"use one of {', '.join(ANALOGY_METHODS)}", param_hint="--method")
     _check_stdin_dash(words)
-    STATE["stdin_failures"] = 0  # also counts the lines whose answer failed
+    STATE["stdin_failures"] = 0  # also counts the lines whose search failed
     if words == ["-"]:
         batch = True
         queries = _stdin_fields(3)
@@ -1611,7 +1607,7 @@ def analogy(
             results = opened.analogy_of_inputs(triples, k, method, not include_inputs, restrict)
         else:
             results = opened.analogy_of_rows(triples, k, method, not include_inputs, restrict)
-        # An empty answer can mean that B - A + C cancelled: check only those, not every line.
+        # An empty result can mean that B - A + C cancelled, so only those lines are checked.
         for (words, inputs), result in zip(resolved, results):
             if not result:
                 try:
@@ -1654,7 +1650,7 @@ def similarity(
     from embcli.model import Model
 
     _check_stdin_dash(words)
-    STATE["stdin_failures"] = 0  # also counts the lines whose answer failed
+    STATE["stdin_failures"] = 0  # also counts the lines whose search failed
     if words == ["-"]:
         batch = True
         queries = _stdin_fields(2)

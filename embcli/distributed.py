@@ -696,7 +696,7 @@ def load_checkpoint(model_dir, meta, config, vocab_size, world_size, sync_tokens
     distributed = state.get("distributed") or {}
     sync_tokens = distributed.get("sync_tokens", sync_tokens)
     done = (start.words_done, start.examples_done, start.seconds_done)
-    windows = [train._loss_window_of({"loss_window": items}) for items in distributed.get("loss_windows") or []]
+    windows = [train.checked_loss_pairs(items) for items in distributed.get("loss_windows") or []]
     if len(windows) != world_size or any(items is None for items in windows):
         windows = None
     return start.input_vectors, start.output_vectors, positions, start.config, sync_tokens, done, windows

@@ -14,9 +14,12 @@ import errno
 QUOTE_CHARS = 80
 
 
-def plural(count, noun):
-    """Return `count` and `noun`, in the plural unless `count` is 1: "1 line", "2,048 lines"."""
-    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+def plural(count, noun, plural_noun=None):
+    """Return `count` and `noun`, in the plural unless `count` is 1: "1 line", "2,048 lines".
+
+    The plural is `plural_noun`, by default `noun` with an "s" appended.
+    """
+    return f"{count:,} {noun if count == 1 else plural_noun or noun + 's'}"
 
 
 def shorten(text, limit=QUOTE_CHARS):

@@ -1397,15 +1397,7 @@ def _read_npy(path, words_path, report):
         if np.isfinite(matrix[i]).all():
             reason = "has a value outside the float32 range (about -3.4e38 to 3.4e38)"
         report.problem(f"row {i + 1}: {words[i]!r} {reason}")
-    seen = {}
-    for i, word in enumerate(words):
-        if not keep[i]:
-            continue
-        if word in seen:
-            report.problem(f"{words_path}: line {i + 1}: duplicate word {word!r} (first seen on line {seen[word]})")
-            keep[i] = False
-        else:
-            seen[word] = i + 1
+    _drop_repeated_words(words, range(1, len(words) + 1), keep, words_path, report)
     if not keep.all():
         values = values[keep]
         words = [w for w, ok in zip(words, keep) if ok]
@@ -1590,19 +1582,27 @@ def _read_projector(path, words_path, report, progress):
     if dim is None:
         raise VectorFileError(f"{path}: contains no vectors")
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
-    kept_words = []
+    kept_words = [words[kept_row] for kept_row in kept_rows]
     keep = np.ones(len(kept_rows), dtype=bool)
-    seen = {}  # word -> its metadata line
-    for i, kept_row in enumerate(kept_rows):
-        word = words[kept_row]
-        if word in seen:
-            report.problem(f"{words_path}: line {kept_row + first_line}: duplicate word {word!r} "
-                           f"(first seen on line {seen[word]})")
-            keep[i] = False
+    _drop_repeated_words(kept_words, [kept_row + first_line for kept_row in kept_rows], keep, words_path, report)
+    if not keep.all():
+        kept_words = [word for word, kept in zip(kept_words, keep) if kept]
+        matrix = matrix[keep]
+    return Vectors(kept_words, matrix, "projector")
+
+
+def _drop_repeated_words(words, lines, keep, words_path, report):
+    """Clear `keep` for each word already kept earlier in `words`, and report it with its
+    line in `words_path` (`lines` gives each word's line)."""
+    seen = {}  # word -> its line
+    for i, (word, line) in enumerate(zip(words, lines)):
+        if not keep[i]:
             continue
-        seen[word] = kept_row + first_line
-        kept_words.append(word)
-    return Vectors(kept_words, matrix[keep] if not keep.all() else matrix, "projector")
+        if word in seen:
+            report.problem(f"{words_path}: line {line}: duplicate word {word!r} (first seen on line {seen[word]})")
+            keep[i] = False
+        else:
+            seen[word] = line
 
 
 # Writers.

@@ -526,15 +526,17 @@ class Model:
         triples = _triple_list(triples)
         words = [word for triple in triples for word in triple]
         if not (subwords and self.has_subwords):
-            rows = np.asarray(self.rows(words), dtype=np.int64).reshape(len(triples), 3)
-            for triple, row_triple in zip(triples, rows):
-                self.check_analogy(triple, row_triple, method)
-            return self.analogy_of_rows(rows, k, method, exclude_inputs, restrict)
-        inputs = [self.query_input(word) for word in words]
-        input_triples = [inputs[i : i + 3] for i in range(0, len(inputs), 3)]
-        for triple, input_triple in zip(triples, input_triples):
-            self.check_analogy(triple, input_triple, method)
-        return self.analogy_of_inputs(input_triples, k, method, exclude_inputs, restrict)
+            inputs = np.asarray(self.rows(words), dtype=np.int64).reshape(len(triples), 3)
+            results = self.analogy_of_rows(inputs, k, method, exclude_inputs, restrict)
+        else:
+            flat = [self.query_input(word) for word in words]
+            inputs = [flat[i : i + 3] for i in range(0, len(flat), 3)]
+            results = self.analogy_of_inputs(inputs, k, method, exclude_inputs, restrict)
+        # An empty result can mean that B - A + C cancelled, so only those triples are checked.
+        for triple, triple_inputs, result in zip(triples, inputs, results):
+            if k and not result:
+                self.check_analogy(triple, triple_inputs, method)
+        return results
 
     def check_analogy(self, words, inputs, method="3cosadd"):
         """Raise QueryError if the analogy `words` (a, b, c) has no direction to search.

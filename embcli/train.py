@@ -540,19 +540,16 @@ class Trainer:
         """Return weights shaped like `negatives`: limit / n for a word drawn n times in
         this step, more than self.negative_limit, and 1 for the others (see
         BURST_NEGATIVE_DRAWS). None when no word of the corpus is common enough."""
-        if not self.count_negatives:
-            return None
-        # The counts stay on the device: reading them on the host would stall a GPU step.
-        _, inverse, counts = torch.unique(negatives, return_inverse=True, return_counts=True)
-        weight = (self.negative_limit / counts.to(torch.float32)).clamp_(max=1.0)
-        return weight.index_select(0, inverse.view(-1)).view(negatives.shape)
+        weights = self._negative_draw_weights(negatives.reshape(1, -1))
+        return None if weights is None else weights.view(negatives.shape)
 
     def _negative_draw_weights(self, negatives):
         """Return _negative_draw_weight of each row of `negatives` (steps, S), computed for
         all rows in one call. Each row contains one step's negatives. Returns None when
-        _negative_draw_weight would."""
+        no word of the corpus is common enough."""
         if not self.count_negatives:
             return None
+        # The counts stay on the device: reading them on the host would stall a GPU step.
         step = torch.arange(negatives.shape[0], device=self.device)[:, None]
         _, inverse, counts = torch.unique((step * self.vocab_size + negatives).view(-1), return_inverse=True,
                                           return_counts=True)
@@ -2227,7 +2224,12 @@ def _load_checkpoint(model_dir, meta, config, vocab_size, words=None):
 
 def _loss_window_of(state):
     """Return the checkpoint's list of (loss, examples) pairs, or None if it has none or a damaged one."""
-    pairs = state.get("loss_window")
+    return checked_loss_pairs(state.get("loss_window"))
+
+
+def checked_loss_pairs(pairs):
+    """Return `pairs` read from a checkpoint as a list of (loss, examples) floats, or None
+    if it is missing or damaged."""
     try:
         pairs = [(float(loss), float(examples)) for loss, examples in pairs]
     except (TypeError, ValueError):

@@ -444,6 +444,7 @@ def test_row_edited_to_nan_after_norms_detected(model_copy, value):
     matrix[middle, 3] = value
     rewrite_embeddings(model_copy, matrix, record=False)
     expected = f"row {middle} ({word!r}) contains NaN or infinite values"
+
     first, other = model.words[0], model.words[1]
     for command in (["neighbors", "lord", "-k", "3"], ["neighbors", "lord", "-k", str(len(model))],
                     ["similarity", word, first], ["similarity", first, other],
@@ -456,11 +457,13 @@ def test_row_edited_to_nan_after_norms_detected(model_copy, value):
         assert result.exit_code == 1, (command, result.stdout)
         assert expected in result.stderr, (command, result.stderr)
         assert "Traceback" not in result.stderr
+
     batch = invoke("similarity", "-", "-m", model_copy, input=f"{first} {other}\n{word} {first}\n")
     assert batch.exit_code == 1
     assert expected in batch.stderr
     assert "line 2" in batch.stderr
     assert [line.split("\t")[:2] for line in batch.stdout.splitlines()] == [[first, other]]
+
     opened = Model.open(model_copy)
     for call in (lambda: opened.similarity(word, first), lambda: opened.neighbors("lord", 3),
                  lambda: opened.analogy(first, other, "lord")):
